@@ -1,0 +1,23 @@
+"""Names of the API group, its kinds and the labels/annotations kubetune owns."""
+
+GROUP = "kubetune.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+FINETUNEJOB = "FineTuneJob"
+PREFERENCEALIGNMENT = "PreferenceAlignment"
+KINDS = (FINETUNEJOB, PREFERENCEALIGNMENT)
+
+PLURALS = {FINETUNEJOB: "finetunejobs", PREFERENCEALIGNMENT: "preferencealignments"}
+SHORT_NAMES = {FINETUNEJOB: ["ftj"], PREFERENCEALIGNMENT: ["pa"]}
+CATEGORY = "kubetune"
+
+# Labels put on every child object, so a selector finds a job's children.
+LABEL_JOB = f"{GROUP}/job"  # the CR's name
+LABEL_KIND = f"{GROUP}/kind"  # FineTuneJob | PreferenceAlignment
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+
+# The trainer -> operator channel (see docs/trainer-channel.md): the trainer patches these
+# annotations on its own Pod; the operator reads them from the Pod it watches.
+ANNOTATION_PROGRESS = f"{GROUP}/progress"
+ANNOTATION_RESULT = f"{GROUP}/result"

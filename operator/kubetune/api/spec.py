@@ -1,0 +1,322 @@
+"""Desired state of FineTuneJob and PreferenceAlignment.
+
+Every field has a description: it becomes `kubectl explain` text. Bounds and enums are checked by
+the API server (OpenAPI schema), cross-field rules by CEL (`x-kubernetes-validations`), and the
+rest by the admission webhook (kubetune.api.semantics). Defaults that depend on the method are
+filled in by kubetune.api.defaults (and the mutating webhook), not by the schema.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from kubetune.api.base import KubeModel, cel
+from kubetune.api.enums import (
+    AlignmentMethod,
+    ComputeDtype,
+    DpoLossType,
+    ErrorPolicy,
+    GateOp,
+    LrScheduler,
+    Method,
+    Metric,
+    Optimizer,
+    PiiPolicy,
+    QuantType,
+    ReferenceModel,
+    Scorer,
+)
+
+# Bounds on strings and lists keep the API server's CEL cost estimate within budget.
+NAME = 253
+URI = 2048
+SHORT = 128
+TEXT = 8192
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+URI_PATTERN = r"^(hf|pvc|s3|file)://.+$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+Uri = Annotated[str, Field(min_length=1, max_length=URI, pattern=URI_PATTERN)]
+
+# Blocks whose every field is optional get `default: {}` so the API server fills nested defaults
+# even when the block is left out (quantization and lora must not: CEL forbids them per method).
+EMPTY_DEFAULT = {"default": {}}
+
+
+class SecretKeyRef(KubeModel):
+    """A key in a Secret in the job's namespace. Only the reference is stored; the value never
+    leaves the Secret (it reaches the trainer as an environment variable)."""
+
+    name: str = Field(max_length=NAME, pattern=DNS_LABEL_PATTERN.replace("]*", ".]*"),
+                      description="Name of the Secret, in the same namespace.")
+    key: str = Field(max_length=NAME, min_length=1, description="Key inside the Secret.")
+
+
+class BaseModelSource(KubeModel):
+    """The pretrained model to start from."""
+
+    uri: Uri = Field(description=(
+        "Where the model is: hf://org/name (Hugging Face Hub), pvc://claim/path (a folder on a "
+        "PersistentVolumeClaim in this namespace), s3://bucket/key, or file:///abs/path "
+        "(only for `kubetune run`, the local executor)."))
+    revision: str | None = Field(default=None, max_length=SHORT,
+                                 description="Hub revision (branch, tag or commit) for hf:// models.")
+    architecture: str | None = Field(default=None, max_length=SHORT, description=(
+        "Catalog name of the architecture for the memory planner when the uri does not name a known "
+        "model, e.g. llama-3-70b, qwen2.5-7b, mistral-7b (`kubetune plan --list-architectures`)."))
+    token_secret_ref: SecretKeyRef | None = Field(default=None, description=(
+        "Secret key holding the Hub (or S3) access token; passed to the trainer by reference."))
+
+
+class Quantization(KubeModel):
+    """How the frozen base is quantized for QLoRA (bitsandbytes)."""
+
+    bits: Literal[4, 8] = Field(default=4, description="Storage precision of the base weights: 4 or 8 bits.")
+    type: QuantType = Field(default=QuantType.NF4, description="4-bit data type: nf4 (NormalFloat, the QLoRA default) or fp4.")
+    double_quant: bool = Field(default=True, description=(
+        "Quantize the quantization constants too (saves ~0.37 bits per parameter)."))
+    compute_dtype: ComputeDtype = Field(default=ComputeDtype.BFLOAT16, description=(
+        "Dtype of the matmuls on dequantized weights; bfloat16 on GPUs that have it."))
+
+
+class LoraConfig(KubeModel):
+    """LoRA adapter shape (PEFT)."""
+
+    r: int = Field(default=16, ge=1, le=4096, description="Rank of the adapter matrices; must be ≥ 1.")
+    alpha: float = Field(default=32, gt=0, description="Scaling numerator; the update is scaled by alpha / r.")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input, in [0, 1).")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=SHORT)]] = Field(
+        default_factory=lambda: ["all-linear"], min_length=1, max_length=64,
+        json_schema_extra={"default": ["all-linear"]},
+        description="Module names to adapt, e.g. [q_proj, v_proj]; all-linear adapts every linear layer but lm_head.")
+
+
+class Dataset(KubeModel):
+    """Training data and how it is checked before any GPU is held (the data preflight)."""
+
+    uri: Uri = Field(description="JSONL, JSON array or gzip of either: hf://, pvc://, s3:// or file://.")
+    format: str = Field(description="Record format.")  # narrowed per kind below
+    validation_split: float = Field(default=0.05, ge=0, le=0.5, description=(
+        "Share of examples held out for eval.loss / eval.perplexity, in [0, 0.5]; seeded, deterministic."))
+    min_examples: int = Field(default=200, ge=1, description=(
+        "Fewer valid examples than this (after deduplication) fails with InsufficientData."))
+    pii: PiiPolicy = Field(default=PiiPolicy.REDACT, description=(
+        "PII/PHI handling: redact (typed placeholders such as <EMAIL>), reject (fail, naming lines "
+        "and types) or off."))
+    error_policy: ErrorPolicy = Field(default=ErrorPolicy.FAIL, description=(
+        "fail: any malformed line fails the job (all errors listed); skip: drop bad lines, fail only "
+        "when more than 10% are bad."))
+
+
+class InstructionDataset(Dataset):
+    format: Literal["instruction", "chat", "prompt-completion"] = Field(description=(
+        "instruction {instruction, input?, output} | chat {messages: [{role, content}]} | "
+        "prompt-completion {prompt, completion}."))
+
+
+class PreferenceDataset(Dataset):
+    format: Literal["preference"] = Field(default="preference", description=(
+        "preference: {prompt, chosen, rejected}, as strings or as chat messages."))
+
+
+class Training(KubeModel):
+    """Hyperparameters. Unset fields take method-dependent defaults (docs/api.md, kubetune.api.defaults)."""
+
+    epochs: float | None = Field(default=None, gt=0, le=1000, description="Passes over the data (default 3 for SFT, 1 for DPO).")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps; overrides epochs.")
+    learning_rate: float | None = Field(default=None, gt=0, le=1, description=(
+        "Peak learning rate in (0, 1] (default 2e-4 for lora/qlora, 1e-5 for full, 5e-6 for DPO)."))
+    batch_size: int | None = Field(default=None, ge=1, le=4096, description="Examples per GPU per step (default 4 for lora/qlora, 1 for full).")
+    gradient_accumulation_steps: int | None = Field(default=None, ge=1, le=4096, description=(
+        "Steps accumulated per optimizer update (default 4 for lora/qlora, 16 for full)."))
+    max_seq_length: int = Field(default=2048, ge=16, le=1048576, description="Tokens per example; longer ones are truncated.")
+    optimizer: Optimizer | None = Field(default=None, description=(
+        "adamw_torch | adamw_8bit | paged_adamw_8bit | paged_adamw_32bit | adafactor (default "
+        "paged_adamw_8bit for qlora, adamw_torch otherwise)."))
+    lr_scheduler: LrScheduler = Field(default=LrScheduler.COSINE, description="Learning-rate schedule.")
+    warmup_ratio: float = Field(default=0.03, ge=0, le=1, description="Share of steps spent warming up the learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward: less memory, ~30% more compute.")
+    packing: bool = Field(default=False, description="Pack several short examples into one sequence (SFT only).")
+    seed: int = Field(default=42, ge=0, description="Seed for the split, shuffling and initialisation.")
+
+
+class Toleration(KubeModel):
+    """A Kubernetes toleration for the trainer pods."""
+
+    key: str | None = Field(default=None, max_length=NAME, description="Taint key.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=SHORT, description="Taint value (with Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(default=None, description="Taint effect.")
+    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+class Resources(KubeModel):
+    """Where and on what the trainer runs."""
+
+    gpus: int = Field(default=1, ge=1, le=64, description="GPUs per node (nvidia.com/gpu); > 1 runs torchrun with one process per GPU.")
+    nodes: int = Field(default=1, ge=1, le=256, description="Nodes; > 1 renders an Indexed Job with a headless Service for torchrun.")
+    gpu_memory: str = Field(default="80Gi", pattern=QUANTITY_PATTERN, max_length=SHORT, description=(
+        "Memory per GPU, a quantity (80Gi); the memory plan must fit it and pods land only on GPUs with at least this much."))
+    node_selector: dict[str, Annotated[str, Field(max_length=SHORT)]] | None = Field(
+        default=None, max_length=32, description="Extra node labels the trainer pods require.")
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32, description="Extra tolerations for the trainer pods.")
+    priority_class_name: str | None = Field(default=None, max_length=NAME, description="PriorityClass of the trainer pods.")
+    cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=SHORT, description="CPU request and limit per pod, e.g. 8.")
+    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=SHORT, description="Memory request and limit per pod, e.g. 64Gi.")
+
+
+class GoldenDataset(KubeModel):
+    """A held-out set of prompts with reference answers, never trained on."""
+
+    uri: Uri = Field(description="JSONL of {prompt, answer} (or instruction/output); checked for overlap with the training data.")
+    scorer: Scorer = Field(default=Scorer.EXACT_MATCH, description="exact_match | contains | rouge_l | f1 over greedy generations.")
+
+
+class UriRef(KubeModel):
+    uri: Uri = Field(description="JSONL file location.")
+
+
+class Judge(KubeModel):
+    """An LLM judge reached through an OpenAI-compatible chat completions endpoint."""
+
+    endpoint: str = Field(max_length=URI, pattern=r"^https?://.+$", description="Base URL, e.g. https://llm.internal/v1.")
+    model: str = Field(max_length=SHORT, min_length=1, description="Model name sent to the endpoint.")
+    api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret key holding the API key (never logged or stored in status).")
+    rubric: str | None = Field(default=None, max_length=TEXT, description="What the judge scores, appended to its instructions; scores are 1-10.")
+
+
+class Gate(KubeModel):
+    """One promotion condition on a measured metric."""
+
+    metric: Metric = Field(description=(
+        "golden.accuracy | safety.refusal_rate | forgetting.perplexity_increase | "
+        "forgetting.accuracy_drop | eval.loss | eval.perplexity | judge.score."))
+    op: GateOp = Field(description="Comparison: >=, >, <= or <.")
+    threshold: float = Field(description="The value compared with.")
+
+
+_GATE_NEEDS = {
+    "golden.accuracy": "goldenDataset",
+    "safety.refusal_rate": "safetyDataset",
+    "forgetting.perplexity_increase": "forgettingDataset",
+    "forgetting.accuracy_drop": "forgettingDataset",
+    "judge.score": "judge",
+}
+
+
+class Evaluation(KubeModel):
+    """What is measured after training and which gates decide promotion."""
+
+    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+        cel(f"!has(self.gates) || self.gates.all(g, g.metric != '{metric}' || has(self.{needs}))",
+            f"a gate on {metric} needs spec.evaluation.{needs}", ".gates")
+        for metric, needs in _GATE_NEEDS.items()
+    ]}}
+
+    golden_dataset: GoldenDataset | None = Field(default=None, description="Golden set for golden.accuracy.")
+    safety_dataset: UriRef | None = Field(default=None, description=(
+        "Prompts the model must decline (JSONL of {prompt}) for safety.refusal_rate."))
+    forgetting_dataset: UriRef | None = Field(default=None, description=(
+        "General text (JSONL of {text}, optionally {prompt, answer}) for forgetting.* against the base model."))
+    judge: Judge | None = Field(default=None, description="Optional LLM judge for judge.score.")
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Generation bound for golden, safety and judge prompts.")
+    gates: list[Gate] | None = Field(default=None, max_length=32, description=(
+        "All must pass for phase Succeeded and Ready=True; otherwise GateFailed and nothing is promoted."))
+
+
+class Output(KubeModel):
+    """Where artifacts go."""
+
+    uri: Uri = Field(description="Folder for checkpoints, the adapter/weights, the model card and result.json (pvc://, s3:// or file://).")
+    promoted_uri: Uri | None = Field(default=None, description="Where the artifact is copied when every gate passes.")
+
+
+class Checkpoint(KubeModel):
+    """Checkpointing; a restarted pod resumes from the newest complete checkpoint."""
+
+    every_steps: int = Field(default=100, ge=1, description="Save a checkpoint every this many optimizer steps.")
+    keep_last: int = Field(default=2, ge=1, le=100, description="How many checkpoints to keep.")
+
+
+class JobRef(KubeModel):
+    name: str = Field(max_length=NAME, min_length=1, description="Name of a FineTuneJob in the same namespace.")
+
+
+class AdapterSource(KubeModel):
+    uri: Uri = Field(description="A PEFT adapter folder trained on spec.baseModel.")
+
+
+class DpoConfig(KubeModel):
+    """DPO hyperparameters (TRL DPOTrainer)."""
+
+    beta: float = Field(default=0.1, gt=0, le=1, description="Strength of the KL penalty towards the reference, in (0, 1].")
+    loss_type: DpoLossType = Field(default=DpoLossType.SIGMOID, description="TRL loss type: sigmoid (DPO), ipo, hinge, robust, ...")
+    reference_model: ReferenceModel = Field(default=ReferenceModel.IMPLICIT, description=(
+        "implicit: the policy with its adapter disabled (no extra memory); base: a second copy of the base model."))
+
+
+class _CommonSpec(KubeModel):
+    quantization: Quantization | None = Field(default=None, description="Quantization of the base (qlora only; defaults apply for qlora).")
+    lora: LoraConfig | None = Field(default=None, description="LoRA adapter shape (lora/qlora only; defaults r 16, alpha 32, dropout 0.05, all-linear).")
+    training: Training = Field(default_factory=Training, json_schema_extra=EMPTY_DEFAULT, description="Hyperparameters.")
+    resources: Resources = Field(default_factory=Resources, json_schema_extra=EMPTY_DEFAULT, description="GPUs, nodes and placement.")
+    evaluation: Evaluation | None = Field(default=None, description="Evaluation after training, and promotion gates.")
+    output: Output = Field(description="Where checkpoints and artifacts go.")
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint, json_schema_extra=EMPTY_DEFAULT, description="Checkpoint frequency and retention.")
+    suspend: bool = Field(default=False, description="Suspend the job (the only field that may change after creation); false resumes from the last checkpoint.")
+    backoff_limit: int = Field(default=2, ge=0, le=10, description="Retries of a failed pod (not spent on permanent failures such as bad data).")
+    active_deadline_seconds: int | None = Field(default=None, ge=1, description="Wall-clock limit of the training Job; then DeadlineExceeded.")
+    queue_name: str | None = Field(default=None, max_length=SHORT, description="Kueue LocalQueue; the Job is created suspended for Kueue to admit.")
+
+
+def _immutable_rules(fields: list[str]) -> list[dict[str, str]]:
+    """Spec is immutable after creation except `suspend`: one transition rule per field, so the
+    error names the field that changed."""
+    return [
+        cel(f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})",
+            "is immutable after creation (only spec.suspend may change)", f".{f}")
+        for f in fields
+    ]
+
+
+_COMMON_FIELDS = ["quantization", "lora", "training", "resources", "evaluation", "output", "checkpoint",
+                  "backoffLimit", "activeDeadlineSeconds", "queueName"]
+
+
+class FineTuneJobSpec(_CommonSpec):
+    """Supervised fine-tuning of a base model on instruction, chat or prompt-completion data."""
+
+    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+        cel("!has(self.quantization) || self.method == 'qlora'", "is only allowed with method qlora", ".quantization"),
+        cel("!has(self.lora) || self.method in ['lora', 'qlora']", "is only allowed with method lora or qlora", ".lora"),
+        *_immutable_rules(["baseModel", "method", "dataset", *_COMMON_FIELDS]),
+    ]}}
+
+    base_model: BaseModelSource = Field(description="The pretrained model to fine-tune.")
+    method: Method = Field(description="qlora (4/8-bit base + LoRA), lora (16-bit base + LoRA) or full (all weights).")
+    dataset: InstructionDataset = Field(description="Training data.")
+
+
+class PreferenceAlignmentSpec(_CommonSpec):
+    """Preference alignment (DPO), usually chained on a FineTuneJob's adapter."""
+
+    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+        cel("has(self.fineTuneJobRef) != has(self.baseModel)", "exactly one of spec.fineTuneJobRef or spec.baseModel must be set"),
+        cel("!has(self.adapter) || has(self.baseModel)", "goes with spec.baseModel (a fineTuneJobRef brings its own adapter)", ".adapter"),
+        cel("!has(self.fineTuneJobRef) || (!has(self.tuning) && !has(self.quantization) && !has(self.lora))",
+            "with spec.fineTuneJobRef, tuning, quantization and lora come from the referenced FineTuneJob; remove them", ".fineTuneJobRef"),
+        cel("!has(self.quantization) || !has(self.tuning) || self.tuning == 'qlora'", "is only allowed with tuning qlora", ".quantization"),
+        cel("!has(self.lora) || !has(self.tuning) || self.tuning in ['lora', 'qlora']", "is only allowed with tuning lora or qlora", ".lora"),
+        *_immutable_rules(["fineTuneJobRef", "baseModel", "adapter", "method", "tuning", "dpo", "dataset", *_COMMON_FIELDS]),
+    ]}}
+
+    fine_tune_job_ref: JobRef | None = Field(default=None, description=(
+        "Start from this FineTuneJob's adapter (same namespace); waits until it Succeeded with gates passed."))
+    base_model: BaseModelSource | None = Field(default=None, description="Start from this model instead of a FineTuneJob.")
+    adapter: AdapterSource | None = Field(default=None, description="An existing adapter on spec.baseModel to continue from.")
+    method: AlignmentMethod = Field(description="Alignment algorithm: dpo.")
+    tuning: Method | None = Field(default=None, description=(
+        "Which weights DPO updates: qlora, lora or full (default: the referenced job's method, else lora)."))
+    dpo: DpoConfig = Field(default_factory=DpoConfig, json_schema_extra=EMPTY_DEFAULT, description="DPO hyperparameters.")
+    dataset: PreferenceDataset = Field(description="Preference pairs: prompt, chosen, rejected.")

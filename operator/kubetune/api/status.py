@@ -1,0 +1,83 @@
+"""Observed state. Rebuilt from the world (Job, Pods, trainer reports) on every reconcile."""
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from kubetune.api.base import KubeModel
+from kubetune.api.enums import Phase
+
+
+class Condition(KubeModel):
+    """A Kubernetes condition. lastTransitionTime moves only when status flips."""
+
+    type: str = Field(max_length=64, description="Ready, Valid, ResourcesFit, DependencyReady, DataValid, Training, Complete, GatesPassed, Suspended.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", max_length=64, description="CamelCase reason (docs/api.md lists them).")
+    message: str = Field(default="", max_length=4096, description="Human-readable detail.")
+    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="metadata.generation this condition was computed for.")
+
+
+class Progress(KubeModel):
+    step: int | None = Field(default=None, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    epoch: float | None = Field(default=None, description="Epochs done (fractional).")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    grad_norm: float | None = Field(default=None, description="Latest gradient norm.")
+    tokens_per_second: float | None = Field(default=None, description="Training throughput over the last steps, all GPUs.")
+    eta_seconds: float | None = Field(default=None, description="Estimated seconds to the end of training.")
+    peak_gpu_memory_bytes: int | None = Field(default=None, description="Peak GPU memory allocated by the trainer.")
+    stage: str | None = Field(default=None, max_length=32, description="preflight | loading | training | evaluating | exporting | done.")
+    summary: str | None = Field(default=None, max_length=64, description="Short form for printer columns, e.g. 60% (120/200).")
+    updated_at: str | None = Field(default=None, description="When the trainer reported this (RFC 3339).")
+
+
+class GateResult(KubeModel):
+    metric: str = Field(description="Metric name.")
+    op: str = Field(description="Comparison.")
+    threshold: float = Field(description="Threshold from the spec.")
+    value: float | None = Field(default=None, description="Measured value; absent when not measured (the gate then fails).")
+    passed: bool = Field(description="Whether this gate passed.")
+    message: str | None = Field(default=None, max_length=1024, description="Why it failed, when it did.")
+
+
+class Artifact(KubeModel):
+    uri: str | None = Field(default=None, description="Where the trained adapter/weights are.")
+    promoted: bool = Field(default=False, description="True once every gate passed and the artifact was promoted.")
+    promoted_uri: str | None = Field(default=None, description="Where the promoted copy is.")
+
+
+class DataSummary(KubeModel):
+    examples: int | None = Field(default=None, description="Valid examples after deduplication.")
+    train: int | None = Field(default=None, description="Examples used for training.")
+    validation: int | None = Field(default=None, description="Examples held out for validation.")
+    invalid: int | None = Field(default=None, description="Malformed lines.")
+    duplicates: int | None = Field(default=None, description="Duplicates dropped.")
+    pii: dict[str, int] | None = Field(default=None, description="PII/PHI found, by type (redacted unless policy off).")
+    truncated_fraction: float | None = Field(default=None, description="Share of examples longer than maxSeqLength.")
+
+
+class JobStatus(KubeModel):
+    """Status of a FineTuneJob or PreferenceAlignment."""
+
+    model_config = {"extra": "ignore"}
+
+    phase: Phase | None = Field(default=None, description="Pending, Validating, Waiting, Queued, Running, Evaluating, Succeeded, GateFailed, Failed or Suspended.")
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions keyed by type; Ready is what `kubectl wait` uses.",
+                                        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    observed_generation: int | None = Field(default=None, description="metadata.generation the status describes.")
+    plan: dict[str, Any] | None = Field(default=None, description="Memory plan summary: peak, GPU memory, fits, breakdown.",
+                                        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    data: DataSummary | None = Field(default=None, description="Data preflight counts.")
+    progress: Progress | None = Field(default=None, description="Training progress, mirrored from the trainer.")
+    metrics: dict[str, float] | None = Field(default=None, description="Evaluation metrics by name (golden.accuracy, ...).")
+    gates: list[GateResult] | None = Field(default=None, description="Each gate with its measured value and verdict.")
+    artifact: Artifact | None = Field(default=None, description="The trained artifact and its promotion.")
+    job_name: str | None = Field(default=None, description="Name of the batch/v1 Job running the trainer.")
+    attempts: int | None = Field(default=None, description="Trainer pods started so far.")
+    start_time: str | None = Field(default=None, description="When training started.")
+    completion_time: str | None = Field(default=None, description="When the job reached a terminal phase.")
+    reason: str | None = Field(default=None, description="CamelCase reason of the current phase (e.g. OutOfMemory).")
+    message: str | None = Field(default=None, description="Human-readable detail of the current phase.")

@@ -1,0 +1,135 @@
+"""The operator ↔ trainer contract (versioned). See docs/trainer-channel.md.
+
+- TrainerConfig: rendered by the operator (or `kubetune run`) into a ConfigMap mounted at
+  /etc/kubetune/config.json (locally: a file), read by the trainer's entry point.
+- Progress: reported often — patched as the `kubetune.io/progress` annotation on the trainer's
+  own Pod (RBAC: get/patch pods in its namespace only), written to progress.json on the output
+  volume, and served as Prometheus metrics by the trainer.
+- TrainerResult: reported once, reliably — the compact form (≤ 4 KiB) in the container
+  termination message, the full form as result.json on the output volume.
+No secret value ever appears here: secrets reach the trainer as environment variables whose
+*names* the config carries.
+"""
+
+import json
+from typing import Any, Literal
+
+from pydantic import Field
+
+from kubetune.api.base import KubeModel
+from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
+from kubetune.api.status import DataSummary, Progress
+
+CONFIG_API_VERSION = "kubetune.io/trainer-config/v1"
+RESULT_API_VERSION = "kubetune.io/trainer-result/v1"
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates beyond this
+
+Task = Literal["sft", "dpo"]
+
+
+class JobIdentity(KubeModel):
+    kind: Literal["FineTuneJob", "PreferenceAlignment"]
+    name: str
+    namespace: str = "default"
+    uid: str | None = None
+
+
+class Sources(KubeModel):
+    """Resolved locations: local paths (a mounted PVC, a file:// path) or hf:// / s3:// URIs."""
+
+    model: str
+    model_revision: str | None = None
+    adapter: str | None = None  # DPO: the adapter to continue from (a FineTuneJob's artifact)
+    dataset: str
+    output: str  # a local folder (the output volume, or a local path)
+    promoted: str | None = None
+    golden: str | None = None
+    safety: str | None = None
+    forgetting: str | None = None
+
+
+class PlanSummary(KubeModel):
+    """What the planner predicted, so an OOM can be explained with the estimate."""
+
+    peak_bytes: int | None = None
+    gpu_memory_bytes: int | None = None
+    fits: bool | None = None
+    summary: str | None = None
+    best_suggestion: str | None = None
+
+
+class ReportChannel(KubeModel):
+    pod_annotations: bool = False  # patch kubetune.io/progress on $POD_NAMESPACE/$POD_NAME
+    progress_file: str | None = None  # defaults to <output>/kubetune/progress.json
+    termination_log: str | None = None  # /dev/termination-log in a pod
+    metrics_port: int | None = None  # Prometheus /metrics of the trainer; None = off
+    interval_seconds: float = 10.0  # at most one annotation patch per interval
+
+
+class SecretEnv(KubeModel):
+    """Names of environment variables that hold secrets (set from Secrets by the pod spec)."""
+
+    hf_token: str | None = None
+    judge_api_key: str | None = None
+
+
+class TrainerConfig(KubeModel):
+    api_version: Literal["kubetune.io/trainer-config/v1"] = Field(default=CONFIG_API_VERSION, alias="apiVersion")
+    job: JobIdentity
+    task: Task
+    spec: dict[str, Any] = Field(description="The resolved spec (kubetune.api.defaults.resolve) in wire form.")
+    sources: Sources
+    plan: PlanSummary = Field(default_factory=PlanSummary)
+    report: ReportChannel = Field(default_factory=ReportChannel)
+    secret_env: SecretEnv = Field(default_factory=SecretEnv)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    world_size: int = 1
+
+    def typed_spec(self) -> FineTuneJobSpec | PreferenceAlignmentSpec:
+        model = FineTuneJobSpec if self.job.kind == "FineTuneJob" else PreferenceAlignmentSpec
+        return model.model_validate(self.spec)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2, sort_keys=True)
+
+
+class ProgressReport(Progress):
+    """Progress plus the data preflight summary once known."""
+
+    data: DataSummary | None = None
+
+
+class TrainerResult(KubeModel):
+    api_version: Literal["kubetune.io/trainer-result/v1"] = Field(default=RESULT_API_VERSION, alias="apiVersion")
+    outcome: Literal["succeeded", "failed"]
+    reason: str | None = None  # a kubetune.api.enums.Reason value when failed
+    message: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    data: DataSummary | None = None
+    progress: Progress | None = None
+    artifact: str | None = None  # folder of the adapter / weights
+    merged: str | None = None
+    report_html: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)  # the long tail: per-example eval, timings
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(by_alias=True, exclude_none=True, mode="json"), sort_keys=True)
+
+    def termination_message(self) -> str:
+        """Compact JSON within the kubelet's 4 KiB: details, then progress, then data are dropped
+        if needed, and the message is cut last."""
+        payload = self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        for key in ("details", "progress", "data", "reportHtml"):
+            text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+            if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+                return text
+            payload.pop(key, None)
+        text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+        while len(text.encode()) > TERMINATION_MESSAGE_LIMIT and payload.get("message"):
+            payload["message"] = payload["message"][: len(payload["message"]) // 2] + "…"
+            text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+        return text
+
+    @classmethod
+    def parse(cls, text: str) -> "TrainerResult":
+        return cls.model_validate_json(text)
