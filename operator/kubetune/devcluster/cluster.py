@@ -1,0 +1,558 @@
+"""Start / stop the local control plane: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok (fake GPU nodes), all on loopback, all real Kubernetes code."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import pki as pki_mod
+from .binaries import Binaries, ensure_binaries
+from .nodes import KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE, default_nodes
+
+STATE_FILE = "cluster.json"
+# Start order; stop() goes the other way round.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+STAGES_FILE = Path(__file__).with_name("stages.yaml")
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+CONTEXT = "kubetune-dev"
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _pid_runs(pid: int, binary: str) -> bool:
+    """pid is alive and still runs `binary` (guards against recycled pids)."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return True  # cannot tell (other user / no /proc): trust the pid file
+    return os.path.basename(exe.removesuffix(" (deleted)")) == os.path.basename(binary)
+
+
+def _write_kubeconfig(path: Path, server: str, pki: pki_mod.Pki, client: str, embed: bool) -> None:
+    if embed:
+        cluster = {"server": server, "certificate-authority-data": _b64(pki.ca_crt)}
+        user = {"client-certificate-data": _b64(pki.cert(client)), "client-key-data": _b64(pki.key(client))}
+    else:
+        cluster = {"server": server, "certificate-authority": str(pki.ca_crt)}
+        user = {"client-certificate": str(pki.cert(client)), "client-key": str(pki.key(client))}
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": CONTEXT, "cluster": cluster}],
+        "users": [{"name": f"{CONTEXT}-{client}", "user": user}],
+        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": f"{CONTEXT}-{client}"}}],
+        "current-context": CONTEXT,
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+
+
+def _b64(path: Path) -> str:
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+@dataclass
+class Cluster:
+    """A running local control plane. `kubeconfig` is an admin (system:masters) kubeconfig."""
+
+    workdir: Path
+    server: str
+    ports: dict[str, int]
+    pids: dict[str, int]
+    bin_dir: Path
+    startup_seconds: float = 0.0
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+
+    # ---- paths -------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def binaries(self) -> Binaries:
+        return Binaries(self.bin_dir)
+
+    @property
+    def kubectl_path(self) -> Path:
+        return self.binaries.kubectl
+
+    @property
+    def helm(self) -> Path:
+        return self.binaries.helm
+
+    @property
+    def pki(self) -> pki_mod.Pki:
+        return pki_mod.Pki(self.workdir / "pki")
+
+    def log_path(self, component: str) -> Path:
+        return self.workdir / "logs" / f"{component}.log"
+
+    def env(self) -> dict[str, str]:
+        """os.environ plus KUBECONFIG and PATH with kubectl/helm first."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    # ---- helpers -----------------------------------------------------------------------
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = False, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; returns the CompletedProcess (text, captured)."""
+        proc = subprocess.run(
+            [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def apply(self, *objects: dict[str, Any], server_side: bool = False) -> None:
+        """kubectl apply the given manifests (dicts)."""
+        doc = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
+        args = ["apply", "-f", "-"] + (["--server-side", "--force-conflicts"] if server_side else [])
+        self.kubectl(*args, input=json.dumps(doc), check=True)
+
+    def get(self, *args: str) -> dict[str, Any]:
+        """kubectl get ... -o json, parsed."""
+        return json.loads(self.kubectl("get", *args, "-o", "json", check=True).stdout)
+
+    def api_get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
+        """GET an API path with the admin client certificate; returns (status, body)."""
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_crt))
+        ctx.load_cert_chain(str(self.pki.cert("admin")), str(self.pki.key("admin")))
+        try:
+            with urllib.request.urlopen(self.server + path, context=ctx, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def running(self) -> dict[str, bool]:
+        return {n: _pid_runs(pid, n) for n, pid in self.pids.items()}
+
+    def check_alive(self) -> None:
+        dead = [n for n, ok in self.running().items() if not ok]
+        if dead:
+            tails = "\n".join(f"--- {n}:\n{_tail(self.log_path(n))}" for n in dead)
+            raise ClusterError(f"control-plane component(s) exited: {dead}\n{tails}")
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def _save(self) -> None:
+        state = {
+            "server": self.server,
+            "ports": self.ports,
+            "pids": self.pids,
+            "bin_dir": str(self.bin_dir),
+            "kubeconfig": str(self.kubeconfig),
+        }
+        (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        piddir = self.workdir / "pids"
+        piddir.mkdir(exist_ok=True)
+        for name, pid in self.pids.items():
+            (piddir / f"{name}.pid").write_text(f"{pid}\n")
+
+    @classmethod
+    def attach(cls, workdir: str | os.PathLike[str]) -> Cluster:
+        """The cluster recorded in workdir (started by another process, e.g. `up`)."""
+        workdir = Path(workdir).resolve()
+        state = json.loads((workdir / STATE_FILE).read_text())
+        return cls(
+            workdir=workdir,
+            server=state["server"],
+            ports=state["ports"],
+            pids={k: int(v) for k, v in state["pids"].items()},
+            bin_dir=Path(state["bin_dir"]),
+        )
+
+    def stop(self, timeout: float = 15) -> None:
+        """Stop every component (SIGTERM to its process group, SIGKILL after `timeout`)."""
+        for name in reversed(COMPONENTS):
+            pid = self.pids.get(name)
+            if pid is None:
+                continue
+            proc = self._procs.get(name)
+            if proc is None and not _pid_runs(pid, name):
+                continue
+            _kill_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + (timeout if name in ("etcd", "kube-apiserver") else 5)
+            while time.monotonic() < deadline:
+                if proc is not None and proc.poll() is not None:
+                    break
+                if proc is None and not _pid_alive(pid):
+                    break
+                time.sleep(0.05)
+            _kill_group(pid, signal.SIGKILL)  # the group: anything the component forked
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+        self._procs.clear()
+        with contextlib.suppress(FileNotFoundError):
+            (self.workdir / STATE_FILE).unlink()
+        shutil.rmtree(self.workdir / "pids", ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # each component is its own session / process-group leader
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _tail(path: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait(
+    what: str, probe: Any, timeout: float, cluster: Cluster | None = None, interval: float = 0.2
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+        except Exception as e:
+            result, last = None, e
+        if result:
+            return result
+        if cluster is not None:
+            cluster.check_alive()
+        time.sleep(interval)
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last!r})")
+
+
+def _http_ok(url: str, expect: bytes | None = None, ctx: ssl.SSLContext | None = None) -> bool:
+    with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
+        body = r.read()
+        return r.status == 200 and (expect is None or expect in body)
+
+
+def _insecure_ctx() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def start(
+    workdir: str | os.PathLike[str],
+    *,
+    nodes: Iterable[dict[str, Any]] | None = None,
+    binaries: Binaries | None = None,
+    detach: bool = False,
+    timeout: float = 120,
+    verbosity: int = 1,
+) -> Cluster:
+    """Start a fresh control plane in `workdir` and return once it is usable.
+
+    Usable means: /readyz OK, the fake nodes Ready and schedulable (no not-ready taint),
+    the `default` service account exists, controller-manager and scheduler healthy.
+
+    detach=False: components die with the calling process (PR_SET_PDEATHSIG), so a
+    killed test run leaves no orphans. detach=True: they outlive it (`up`/`down`).
+    """
+    bins = binaries or ensure_binaries()
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / STATE_FILE).exists():
+        old = Cluster.attach(workdir)
+        if any(old.running().values()):
+            raise ClusterError(f"a cluster is already running in {workdir} (pids {old.pids}); stop it first")
+    for sub in ("pki", "etcd", "logs", "pids", "config"):
+        shutil.rmtree(workdir / sub, ignore_errors=True)
+    for f in ("kubeconfig", STATE_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (workdir / f).unlink()
+    (workdir / "logs").mkdir()
+    (workdir / "config").mkdir()
+
+    t0 = time.monotonic()
+    pki = pki_mod.generate(workdir / "pki")
+    etcd_client, etcd_peer, api_port, kcm_port, sched_port = _free_ports(5)
+    server = f"https://127.0.0.1:{api_port}"
+    ports = {
+        "etcd": etcd_client,
+        "etcd-peer": etcd_peer,
+        "kube-apiserver": api_port,
+        "kube-controller-manager": kcm_port,
+        "kube-scheduler": sched_port,
+    }
+    cluster = Cluster(workdir=workdir, server=server, ports=ports, pids={}, bin_dir=bins.bin_dir)
+
+    cfg = workdir / "config"
+    _write_kubeconfig(workdir / "kubeconfig", server, pki, "admin", embed=True)
+    for client in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        _write_kubeconfig(cfg / f"{client}.kubeconfig", server, pki, client, embed=False)
+    shutil.copyfile(STAGES_FILE, cfg / "kwok-stages.yaml")
+
+    def spawn(name: str, argv: Sequence[str]) -> None:
+        log = open(cluster.log_path(name), "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+                start_new_session=True,
+                preexec_fn=None if detach else _die_with_parent,
+            )
+        finally:
+            log.close()
+        cluster.pids[name] = proc.pid
+        if not detach:
+            cluster._procs[name] = proc
+        cluster._save()
+
+    try:
+        spawn(
+            "etcd",
+            [
+                str(bins.etcd),
+                "--name=kubetune-dev",
+                f"--data-dir={workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=kubetune-dev=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ],
+        )
+        _wait(
+            "etcd /health", lambda: _http_ok(f"http://127.0.0.1:{etcd_client}/health", b'"true"'), 30, cluster
+        )
+
+        spawn(
+            "kube-apiserver",
+            [
+                str(bins.kube_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                f"--tls-cert-file={pki.cert('apiserver')}",
+                f"--tls-private-key-file={pki.key('apiserver')}",
+                f"--client-ca-file={pki.ca_crt}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                f"--service-cluster-ip-range={pki_mod.SERVICE_CLUSTER_IP_RANGE}",
+                "--authorization-mode=Node,RBAC",
+                # Added to the default plugins (which already include PodSecurity and both
+                # admission-webhook plugins); listed so that they are on whatever the defaults.
+                "--enable-admission-plugins=NodeRestriction,PodSecurity,MutatingAdmissionWebhook,"
+                "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
+                "--allow-privileged=true",
+                f"--requestheader-client-ca-file={pki.front_proxy_ca_crt}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki.cert('front-proxy-client')}",
+                f"--proxy-client-key-file={pki.key('front-proxy-client')}",
+                "--profiling=false",
+                f"--v={verbosity}",
+            ],
+        )
+        _wait("kube-apiserver /readyz", lambda: cluster.api_get("/readyz")[0] == 200, timeout, cluster)
+
+        common = [
+            "--bind-address=127.0.0.1",
+            "--leader-elect=false",
+            f"--v={verbosity}",
+        ]
+        kcm_kc = cfg / "kube-controller-manager.kubeconfig"
+        spawn(
+            "kube-controller-manager",
+            [
+                str(bins.kube_controller_manager),
+                *common,
+                f"--secure-port={kcm_port}",
+                f"--kubeconfig={kcm_kc}",
+                f"--authentication-kubeconfig={kcm_kc}",
+                f"--authorization-kubeconfig={kcm_kc}",
+                "--controllers=*",
+                "--use-service-account-credentials=true",
+                f"--root-ca-file={pki.ca_crt}",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--cluster-signing-cert-file={pki.ca_crt}",
+                f"--cluster-signing-key-file={pki.ca_key}",
+                f"--service-cluster-ip-range={pki_mod.SERVICE_CLUSTER_IP_RANGE}",
+                "--cluster-name=kubetune-dev",
+            ],
+        )
+        sched_kc = cfg / "kube-scheduler.kubeconfig"
+        spawn(
+            "kube-scheduler",
+            [
+                str(bins.kube_scheduler),
+                *common,
+                f"--secure-port={sched_port}",
+                f"--kubeconfig={sched_kc}",
+                f"--authentication-kubeconfig={sched_kc}",
+                f"--authorization-kubeconfig={sched_kc}",
+            ],
+        )
+        spawn(
+            "kwok",
+            [
+                str(bins.kwok),
+                f"--kubeconfig={cfg / 'kwok.kubeconfig'}",
+                f"--config={cfg / 'kwok-stages.yaml'}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_ANNOTATION_VALUE}",
+                "--node-lease-duration-seconds=40",
+                "--cidr=10.244.0.1/16",
+                "--node-ip=10.0.0.1",
+            ],
+        )
+
+        node_objs = list(default_nodes() if nodes is None else nodes)
+        if node_objs:
+            cluster.apply(*node_objs)
+        names = [n["metadata"]["name"] for n in node_objs]
+
+        def nodes_ready() -> bool:
+            items = {
+                n["metadata"]["name"]: n for n in json.loads(cluster.api_get("/api/v1/nodes")[1])["items"]
+            }
+            for name in names:
+                n = items.get(name)
+                if n is None:
+                    return False
+                ready = any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in n.get("status", {}).get("conditions", [])
+                )
+                tainted = any(
+                    t["key"].startswith("node.kubernetes.io/") for t in n.get("spec", {}).get("taints", [])
+                )
+                if not ready or tainted:
+                    return False
+            return True
+
+        insecure = _insecure_ctx()
+        _wait(
+            "kube-controller-manager /healthz",
+            lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", b"ok", insecure),
+            timeout,
+            cluster,
+        )
+        _wait(
+            "kube-scheduler /healthz",
+            lambda: _http_ok(f"https://127.0.0.1:{sched_port}/healthz", b"ok", insecure),
+            timeout,
+            cluster,
+        )
+        _wait(
+            "the default service account",
+            lambda: cluster.api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+            timeout,
+            cluster,
+        )
+        _wait(f"nodes {names} Ready and untainted", nodes_ready, timeout, cluster)
+        cluster.startup_seconds = time.monotonic() - t0
+        return cluster
+    except BaseException:
+        cluster.stop()
+        raise
+
+
+def print_logs(cluster: Cluster, n: int = 40, file: Any = sys.stderr) -> None:
+    for name in COMPONENTS:
+        print(f"===== {name} ({cluster.log_path(name)}) =====\n{_tail(cluster.log_path(name), n)}", file=file)
+
+
+def wait_until(predicate: Any, timeout: float = 30, what: str = "condition", interval: float = 0.25) -> Any:
+    """Poll `predicate()` until it returns something truthy (returned); TimeoutError otherwise.
+    Exceptions raised by the predicate count as "not yet" (the last one is reported)."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"timed out after {timeout}s waiting for {what}"
+                + (f" (last error: {last!r})" if last else "")
+            )
+        time.sleep(interval)
