@@ -1,0 +1,635 @@
+"""The per-GPU memory model of one training step.
+
+What the trainer does (and so what this models; `docs/memory-planner.md` has the derivations):
+- HF Trainer (through TRL's SFTTrainer / DPOTrainer) with `bf16=True` (or fp16): the forward runs under
+  `torch.autocast`, the loss is computed inside the model's forward (`labels=`), then `backward()`, then
+  the optimizer step; `zero_grad(set_to_none=True)` frees gradients between steps.
+- `full`: the model is loaded in fp32 and autocast computes in bf16 → fp32 params, fp32 grads, fp32 Adam
+  (16 bytes/param), plus autocast's bf16 weight copies while the step runs. Multi-GPU full fine-tunes use
+  FSDP full-shard with bf16 mixed precision (params gathered in bf16 one block at a time).
+- `lora`: the base is loaded in the compute dtype and frozen; peft makes the adapters fp32
+  (`autocast_adapter_dtype=True`).
+- `qlora`: bitsandbytes quantizes every `nn.Linear` of the decoder blocks (not `lm_head`);
+  `peft.prepare_model_for_kbit_training` upcasts everything left in 16-bit (embeddings, lm_head, norms)
+  to fp32, so the residual stream is fp32; TRL casts the adapters of a quantized model to bf16.
+
+The peak is the larger of two moments: the start of backward (all activations saved by the forward, the
+loss's vocab-sized tensors) and the optimizer step (all gradients plus the optimizer's temporaries). The
+breakdown lists what is resident at that moment and sums to the peak.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from kubetune.planning.catalog import linear_modules, param_count, unquantized_param_count
+from kubetune.planning.types import Architecture, LinearModule, PlanRequest
+
+__all__ = [
+    "BNB_8BIT_MIN_SIZE",
+    "CUDA_CONTEXT_BYTES",
+    "FRAGMENTATION_FRACTION",
+    "NCCL_BYTES",
+    "Estimate",
+    "estimate",
+    "quantized_linear_bytes",
+    "resolve_target_modules",
+    "trainable_tensor_shapes",
+]
+
+MiB = 2**20
+GiB = 2**30
+
+# ---- constants (each one: what it is, and why this value) --------------------------------------------
+
+DTYPE_BYTES: Mapping[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+NF4_BLOCKSIZE = 64
+"""bitsandbytes `quantize_4bit` default: one absmax per 64 weights (fp32 4 B, or uint8 with double quant)."""
+NF4_CODE_BYTES = 16 * 4
+"""`QuantState.code`: the 16-entry NF4/FP4 table (fp32), one copy per quantized weight."""
+DOUBLE_QUANT_BLOCKSIZE = 256
+"""Double quant: the absmax vector is quantized blockwise (8-bit) with one fp32 absmax per 256 absmax."""
+DOUBLE_QUANT_CONST_BYTES = 256 * 4 + 4
+"""Double quant per weight: the 256-entry dynamic map (fp32, copied per tensor) and the fp32 offset."""
+INT8_SCALE_BYTES = 4
+"""LLM.int8 (`Int8Params`): one fp32 scale (`SCB`) per output row."""
+
+ADAPTER_BYTES_LORA = 4
+"""peft `get_peft_model(autocast_adapter_dtype=True)` upcasts LoRA A/B of a 16-bit base to fp32."""
+ADAPTER_BYTES_QLORA = 2
+"""TRL (`SFTTrainer`/`DPOTrainer`) casts the trainable adapters of a quantized model to bf16 (QLoRA paper)."""
+QLORA_UNQUANTIZED_BYTES = 4
+"""`prepare_model_for_kbit_training` casts every fp16/bf16 parameter that is not 4/8-bit to fp32."""
+FULL_PARAM_BYTES = 4
+"""Full fine-tune: fp32 parameters (and so fp32 gradients and Adam states) with bf16 autocast."""
+
+BNB_8BIT_BLOCKSIZE = 256
+"""bitsandbytes 8-bit optimizers quantize each state in blocks of 256 with an fp32 absmax per block."""
+BNB_8BIT_MIN_SIZE = 4096
+"""bitsandbytes keeps 32-bit states for parameters with fewer elements (`min_8bit_size`)."""
+ADAM_STEP_BYTES = 4
+"""torch AdamW keeps `step` as a float32 scalar tensor per parameter."""
+
+LOSS_BYTES_PER_LOGIT = 12
+"""Per token × vocab entry around the loss: at the start of backward the fp32 log-softmax saved by
+cross-entropy (4), the gradient flowing into it (4) and the gradient it produces (4). In the forward the
+bf16 logits (2) + their fp32 upcast (4) + the log-softmax (4) = 10 stay below it."""
+SOFTCAP_BYTES_PER_LOGIT = 2
+"""Gemma 2's final `tanh` soft-cap saves one more logits-sized tensor (its output, in the compute dtype)."""
+
+CUDA_CONTEXT_BYTES = 768 * MiB
+"""CUDA context + cuBLAS/cuDNN handles and workspaces (~0.5–0.8 GiB on H100/A100 with CUDA 12 lazy
+loading); outside `torch.cuda.max_memory_allocated`, inside what the card has."""
+NCCL_BYTES = 512 * MiB
+"""NCCL communicator buffers per process when more than one GPU takes part."""
+FRAGMENTATION_FRACTION = 0.05
+"""The caching allocator reserves more than it hands out (block rounding, fragmentation): ~3–10% in
+training loops; `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` keeps it at the low end."""
+
+LOGITS_NOTE = "logits and loss assume HF's cross-entropy (fp32 upcast of batch × seq × vocab)"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The memory model's answer for one request (suggestions are added by `suggest`)."""
+
+    peak_bytes: int
+    breakdown: Mapping[str, int]
+    peak_phase: str
+    params_total: int
+    params_trainable: int
+    notes: tuple[str, ...]
+    components: Mapping[str, int] = field(default_factory=dict)
+    """Every term regardless of phase (for tests, benchmarks and the docs)."""
+
+    @property
+    def allocated_peak_bytes(self) -> int:
+        """What `torch.cuda.max_memory_allocated` should see: the peak without the runtime overhead."""
+        return self.peak_bytes - self.breakdown.get("runtime_overhead", 0)
+
+
+# ---- parameters and their storage -------------------------------------------------------------------
+
+_SHORT_NAMES: Mapping[str, str] = {
+    "q": "q_proj",
+    "k": "k_proj",
+    "v": "v_proj",
+    "o": "o_proj",
+    "gate": "gate_proj",
+    "up": "up_proj",
+    "down": "down_proj",
+}
+# Standard names → what fused (Phi-3) and MoE (Mixtral) blocks call the same weights.
+_FUSED_ALIASES: Mapping[str, str] = {
+    "q_proj": "qkv_proj",
+    "k_proj": "qkv_proj",
+    "v_proj": "qkv_proj",
+    "gate_proj": "gate_up_proj",
+    "up_proj": "gate_up_proj",
+}
+_MOE_ALIASES: Mapping[str, str] = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+
+
+@lru_cache(maxsize=1024)
+def resolve_target_modules(
+    arch: Architecture, targets: tuple[str, ...]
+) -> tuple[tuple[LinearModule, ...], tuple[str, ...]]:
+    """LoRA targets → the block's linear modules, and the names that match nothing.
+
+    `all-linear` is peft's: every linear layer of the blocks (never `lm_head`). Names may be short
+    (`q`, `down`) or HF names (`q_proj`), and standard names map onto fused/MoE layouts.
+    """
+    modules = linear_modules(arch)
+    if any(t.lower() in ("all-linear", "all_linear") for t in targets):
+        return modules, ()
+    by_name = {m.name: m for m in modules}
+    chosen: dict[str, LinearModule] = {}
+    unknown: list[str] = []
+    for target in targets:
+        name = target.strip().rsplit(".", 1)[-1]
+        name = _SHORT_NAMES.get(name.lower(), name)
+        if name not in by_name:
+            name = (_FUSED_ALIASES if arch.fused_qkv else _MOE_ALIASES if arch.is_moe else {}).get(name, name)
+        if name in by_name:
+            chosen[name] = by_name[name]
+        else:
+            unknown.append(target)
+    return tuple(m for m in modules if m.name in chosen), tuple(unknown)
+
+
+def quantized_linear_bytes(m: LinearModule, bits: int, double_quant: bool) -> int:
+    """Storage of one bitsandbytes-quantized weight (per instance; its bias stays floating point).
+
+    4-bit: two weights per byte, one absmax per 64 weights (fp32; or uint8 + one fp32 per 256 absmax with
+    double quant, + the 256-entry map and offset), + the 16-entry code table. 8-bit: one byte per weight
+    + an fp32 scale per output row.
+    """
+    n = m.weight_elements
+    if bits == 8:
+        return n + INT8_SCALE_BYTES * m.out_features
+    blocks = math.ceil(n / NF4_BLOCKSIZE)
+    total = math.ceil(n / 2) + NF4_CODE_BYTES
+    if double_quant:
+        total += blocks + 4 * math.ceil(blocks / DOUBLE_QUANT_BLOCKSIZE) + DOUBLE_QUANT_CONST_BYTES
+    else:
+        total += 4 * blocks
+    return total
+
+
+def _linear_elements(arch: Architecture) -> int:
+    return sum(m.weight_elements * m.count for m in linear_modules(arch)) * arch.num_layers
+
+
+def base_weight_bytes(arch: Architecture, req: PlanRequest) -> int:
+    """The whole model's weights on one GPU (before FSDP sharding)."""
+    total = param_count(arch)
+    if req.method == "full":
+        return total * FULL_PARAM_BYTES
+    if req.method == "lora":
+        return total * DTYPE_BYTES[req.compute_dtype]
+    quantized = (
+        sum(
+            quantized_linear_bytes(m, req.quantization_bits, req.double_quant) * m.count
+            for m in linear_modules(arch)
+        )
+        * arch.num_layers
+    )
+    return quantized + unquantized_param_count(arch) * QLORA_UNQUANTIZED_BYTES
+
+
+def trainable_tensor_shapes(
+    arch: Architecture, req: PlanRequest, targets: tuple[LinearModule, ...]
+) -> list[tuple[int, int, int]]:
+    """(rows, cols, how many) of every trainable tensor; cols = 0 for a vector."""
+    layers = arch.num_layers
+    if req.method != "full":
+        r = req.lora_r
+        shapes: list[tuple[int, int, int]] = []
+        for m in targets:
+            shapes.append((r, m.in_features, m.count * layers))  # lora_A: r × in
+            shapes.append((m.out_features, r, m.count * layers))  # lora_B: out × r
+        return shapes
+    h, v = arch.hidden_size, arch.vocab_size
+    shapes = [(v, h, 1 if arch.tie_embeddings else 2), (h, 0, 1 + layers * arch.norms_per_layer)]
+    for m in linear_modules(arch):
+        shapes.append((m.out_features, m.in_features, m.count * layers))
+        if m.bias:
+            shapes.append((m.out_features, 0, m.count * layers))
+    if arch.qk_norm:
+        shapes.append((arch.head_dim, 0, 2 * layers))
+    if arch.is_moe:
+        shapes.append((arch.num_experts, h, layers))
+    return shapes
+
+
+def _elements(shape: tuple[int, int, int]) -> int:
+    rows, cols, count = shape
+    return rows * (cols or 1) * count
+
+
+def optimizer_state_bytes(optimizer: str, shapes: list[tuple[int, int, int]], param_bytes: int) -> int:
+    """Optimizer state for the trainable tensors.
+
+    AdamW (torch, fused, bnb paged 32-bit): exp_avg + exp_avg_sq in the parameter's dtype, + a float32
+    `step` per tensor. bnb 8-bit (adamw_8bit, paged_adamw_8bit): two uint8 states + one fp32 absmax per
+    256 elements each, but 32-bit states for tensors under 4096 elements. Adafactor (HF, beta1=None):
+    factored second moment — a row and a column vector (fp32) per matrix, a full vector for 1-D tensors.
+    """
+    total = 0
+    for rows, cols, count in shapes:
+        n = rows * (cols or 1)
+        if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+            small = n < BNB_8BIT_MIN_SIZE
+            per = 2 * 4 * n if small else 2 * n + 2 * 4 * math.ceil(n / BNB_8BIT_BLOCKSIZE)
+        elif optimizer == "adafactor":
+            per = 4 * (rows + cols) if cols else 4 * n
+        else:  # adamw_torch, adamw_torch_fused, paged_adamw_32bit
+            per = 2 * param_bytes * n + ADAM_STEP_BYTES
+        total += per * count
+    return total
+
+
+def optimizer_step_transient_bytes(
+    optimizer: str, shapes: list[tuple[int, int, int]], param_bytes: int
+) -> int:
+    """Temporaries during `optimizer.step()`.
+
+    `adamw_torch` is torch's multi-tensor (foreach) AdamW: `_foreach_sqrt(exp_avg_sqs)` makes one full
+    copy of the second moments. Fused AdamW and bitsandbytes' kernels update in place. HF Adafactor builds
+    ~3 full-size fp32 temporaries of one parameter at a time.
+    """
+    if optimizer == "adamw_torch":
+        return sum(_elements(s) for s in shapes) * param_bytes
+    if optimizer == "adafactor":
+        return 3 * 4 * max((s[0] * (s[1] or 1) for s in shapes), default=0)
+    return 0
+
+
+# ---- activations ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Regime:
+    """Dtypes of what the forward saves, which follow from how the model is loaded."""
+
+    residual: int
+    """Bytes of the residual stream (layer inputs/outputs)."""
+    linear_out: int
+    """Bytes of projection outputs (and the MLP's intermediates)."""
+    compute: int
+    """Bytes of autocast copies (the compute dtype)."""
+    trainable_weights: bool
+    """Full fine-tune: every linear saves its input and every norm its normalized output."""
+    cast_copies: bool
+    """Autocast casts an fp32 input separately for each projection that reads it (q, k, v; gate, up)."""
+    autocast: bool
+
+
+def _regime(req: PlanRequest) -> _Regime:
+    return _regime_for(req.method, req.world_size > 1, req.compute_dtype)
+
+
+@lru_cache(maxsize=64)
+def _regime_for(method: str, distributed: bool, compute_dtype: str) -> _Regime:
+    compute = DTYPE_BYTES[compute_dtype]
+    autocast = compute < 4
+    if method == "full":
+        if distributed or not autocast:  # FSDP mixed precision computes in bf16 params (or all fp32)
+            return _Regime(compute, compute, compute, True, False, autocast)
+        return _Regime(4, compute, compute, True, True, autocast)
+    if method == "qlora":
+        # fp32 embeddings ⇒ fp32 residual; bnb's Linear4bit returns its output in the input's dtype (fp32)
+        return _Regime(4, 4, compute, False, False, autocast)
+    return _Regime(compute, compute, compute, False, False, autocast)
+
+
+def _sequences(req: PlanRequest) -> int:
+    """Sequences in one micro-batch forward: DPO concatenates chosen and rejected."""
+    return req.batch_size * (2 if req.kind == "dpo" else 1)
+
+
+def _padding_mask(req: PlanRequest) -> bool:
+    """Whether a 4-D attention mask exists: padded batches (DPO pairs always pad to the longer answer)."""
+    if req.attention in ("flash_attention_2", "flash_attention_3"):
+        return False  # unpadded varlen kernels, no mask tensor
+    return _sequences(req) > 1 and not req.packing
+
+
+def _layer_bytes_per_token(arch: Architecture, req: PlanRequest, targets: tuple[LinearModule, ...]) -> float:
+    """Bytes one decoder block's forward saves for backward, per token (no checkpointing)."""
+    g = _regime(req)
+    h, i, q, kv = arch.hidden_size, arch.intermediate_size, arch.q_dim, arch.kv_dim
+    top_k = arch.experts_per_token if arch.is_moe else 1
+    total = 0.0
+    # RMSNorms upcast their input to fp32 and keep it for backward; a trainable weight keeps the output too
+    total += arch.norms_per_layer * (4 * h + (g.residual * h if g.trainable_weights else 0))
+    # inputs of trainable projections: one autocast copy per reader of an fp32 input, else shared
+    if g.trainable_weights:
+        readers_attn = (1 if arch.fused_qkv else 3) if g.cast_copies else 1
+        readers_mlp = (1 if arch.fused_qkv else 2) * (top_k if arch.is_moe else 1) if g.cast_copies else top_k
+        total += (readers_attn + readers_mlp) * g.compute * h
+    if arch.qk_norm:
+        total += 4 * (q + kv)
+    # attention: SDPA/flash keep q, k, v, the output and an fp32 logsumexp per head (no seq × seq matrix).
+    # With a padding mask transformers repeats k/v to all heads for SDPA; eager always does.
+    repeat_kv = req.attention == "eager" or (req.attention == "sdpa" and _padding_mask(req))
+    kv_saved = q if repeat_kv else kv
+    total += g.compute * (2 * q + 2 * kv_saved) + 4 * arch.num_heads
+    if req.attention == "eager":
+        # softmax in fp32 (kept) and its cast to the compute dtype (kept by the matmul with v)
+        total += arch.num_heads * req.max_seq_length * (4 + g.compute)
+    # MLP: gate output (kept by the activation), activation output and up output (kept by the product)
+    total += top_k * 3 * g.linear_out * i
+    if g.trainable_weights:
+        total += top_k * g.linear_out * i  # the product is down_proj's input
+    if arch.is_moe:
+        total += top_k * g.residual * h + 2 * 4 * arch.num_experts  # gathered tokens; router logits/probs
+    # LoRA: each targeted layer keeps its own compute-dtype copy of its input for lora_A (autocast casts
+    # the fp32 dropout output), the dropout mask (1 byte/element), and lora_A's output for lora_B.
+    lora_input = g.compute if g.autocast else 4
+    for m in targets:
+        readers = m.count if not m.expert else top_k
+        per = m.in_features * (lora_input + (1 if req.lora_dropout > 0 else 0)) + req.lora_r * lora_input
+        total += readers * per
+    return total
+
+
+def _workspace_per_token(arch: Architecture, req: PlanRequest) -> float:
+    """Gradient buffers alive while one block runs backward: the MLP's three intermediates + two hidden."""
+    g = _regime(req)
+    top_k = arch.experts_per_token if arch.is_moe else 1
+    return 3 * g.linear_out * arch.intermediate_size * top_k + 2 * 4 * arch.hidden_size
+
+
+def activation_bytes(
+    arch: Architecture, req: PlanRequest, targets: tuple[LinearModule, ...]
+) -> dict[str, float]:
+    """Activations of one micro-batch at the start of backward, by part."""
+    g = _regime(req)
+    sequences = _sequences(req)
+    seq = req.max_seq_length
+    tokens = sequences * seq
+    layer = _layer_bytes_per_token(arch, req, targets) * tokens
+    boundary = g.residual * arch.hidden_size * tokens  # a block's input (what checkpointing keeps)
+    # outside the blocks: rotary cos/sin, the final norm (+ lm_head's input when trainable)
+    outside = (2 * arch.head_dim * g.residual + 4 * arch.hidden_size) * tokens
+    if g.trainable_weights:
+        outside += g.compute * arch.hidden_size * tokens
+    mask = 0.0
+    per_layer_mask = 0.0
+    if _padding_mask(req):
+        mask = sequences * seq * seq * (g.compute if req.attention == "eager" else 1)
+        if req.attention == "sdpa":
+            # SDPA turns the boolean mask into a float bias per call; the memory-efficient kernel keeps it
+            per_layer_mask = sequences * seq * seq * g.compute
+    if req.gradient_checkpointing:
+        blocks = arch.num_layers * boundary + layer + per_layer_mask
+    else:
+        blocks = arch.num_layers * (layer + per_layer_mask)
+    workspace = _workspace_per_token(arch, req) * tokens
+    return {"blocks": blocks, "outside": outside, "mask": mask, "workspace": workspace}
+
+
+def logits_bytes(arch: Architecture, req: PlanRequest) -> int:
+    tokens = _sequences(req) * req.max_seq_length
+    per = LOSS_BYTES_PER_LOGIT + (SOFTCAP_BYTES_PER_LOGIT if arch.logit_softcapping else 0)
+    return tokens * arch.vocab_size * per
+
+
+# ---- the estimate ---------------------------------------------------------------------------------
+
+
+def _layer_params(arch: Architecture) -> int:
+    per = sum(m.weight_elements * m.count for m in linear_modules(arch))
+    return per + arch.norms_per_layer * arch.hidden_size
+
+
+@lru_cache(maxsize=1024)
+def _static_terms(
+    arch: Architecture,
+    method: str,
+    targets: tuple[LinearModule, ...],
+    lora_r: int,
+    optimizer: str,
+    bits: int,
+    double_quant: bool,
+    compute_dtype: str,
+) -> tuple[int, int, int, int, int, int]:
+    """Terms that do not depend on batch, sequence or GPUs (cached: suggestions re-plan many variants):
+    total params, trainable params, weight bytes, gradient bytes, optimizer bytes, step temporaries."""
+    req = PlanRequest(
+        model=arch.name,
+        method=method,
+        lora_r=lora_r,
+        optimizer=optimizer,  # type: ignore[arg-type]
+        quantization_bits=bits,
+        double_quant=double_quant,
+        compute_dtype=compute_dtype,  # type: ignore[arg-type]
+    )
+    shapes = trainable_tensor_shapes(arch, req, targets)
+    trainable = sum(_elements(s) for s in shapes)
+    param_bytes = {"full": FULL_PARAM_BYTES, "lora": ADAPTER_BYTES_LORA, "qlora": ADAPTER_BYTES_QLORA}[method]
+    return (
+        param_count(arch),
+        trainable,
+        base_weight_bytes(arch, req),
+        trainable * param_bytes,
+        optimizer_state_bytes(optimizer, shapes, param_bytes),
+        optimizer_step_transient_bytes(optimizer, shapes, param_bytes),
+    )
+
+
+def estimate(req: PlanRequest, arch: Architecture, *, detail: bool = True) -> Estimate:
+    """Per-GPU peak memory of `req` on `arch` (no suggestions).
+
+    `detail=False` skips the notes and `components` (the suggestion search needs only the peak).
+    """
+    notes: list[str] = []
+    compute = DTYPE_BYTES[req.compute_dtype]
+    world = req.world_size
+    fsdp = req.method == "full" and world > 1
+    targets: tuple[LinearModule, ...] = ()
+    if req.method != "full":
+        targets, unknown = resolve_target_modules(arch, req.target_modules)
+        if unknown:
+            notes.append(
+                f"target modules {', '.join(unknown)} are not linear layers of {arch.name} "
+                f"(it has {', '.join(m.name for m in linear_modules(arch))}); ignored"
+            )
+        if not targets:
+            notes.append("no LoRA target matched: nothing would train")
+
+    total_params, trainable, full_weights, grads, optimizer, step_transient = _static_terms(
+        arch,
+        req.method,
+        targets,
+        req.lora_r,
+        req.optimizer,
+        req.quantization_bits,
+        req.double_quant,
+        req.compute_dtype,
+    )
+    param_bytes = {"full": FULL_PARAM_BYTES, "lora": ADAPTER_BYTES_LORA, "qlora": ADAPTER_BYTES_QLORA}[
+        req.method
+    ]
+    shard = world if fsdp else 1
+    weights = full_weights // shard
+    adapters = 0 if req.method == "full" else grads
+    grads //= shard
+    optimizer //= shard
+    step_transient //= shard
+    acts = activation_bytes(arch, req, targets)
+    activations = int(sum(acts.values()))
+    logits = logits_bytes(arch, req)
+
+    h, v = arch.hidden_size, arch.vocab_size
+    # gradients already present at the start of backward: all of them when earlier micro-batches
+    # accumulated into them (and LoRA's, which are tiny, always); for a full fine-tune's first micro-batch,
+    # lm_head's (computed first).
+    if req.method != "full" or req.gradient_accumulation_steps > 1:
+        grads_at_backward = grads
+    else:
+        grads_at_backward = v * h * param_bytes // shard
+    autocast_copies = 0
+    if req.method == "full" and not fsdp and compute < 4:
+        # autocast caches a bf16 copy of every fp32 weight it casts (linears and lm_head) until the
+        # forward, which computes the loss, returns
+        autocast_copies = (_linear_elements(arch) + v * h) * compute
+    dequant = 0
+    if req.method == "qlora":
+        # MatMul4Bit/8bit dequantize the weight to the compute dtype for each matmul (one at a time)
+        dequant = max(m.weight_elements for m in linear_modules(arch)) * compute
+    fsdp_unsharded = 0
+    if fsdp:
+        root = v * h * (1 if arch.tie_embeddings else 2) + h
+        # the root unit (embeddings, lm_head) stays gathered with its gradient; two blocks gathered
+        # (current + prefetched) and one block's unsharded gradient before reduce-scatter
+        fsdp_unsharded = (2 * root + 3 * _layer_params(arch)) * compute
+    ddp_buckets = grads if world > 1 and not fsdp else 0
+
+    reference = 0
+    if req.kind == "dpo":
+        if req.method == "full" or req.dpo_reference == "base":
+            reference = full_weights // shard
+            if req.method == "full" and req.dpo_reference == "implicit":
+                notes.append("a full fine-tune has no adapter to disable: DPO's reference is a frozen copy")
+            else:
+                notes.append("DPO reference: a second copy of the base weights")
+        else:
+            notes.append(
+                "DPO reference: the policy with its adapter disabled (no extra weights; its no-grad forward "
+                "runs before the policy's and stays below this peak)"
+            )
+
+    persistent = weights + adapters + optimizer + reference
+    forward_backward = {
+        "weights": weights,
+        "trainable_params": adapters,
+        "gradients": grads_at_backward,
+        "optimizer_states": optimizer,
+        "activations": activations,
+        "logits": logits,
+        "reference_model": reference,
+    }
+    if autocast_copies:
+        forward_backward["autocast_weight_copies"] = autocast_copies
+    if dequant:
+        forward_backward["dequantization_buffer"] = dequant
+    if fsdp_unsharded:
+        forward_backward["fsdp_unsharded_params"] = fsdp_unsharded
+    if ddp_buckets:
+        forward_backward["ddp_gradient_buckets"] = ddp_buckets
+    step = {
+        "weights": weights,
+        "trainable_params": adapters,
+        "gradients": grads,
+        "optimizer_states": optimizer,
+        "optimizer_step_temporaries": step_transient,
+        "activations": 0,
+        "logits": 0,
+        "reference_model": reference,
+    }
+    if ddp_buckets:
+        step["ddp_gradient_buckets"] = ddp_buckets
+    fb_total = sum(forward_backward.values())
+    step_total = sum(step.values())
+    if step_total > fb_total:
+        phase, chosen = "optimizer step", step
+    else:
+        phase, chosen = "forward/backward", forward_backward
+    allocated = max(fb_total, step_total)
+    assert persistent <= allocated
+    overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if world > 1 else 0) + int(FRAGMENTATION_FRACTION * allocated)
+    breakdown = {k: int(val) for k, val in chosen.items()}
+    breakdown["runtime_overhead"] = overhead
+    peak = sum(breakdown.values())
+
+    if not detail:
+        return Estimate(
+            peak_bytes=peak,
+            breakdown=breakdown,
+            peak_phase=phase,
+            params_total=total_params,
+            params_trainable=trainable,
+            notes=(),
+        )
+    components = {
+        "weights": weights,
+        "trainable_params": adapters,
+        "gradients": grads,
+        "optimizer_states": optimizer,
+        "optimizer_step_temporaries": step_transient,
+        "activations": activations,
+        "activations_blocks": int(acts["blocks"]),
+        "activations_outside_blocks": int(acts["outside"]),
+        "attention_mask": int(acts["mask"]),
+        "backward_workspace": int(acts["workspace"]),
+        "logits": logits,
+        "autocast_weight_copies": autocast_copies,
+        "dequantization_buffer": dequant,
+        "fsdp_unsharded_params": fsdp_unsharded,
+        "ddp_gradient_buckets": ddp_buckets,
+        "reference_model": reference,
+        "runtime_overhead": overhead,
+        "forward_backward_total": int(fb_total),
+        "optimizer_step_total": int(step_total),
+    }
+
+    if req.method == "qlora":
+        notes.append(
+            f"{req.quantization_bits}-bit base: embeddings, lm_head and norms stay unquantized, in fp32 "
+            "(prepare_model_for_kbit_training)"
+        )
+    if req.method == "full":
+        notes.append(
+            "full fine-tune: fp32 weights, gradients and optimizer states with bf16 autocast"
+            if compute < 4
+            else "full fine-tune in fp32"
+        )
+        if fsdp:
+            notes.append(
+                f"FSDP full-shard over {world} GPUs: weights, gradients and optimizer states ÷ {world}"
+            )
+    if req.optimizer.startswith("paged_"):
+        notes.append(
+            "paged optimizer: its states are counted here but live in unified memory and can spill to host "
+            "RAM under pressure (slower, not an OOM)"
+        )
+    notes.append(
+        f"sequences counted at maxSeqLength {req.max_seq_length} (the longest a batch can pad to); "
+        + LOGITS_NOTE
+    )
+    notes.append(f"peak at the {phase}")
+    return Estimate(
+        peak_bytes=peak,
+        breakdown=breakdown,
+        peak_phase=phase,
+        params_total=total_params,
+        params_trainable=trainable,
+        notes=tuple(notes),
+        components=components,
+    )
