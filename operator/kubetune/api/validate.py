@@ -52,6 +52,8 @@ def validate_object(obj: Any, *, local: bool = False, lookup: RefLookup | None =
     if not isinstance(obj.get("spec"), dict):
         return [*problems, Problem("spec", "Required value" if "spec" not in obj else "must be an object")]
     obj = defaulted(obj)
+    if old is not None and old.get("kind") == obj["kind"]:
+        old = defaulted(old)  # the stored object was defaulted when it was written
     problems += schema_problems(obj)
     if problems:
         return problems  # CEL and semantic rules assume a structurally valid object

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install everything and run every test: lint, types, unit, trainer (real CPU training) and
+# end-to-end tests on the local Kubernetes control plane (built from Go modules on first use).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=$(bash scripts/install.sh | tail -n 1)
+export PATH="$venv/bin:$PATH"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+echo "== ruff"
+ruff check operator trainer_image tests benchmarks examples
+echo "== mypy (strict on the pure core)"
+mypy --strict operator/kubetune/api operator/kubetune/planning operator/kubetune/data \
+  operator/kubetune/render operator/kubetune/gates.py operator/kubetune/evaluation
+echo "== pytest"
+python -m pytest -q "$@"
