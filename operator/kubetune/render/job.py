@@ -1,0 +1,232 @@
+"""The batch/v1 Job running the trainer, and `render_children`, which builds every child of a CR.
+
+Pod shape, in order of concern: placement (GPU count, GPU memory affinity, taint toleration, the
+spec's nodeSelector/tolerations/priority), storage (config, /dev/shm, /tmp, HF cache, PVCs), the
+trainer channel (downward-API POD_NAME/POD_NAMESPACE, termination message), secrets by reference,
+the restricted security context, and the Job's failure handling (backoffLimit, podFailurePolicy,
+activeDeadlineSeconds). `gpus > 1` runs torchrun with a process per GPU; `nodes > 1` an Indexed Job
+with a headless Service for rendezvous; `queueName` hands the Job to Kueue suspended.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api.defaults import resolve
+from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
+from kubetune.api.resources import AnyJob, FineTuneJob
+from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
+from kubetune.api.trainer_contract import PlanSummary, ReportChannel, SecretEnv, TrainerConfig
+from kubetune.planning.quantity import parse_quantity
+from kubetune.render.configmap import CONFIG_DIR, CONFIG_PATH, build_configmap
+from kubetune.render.meta import ANNOTATION_OWNER, child_labels, child_metadata
+from kubetune.render.names import configmap_name, job_name, service_name
+from kubetune.render.service import build_service, master_address
+from kubetune.render.settings import RenderSettings
+from kubetune.render.sources import ResolvedSources, resolve_sources
+from kubetune.render.trainer_config import build_trainer_config
+
+CONTAINER = "trainer"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+TERMINATION_LOG = "/dev/termination-log"
+HF_HOME = "/var/cache/huggingface"
+TRAINER_UID = 65532  # "nonroot" in distroless images
+TRAINER_MODULE = "kubetune_trainer.main"
+
+
+def gpu_memory_min_mib(gpu_memory: str, tolerance: float) -> int:
+    """Smallest `nvidia.com/gpu.memory` label (MiB) a node may report for this job."""
+    mib = parse_quantity(gpu_memory) / 2**20
+    return max(1, math.floor(mib * (1.0 - tolerance)))
+
+
+def _placement(spec: FineTuneJobSpec | PreferenceAlignmentSpec, s: RenderSettings) -> dict[str, Any]:
+    r = spec.resources
+    pod: dict[str, Any] = {
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": s.gpu_memory_label, "operator": "Gt",
+                                   "values": [str(gpu_memory_min_mib(r.gpu_memory, s.gpu_memory_tolerance) - 1)]}]},
+        ]}}},
+        "tolerations": [{"key": s.gpu_taint_key, "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    if r.node_selector:
+        pod["nodeSelector"] = dict(r.node_selector)
+    for t in r.tolerations or []:
+        pod["tolerations"].append(t.to_k8s())
+    if r.priority_class_name:
+        pod["priorityClassName"] = r.priority_class_name
+    return pod
+
+
+def _resources(spec: FineTuneJobSpec | PreferenceAlignmentSpec, s: RenderSettings) -> dict[str, Any]:
+    r = spec.resources
+    limits: dict[str, str] = {s.gpu_resource: str(r.gpus)}
+    requests: dict[str, str] = {s.gpu_resource: str(r.gpus)}
+    if r.cpu:
+        limits["cpu"] = requests["cpu"] = r.cpu
+    if r.memory:
+        limits["memory"] = requests["memory"] = r.memory
+    return {"limits": limits, "requests": requests}
+
+
+def security_context_pod() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID, "fsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def security_context_container() -> dict[str, Any]:
+    """Pod Security Standard "restricted" plus a read-only root filesystem."""
+    return {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "allowPrivilegeEscalation": False,
+            "privileged": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _command(kind: str, name: str, gpus: int, nodes: int, port: int) -> list[str]:
+    trainer = ["--config", CONFIG_PATH]
+    if gpus == 1 and nodes == 1:
+        return ["kubetune-trainer", *trainer]
+    run = ["torchrun", f"--nproc-per-node={gpus}"]
+    if nodes == 1:
+        run.append("--standalone")
+    else:
+        run += [f"--nnodes={nodes}", "--node-rank=$(JOB_COMPLETION_INDEX)",
+                f"--master-addr={master_address(kind, name)}", f"--master-port={port}"]
+    return [*run, "-m", TRAINER_MODULE, *trainer]
+
+
+def _env(src: ResolvedSources, nodes: int) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "KUBETUNE_CONFIG", "value": CONFIG_PATH},
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if nodes > 1:
+        env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
+    return env + src.env
+
+
+def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src: ResolvedSources,
+              settings: RenderSettings) -> dict[str, Any]:
+    kind, name = job.kind, job.metadata.name or ""
+    ns, uid = job.metadata.namespace or "default", job.metadata.uid
+    r = spec.resources
+    labels = child_labels(kind, name)
+    job_labels: dict[str, str] = {}
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    volumes = [
+        {"name": "config", "configMap": {"name": configmap_name(kind, name)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "hf-cache", "emptyDir": {}},
+        *src.volumes,
+    ]
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "hf-cache", "mountPath": HF_HOME},
+        *src.mounts,
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": _command(kind, name, r.gpus, r.nodes, settings.rendezvous_port),
+        "env": _env(src, r.nodes),
+        "resources": _resources(spec, settings),
+        "volumeMounts": mounts,
+        "securityContext": security_context_container(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+    }
+    if r.nodes > 1:
+        container["ports"] = [{"name": "rendezvous", "containerPort": settings.rendezvous_port}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # retries are the Job's (backoffLimit, podFailurePolicy)
+        "serviceAccountName": settings.trainer_service_account,
+        "automountServiceAccountToken": True,  # the trainer patches its own pod's progress annotation
+        "securityContext": security_context_pod(),
+        "containers": [container],
+        "volumes": volumes,
+        **_placement(spec, settings),
+    }
+    if r.nodes > 1:
+        pod_spec["subdomain"] = service_name(kind, name)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "podFailurePolicy": {"rules": [
+            # Permanent trainer failures (bad data, diverged, no model, bad config): fail now.
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                  "values": sorted(int(c) for c in PERMANENT_EXIT_CODES)}},
+            # Preemption, eviction, node drain: not the trainer's fault; retry without counting.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
+        "suspend": bool(spec.suspend or spec.queue_name),
+        "template": {
+            "metadata": {
+                "labels": {**labels, **job_labels, **settings.extra_pod_labels},
+                "annotations": {ANNOTATION_OWNER: name, **settings.extra_pod_annotations},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if spec.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if r.nodes > 1:
+        job_spec.update({"completionMode": "Indexed", "completions": r.nodes, "parallelism": r.nodes})
+    else:
+        job_spec.update({"completions": 1, "parallelism": 1})
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": child_metadata(kind, name, ns, uid, job_name(kind, name), labels=job_labels),
+        "spec": job_spec,
+    }
+
+
+@dataclass
+class Children:
+    config: TrainerConfig
+    configmap: dict[str, Any]
+    job: dict[str, Any]
+    service: dict[str, Any] | None
+
+    def all(self) -> list[dict[str, Any]]:
+        """In creation order: the ConfigMap and Service before the Job whose pods need them."""
+        return [self.configmap, *([self.service] if self.service else []), self.job]
+
+
+def render_children(job: AnyJob, settings: RenderSettings, *, referenced: FineTuneJobSpec | None = None,
+                    adapter_uri: str | None = None, plan: PlanSummary | None = None) -> Children:
+    """Every child of `job`. For a PreferenceAlignment chained on a FineTuneJob, `referenced` is that
+    job's spec and `adapter_uri` its artifact."""
+    if isinstance(job, FineTuneJob):
+        spec: FineTuneJobSpec | PreferenceAlignmentSpec = resolve(job.spec)
+        src = resolve_sources(job)
+    else:
+        spec = resolve(job.spec, referenced)
+        base = referenced.base_model if referenced is not None else None
+        src = resolve_sources(job, model_uri=spec.base_model.uri if spec.base_model else None,
+                              adapter_uri=adapter_uri,
+                              model_revision=spec.base_model.revision if spec.base_model else None,
+                              token_secret_ref=(spec.base_model.token_secret_ref if spec.base_model else None)
+                              or (base.token_secret_ref if base else None))
+    report = ReportChannel(pod_annotations=True, termination_log=TERMINATION_LOG,
+                           metrics_port=settings.trainer_metrics_port,
+                           interval_seconds=settings.progress_interval_seconds)
+    config = build_trainer_config(job, sources=src.sources, referenced=referenced, plan=plan, report=report,
+                                  secret_env=src.secret_env if src.secret_env != SecretEnv() else None,
+                                  device="cuda")
+    kind, name = job.kind, job.metadata.name or ""
+    ns, uid = job.metadata.namespace or "default", job.metadata.uid
+    service = None
+    if spec.resources.nodes > 1:
+        service = build_service(kind, name, ns, uid, port=settings.rendezvous_port)
+    return Children(config=config, configmap=build_configmap(config, uid=uid),
+                    job=build_job(job, spec, src, settings), service=service)

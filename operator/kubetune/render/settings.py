@@ -1,0 +1,76 @@
+"""Operator settings the renderers and the status derivation read. Pure data; the operator shell
+fills it from environment variables (`RenderSettings.from_env`), tests build it directly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """What the operator decides about the pods it renders (env var in brackets)."""
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE  # KUBETUNE_TRAINER_IMAGE
+    image_pull_policy: str = "IfNotPresent"  # KUBETUNE_IMAGE_PULL_POLICY
+    trainer_service_account: str = "kubetune-trainer"  # KUBETUNE_TRAINER_SERVICE_ACCOUNT
+    # Pods only land on GPUs reporting at least gpuMemory × (1 − tolerance): an "80 GB" H100 reports
+    # 81559 MiB, a little under 80 GiB (81920 MiB).
+    gpu_memory_tolerance: float = 0.05  # KUBETUNE_GPU_MEMORY_TOLERANCE
+    gpu_resource: str = "nvidia.com/gpu"  # KUBETUNE_GPU_RESOURCE
+    gpu_memory_label: str = "nvidia.com/gpu.memory"  # KUBETUNE_GPU_MEMORY_LABEL (MiB, GPU feature discovery)
+    gpu_taint_key: str = "nvidia.com/gpu"  # KUBETUNE_GPU_TAINT_KEY
+    shm_size: str = "16Gi"  # KUBETUNE_SHM_SIZE (/dev/shm, a memory emptyDir)
+    rendezvous_port: int = 29500  # KUBETUNE_RENDEZVOUS_PORT (torchrun, multi-node)
+    progress_interval_seconds: float = 10.0  # KUBETUNE_PROGRESS_INTERVAL (trainer's annotation patches)
+    trainer_metrics_port: int | None = None  # KUBETUNE_TRAINER_METRICS_PORT (None: off)
+    # A pod unschedulable for this long ends the job Failed/Unschedulable instead of an endless Pending.
+    unschedulable_grace_seconds: float = 120.0  # KUBETUNE_UNSCHEDULABLE_GRACE
+    # Image pull failures (ErrImagePull/ImagePullBackOff) for this long end the job ImageUnavailable.
+    image_pull_grace_seconds: float = 120.0  # KUBETUNE_IMAGE_PULL_GRACE
+    extra_pod_labels: Mapping[str, str] = field(default_factory=dict)
+    extra_pod_annotations: Mapping[str, str] = field(default_factory=dict)
+
+    ENV: ClassVar[dict[str, str]] = {
+        "trainer_image": "KUBETUNE_TRAINER_IMAGE",
+        "image_pull_policy": "KUBETUNE_IMAGE_PULL_POLICY",
+        "trainer_service_account": "KUBETUNE_TRAINER_SERVICE_ACCOUNT",
+        "gpu_memory_tolerance": "KUBETUNE_GPU_MEMORY_TOLERANCE",
+        "gpu_resource": "KUBETUNE_GPU_RESOURCE",
+        "gpu_memory_label": "KUBETUNE_GPU_MEMORY_LABEL",
+        "gpu_taint_key": "KUBETUNE_GPU_TAINT_KEY",
+        "shm_size": "KUBETUNE_SHM_SIZE",
+        "rendezvous_port": "KUBETUNE_RENDEZVOUS_PORT",
+        "progress_interval_seconds": "KUBETUNE_PROGRESS_INTERVAL",
+        "trainer_metrics_port": "KUBETUNE_TRAINER_METRICS_PORT",
+        "unschedulable_grace_seconds": "KUBETUNE_UNSCHEDULABLE_GRACE",
+        "image_pull_grace_seconds": "KUBETUNE_IMAGE_PULL_GRACE",
+    }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RenderSettings:
+        env = os.environ if env is None else env
+        kwargs: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in cls.ENV.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            kind = str(types[name])
+            if "float" in kind:
+                kwargs[name] = float(raw)
+            elif "int" in kind:
+                kwargs[name] = int(raw)
+            elif "bool" in kind:
+                kwargs[name] = _bool(raw)
+            else:
+                kwargs[name] = raw
+        return cls(**kwargs)
