@@ -34,6 +34,50 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from kubetune.api.problems import errors
+    from kubetune.api.validate import is_kubetune, validate_object
+    from kubetune.manifests import ManifestError, load_documents
+    from kubetune.planning.cli import EXIT_BAD_INPUT, plan_main_from_request
+    from kubetune.planning.spec_adapter import plan_request
+    from kubetune.planning.types import CannotPlan
+    from kubetune.validation import lookup_in
+
+    try:
+        documents = [d for path in args.files for d in load_documents(path)]
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    lookup = lookup_in(documents)
+    codes = []
+    for doc in documents:
+        if not is_kubetune(doc.obj):
+            continue
+        problems = errors(validate_object(doc.obj, local=True, lookup=lookup))
+        if problems:
+            for p in problems:
+                print(f"{doc.file}: {doc.label}: {p}", file=sys.stderr)
+            codes.append(EXIT_BAD_INPUT)
+            continue
+        from kubetune.api.resources import parse_resource
+        from kubetune.api.validate import defaulted
+
+        job = parse_resource(defaulted(doc.obj))
+        try:
+            request = plan_request(job, lookup=lookup, gpu_memory=args.gpu_memory)
+        except (CannotPlan, ValueError) as exc:
+            print(f"{doc.file}: {doc.label}: cannot plan: {exc}", file=sys.stderr)
+            codes.append(EXIT_BAD_INPUT)
+            continue
+        if args.output == "text" and len(documents) > 1:
+            print(f"# {doc.file}: {doc.label}")
+        codes.append(plan_main_from_request(request, output=args.output, stream=sys.stdout, err=sys.stderr))
+    if not codes:
+        print("no FineTuneJob or PreferenceAlignment found", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_BAD_INPUT if EXIT_BAD_INPUT in codes else max(codes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tune LLMs on Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="check for `kubetune run` (file:// sources allowed without a warning)")
     p.add_argument("--no-plan", action="store_true", help="skip the memory fit check")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("plan", help="estimate per-GPU peak memory; exit 0 fits, 2 does not fit, 1 bad input")
+    p.add_argument("-f", "--filename", dest="files", action="append", required=True, help="manifest file (repeatable)")
+    p.add_argument("--gpu-memory", help="GPU memory to plan against, e.g. 80Gi (default: spec.resources.gpuMemory)")
+    p.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("crds", help="print the CRD YAML generated from the API models")
     p.add_argument("--out", help="write one file per kind into this folder instead")
@@ -58,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kubetune plan ... | head`
+        return 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def _fit_check() -> FitCheck | None:
     return fit_problems
 
 
-def _lookup_in(documents: list[Document]) -> RefLookup:
+def lookup_in(documents: list[Document]) -> RefLookup:
     """FineTuneJobs among the files given stand in for the namespace's."""
     jobs: dict[str, FineTuneJobSpec] = {}
     for doc in documents:
@@ -42,7 +42,7 @@ def validate_files(files: list[str], *, local: bool = False, fit: bool = True) -
         except ManifestError as exc:
             lines.append(str(exc))
             ok = False
-    lookup = _lookup_in(documents)
+    lookup = lookup_in(documents)
     fit_check = _fit_check() if fit else None
     for doc in documents:
         if not is_kubetune(doc.obj):
