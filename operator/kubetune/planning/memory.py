@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from kubetune.planning.catalog import linear_modules, param_count, unquantized_param_count
-from kubetune.planning.types import Architecture, LinearModule, PlanRequest
+from kubetune.planning.types import Architecture, ComputeDtype, LinearModule, Method, Optimizer, PlanRequest
 
 __all__ = [
     "BNB_8BIT_MIN_SIZE",
@@ -73,6 +73,8 @@ BNB_8BIT_MIN_SIZE = 4096
 """bitsandbytes keeps 32-bit states for parameters with fewer elements (`min_8bit_size`)."""
 ADAM_STEP_BYTES = 4
 """torch AdamW keeps `step` as a float32 scalar tensor per parameter."""
+ADAFACTOR_RMS_BYTES = 4
+"""HF Adafactor keeps the parameter's RMS as a float32 scalar tensor per parameter."""
 
 LOSS_BYTES_PER_LOGIT = 12
 """Per token × vocab entry around the loss: at the start of backward the fp32 log-softmax saved by
@@ -237,7 +239,8 @@ def optimizer_state_bytes(optimizer: str, shapes: list[tuple[int, int, int]], pa
     AdamW (torch, fused, bnb paged 32-bit): exp_avg + exp_avg_sq in the parameter's dtype, + a float32
     `step` per tensor. bnb 8-bit (adamw_8bit, paged_adamw_8bit): two uint8 states + one fp32 absmax per
     256 elements each, but 32-bit states for tensors under 4096 elements. Adafactor (HF, beta1=None):
-    factored second moment — a row and a column vector (fp32) per matrix, a full vector for 1-D tensors.
+    factored second moment — a row and a column vector (fp32) per matrix, a full vector for 1-D tensors,
+    + an fp32 RMS scalar.
     """
     total = 0
     for rows, cols, count in shapes:
@@ -246,7 +249,7 @@ def optimizer_state_bytes(optimizer: str, shapes: list[tuple[int, int, int]], pa
             small = n < BNB_8BIT_MIN_SIZE
             per = 2 * 4 * n if small else 2 * n + 2 * 4 * math.ceil(n / BNB_8BIT_BLOCKSIZE)
         elif optimizer == "adafactor":
-            per = 4 * (rows + cols) if cols else 4 * n
+            per = (4 * (rows + cols) if cols else 4 * n) + ADAFACTOR_RMS_BYTES
         else:  # adamw_torch, adamw_torch_fused, paged_adamw_32bit
             per = 2 * param_bytes * n + ADAM_STEP_BYTES
         total += per * count
@@ -411,13 +414,13 @@ def _layer_params(arch: Architecture) -> int:
 @lru_cache(maxsize=1024)
 def _static_terms(
     arch: Architecture,
-    method: str,
+    method: Method,
     targets: tuple[LinearModule, ...],
     lora_r: int,
-    optimizer: str,
+    optimizer: Optimizer,
     bits: int,
     double_quant: bool,
-    compute_dtype: str,
+    compute_dtype: ComputeDtype,
 ) -> tuple[int, int, int, int, int, int]:
     """Terms that do not depend on batch, sequence or GPUs (cached: suggestions re-plan many variants):
     total params, trainable params, weight bytes, gradient bytes, optimizer bytes, step temporaries."""
@@ -425,10 +428,10 @@ def _static_terms(
         model=arch.name,
         method=method,
         lora_r=lora_r,
-        optimizer=optimizer,  # type: ignore[arg-type]
+        optimizer=optimizer,
         quantization_bits=bits,
         double_quant=double_quant,
-        compute_dtype=compute_dtype,  # type: ignore[arg-type]
+        compute_dtype=compute_dtype,
     )
     shapes = trainable_tensor_shapes(arch, req, targets)
     trainable = sum(_elements(s) for s in shapes)

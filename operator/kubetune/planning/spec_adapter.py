@@ -10,15 +10,19 @@ from kubetune.planning.quantity import parse_quantity
 from kubetune.planning.types import CannotPlan, PlanRequest
 
 
-def plan_request(job: AnyJob, *, lookup: RefLookup | None = None, gpu_memory: str | None = None) -> PlanRequest:
+def plan_request(
+    job: AnyJob, *, lookup: RefLookup | None = None, gpu_memory: str | None = None
+) -> PlanRequest:
     """Raises CannotPlan when a PreferenceAlignment's FineTuneJob cannot be found to learn its model."""
     referenced: FineTuneJobSpec | None = None
     if isinstance(job, PreferenceAlignment) and job.spec.fine_tune_job_ref is not None:
         name = job.spec.fine_tune_job_ref.name
         referenced = lookup(name) if lookup is not None else None
         if referenced is None:
-            raise CannotPlan(f"the base model comes from FineTuneJob {name!r}, which is not available to plan with",
-                             field="spec.fineTuneJobRef.name")
+            raise CannotPlan(
+                f"the base model comes from FineTuneJob {name!r}, which is not available to plan with",
+                field="spec.fineTuneJobRef.name",
+            )
     spec: FineTuneJobSpec | PreferenceAlignmentSpec = resolve(job.spec, referenced)
     method = tuning_method(spec, referenced)
     assert spec.base_model is not None  # resolve() fills it from the referenced job
