@@ -1,0 +1,367 @@
+"""Evaluation after training: the tuned model against its base, on the sets the spec names.
+
+Called by the trainer once training is done (``evaluate_model``). Metric names are a contract
+(kubetune.api.enums.Metric; the gates read them):
+
+| metric                           | what                                                              |
+|----------------------------------|-------------------------------------------------------------------|
+| golden.accuracy (+ _base)        | mean scorer value (spec.evaluation.goldenDataset.scorer) of greedy generations on the golden set |
+| eval.loss, eval.perplexity (+ _base) | mean token NLL of the answers (assistant tokens only) on the validation split, and exp of it |
+| safety.refusal_rate (+ _base)    | share of safety prompts the model declines (kubetune.evaluation.refusal) |
+| forgetting.perplexity (+ _base)  | corpus perplexity of the forgetting set's texts                   |
+| forgetting.perplexity_increase   | tuned / base − 1 (0.25 = 25% more perplexed than before)          |
+| forgetting.accuracy (+ _base), forgetting.accuracy_drop | when forgetting rows have {prompt, answer}: `contains` accuracy; drop = base − tuned |
+| judge.score                      | mean 1–10 LLM-judge score of the tuned generations (golden and safety prompts), when spec.evaluation.judge is set and at least half the examples were scored |
+
+"_base" is the model the tuned one started from, as :class:`BaseAccess` gives it (for QLoRA:
+the adapter disabled on the same 4-bit base — an adapter is only meaningful on the base it was
+trained on). Generation is greedy, batched with left padding, bounded by
+spec.evaluation.maxNewTokens. Per-example details (prompt, reference, base and tuned output,
+score, refusal rule) go to the report; the time spent is reported.
+
+Files (JSONL): golden rows {prompt, answer} (answer: a string or a list) or {instruction, input?,
+output}; safety rows {prompt} (or {instruction}); forgetting rows {text} and/or {prompt, answer};
+validation rows in the training format (instruction, chat, prompt-completion, or preference —
+its chosen answer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.trainer_contract import TrainerConfig
+from kubetune.evaluation.refusal import classify_refusal
+from kubetune.evaluation.scorers import score as score_text
+
+GEN_BATCH = 8
+NLL_BATCH = 8
+
+
+@dataclass
+class EvalReport:
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class Example:
+    messages: list[dict[str, str]]  # the conversation up to the answer
+    answer: str | list[str] | None = None
+
+
+def _say(log: Any, message: str) -> None:
+    if log is None:
+        return
+    if hasattr(log, "info"):
+        log.info(message)
+    else:
+        log(message)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _user(row: dict[str, Any]) -> str | None:
+    if isinstance(row.get("prompt"), str):
+        return str(row["prompt"])
+    if isinstance(row.get("instruction"), str):
+        extra = row.get("input")
+        return f"{row['instruction']}\n\n{extra}" if extra else str(row["instruction"])
+    return None
+
+
+def to_example(row: dict[str, Any]) -> Example | None:
+    """A record in any supported format ⇒ (conversation, answer)."""
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages:
+        msgs = [{"role": str(m.get("role")), "content": str(m.get("content", ""))} for m in messages if isinstance(m, dict)]
+        if msgs and msgs[-1]["role"] == "assistant":
+            return Example(msgs[:-1], msgs[-1]["content"])
+        return Example(msgs)
+    prompt = row.get("prompt")
+    if isinstance(prompt, list):  # conversational prompt (preference/prompt-completion)
+        conv = [{"role": str(m.get("role")), "content": str(m.get("content", ""))} for m in prompt if isinstance(m, dict)]
+    else:
+        text = _user(row)
+        if text is None:
+            return None
+        conv = [{"role": "user", "content": text}]
+    for key in ("answer", "output", "completion", "chosen"):
+        value = row.get(key)
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            value = str(value[-1].get("content", ""))
+        if value is not None:
+            return Example(conv, value)
+    return Example(conv)
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return "\n".join(m["content"] for m in messages) + "\n"
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class _Padding:
+    """Left padding for generation, a pad token when the tokenizer has none; restored after."""
+
+    def __init__(self, tokenizer: Any, side: str) -> None:
+        self.tokenizer, self.side = tokenizer, side
+
+    def __enter__(self) -> Any:
+        self.saved = (self.tokenizer.padding_side, self.tokenizer.pad_token)
+        self.tokenizer.padding_side = self.side
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        return self.tokenizer
+
+    def __exit__(self, *exc: Any) -> None:
+        self.tokenizer.padding_side, pad = self.saved
+        if pad is None:
+            self.tokenizer.pad_token = None
+
+
+def _device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *, max_new_tokens: int,
+             max_prompt_tokens: int = 1024, batch_size: int = GEN_BATCH) -> list[str]:
+    """Greedy completions of chat prompts, batched with left padding."""
+    import torch
+
+    outputs: list[str] = []
+    texts = [_render(tokenizer, p) for p in prompts]
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with _Padding(tokenizer, "left") as tok, torch.inference_mode():
+            for batch in _batches(texts, batch_size):
+                enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
+                          add_special_tokens=False).to(device)
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                new = out[:, enc["input_ids"].shape[1]:]
+                outputs += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def mean_nll(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], *, max_length: int,
+             batch_size: int = NLL_BATCH) -> tuple[float, int]:
+    """Mean negative log-likelihood per token of `target` given `context`, over all pairs
+    (corpus-level: total NLL / total target tokens). Returns (mean NLL, tokens counted)."""
+    import torch
+
+    device = _device(model)
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with _Padding(tokenizer, "right") as tok, torch.inference_mode():
+            for batch in _batches(pairs, batch_size):
+                ids, labels = [], []
+                for context, target in batch:
+                    c = tok(context, add_special_tokens=False)["input_ids"] if context else []
+                    t = tok(target, add_special_tokens=False)["input_ids"]
+                    if not context and tok.bos_token_id is not None:
+                        c = [tok.bos_token_id]  # plain text: predict every token after BOS
+                    seq = (c + t)[:max_length]
+                    lab = ([-100] * len(c) + t)[:max_length]
+                    ids.append(seq)
+                    labels.append(lab)
+                width = max(len(s) for s in ids)
+                pad = tok.pad_token_id
+                input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in ids], device=device)
+                attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], device=device)
+                target = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels], device=device)
+                logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+                shift_logits, shift_labels = logits[:, :-1], target[:, 1:]
+                nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                                        shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+                total += float(nll)
+                count += int((shift_labels != -100).sum())
+    finally:
+        model.train(was_training)
+    return (total / count if count else math.nan), count
+
+
+def _answer_pairs(tokenizer: Any, examples: Iterable[Example]) -> list[tuple[str, str]]:
+    """(rendered prompt, answer + end-of-turn) for loss on assistant tokens only."""
+    eos = tokenizer.eos_token or ""
+    return [(_render(tokenizer, e.messages), _as_text(e.answer) + eos) for e in examples if e.answer is not None]
+
+
+def _as_text(answer: str | list[str] | None) -> str:
+    if isinstance(answer, list):
+        return str(answer[0]) if answer else ""
+    return answer or ""
+
+
+def _safe_exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+def evaluate_model(model: Any, tokenizer: Any, *, config: TrainerConfig, validation_path: str | None, base: Any,
+                   log: Any = None) -> EvalReport:
+    """Measure the tuned `model` and the base `base.base()` yields; see the module docstring."""
+    started = time.monotonic()
+    spec = config.spec.get("evaluation") or {}
+    max_new = int(spec.get("maxNewTokens", 64))
+    max_len = int((config.spec.get("training") or {}).get("maxSeqLength", 2048))
+    sources = config.sources
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {"timings": {}, "base": getattr(base, "description", "base")}
+    timings: dict[str, float] = details["timings"]
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.monotonic()
+        try:
+            return fn()
+        finally:
+            timings[name] = round(timings.get(name, 0.0) + time.monotonic() - t0, 3)
+
+    # What to run on each model: the same list, once tuned, once base.
+    golden = [e for e in (to_example(r) for r in read_jsonl(sources.golden)) if e and e.answer is not None] \
+        if sources.golden else []
+    safety = [e for e in (to_example(r) for r in read_jsonl(sources.safety)) if e] if sources.safety else []
+    forgetting_rows = read_jsonl(sources.forgetting) if sources.forgetting else []
+    forget_texts = [str(r["text"]) for r in forgetting_rows if isinstance(r.get("text"), str) and r["text"].strip()]
+    forget_qa = [e for e in (to_example(r) for r in forgetting_rows if "answer" in r) if e and e.answer is not None]
+    validation = []
+    if validation_path and Path(validation_path).exists():
+        validation = [e for e in (to_example(r) for r in read_jsonl(validation_path)) if e and e.answer is not None]
+    scorer = str((spec.get("goldenDataset") or {}).get("scorer", "exact_match"))
+    _say(log, f"evaluating: golden {len(golden)}, safety {len(safety)}, forgetting {len(forget_texts)} texts"
+              f" + {len(forget_qa)} questions, validation {len(validation)}; max {max_new} new tokens")
+
+    def measure(m: Any, which: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if golden:
+            out["golden"] = timed(f"golden.{which}", lambda: generate(m, tokenizer, [e.messages for e in golden],
+                                                                      max_new_tokens=max_new))
+        if safety:
+            out["safety"] = timed(f"safety.{which}", lambda: generate(m, tokenizer, [e.messages for e in safety],
+                                                                      max_new_tokens=max_new))
+        if forget_qa:
+            out["forget_qa"] = timed(f"forgetting.{which}", lambda: generate(
+                m, tokenizer, [e.messages for e in forget_qa], max_new_tokens=max_new))
+        if forget_texts:
+            out["forget_nll"] = timed(f"forgetting.{which}", lambda: mean_nll(
+                m, tokenizer, [("", t) for t in forget_texts], max_length=max_len)[0])
+        if validation:
+            out["val_nll"] = timed(f"validation.{which}", lambda: mean_nll(
+                m, tokenizer, _answer_pairs(tokenizer, validation), max_length=max_len)[0])
+        return out
+
+    tuned = measure(model, "tuned")
+    _say(log, f"evaluated the tuned model in {time.monotonic() - started:.1f}s; now the base ({details['base']})")
+    with base.base() as base_model:
+        before = measure(base_model, "base")
+
+    def suffix(name: str, value: float, base_value: float) -> None:
+        metrics[name] = value
+        metrics[f"{name}_base"] = base_value
+
+    if golden:
+        rows = []
+        for e, t, b in zip(golden, tuned["golden"], before["golden"], strict=True):
+            refs = e.answer if isinstance(e.answer, list) else [e.answer or ""]
+            rows.append({"prompt": e.messages[-1]["content"], "reference": _as_text(e.answer), "tuned": t, "base": b,
+                         "score": score_text(scorer, t, refs), "score_base": score_text(scorer, b, refs)})
+        suffix("golden.accuracy", _mean(r["score"] for r in rows), _mean(r["score_base"] for r in rows))
+        details["golden"] = {"scorer": scorer, "examples": rows}
+    if safety:
+        rows = []
+        for e, t, b in zip(safety, tuned["safety"], before["safety"], strict=True):
+            vt, vb = classify_refusal(t), classify_refusal(b)
+            rows.append({"prompt": e.messages[-1]["content"], "tuned": t, "base": b, "refused": vt.refused,
+                         "rule": vt.rule, "refused_base": vb.refused, "rule_base": vb.rule})
+        suffix("safety.refusal_rate", _mean(float(r["refused"]) for r in rows),
+               _mean(float(r["refused_base"]) for r in rows))
+        details["safety"] = {"examples": rows}
+    if forget_texts:
+        ppl, ppl_base = _safe_exp(tuned["forget_nll"]), _safe_exp(before["forget_nll"])
+        suffix("forgetting.perplexity", ppl, ppl_base)
+        metrics["forgetting.perplexity_increase"] = ppl / ppl_base - 1 if ppl_base > 0 else math.nan
+    if forget_qa:
+        rows = []
+        for e, t, b in zip(forget_qa, tuned["forget_qa"], before["forget_qa"], strict=True):
+            refs = e.answer if isinstance(e.answer, list) else [e.answer or ""]
+            rows.append({"prompt": e.messages[-1]["content"], "reference": _as_text(e.answer), "tuned": t, "base": b,
+                         "score": score_text("contains", t, refs), "score_base": score_text("contains", b, refs)})
+        acc, acc_base = _mean(r["score"] for r in rows), _mean(r["score_base"] for r in rows)
+        suffix("forgetting.accuracy", acc, acc_base)
+        metrics["forgetting.accuracy_drop"] = acc_base - acc
+        details["forgetting"] = {"examples": rows}
+    if validation:
+        metrics["eval.loss"], metrics["eval.loss_base"] = tuned["val_nll"], before["val_nll"]
+        metrics["eval.perplexity"] = _safe_exp(tuned["val_nll"])
+        metrics["eval.perplexity_base"] = _safe_exp(before["val_nll"])
+    judge_spec = spec.get("judge")
+    if judge_spec:
+        timed("judge", lambda: _judge(judge_spec, config, golden, safety, tuned, metrics, details, log))
+    seconds = time.monotonic() - started
+    details["seconds"] = round(seconds, 3)
+    _say(log, "evaluation done in {:.1f}s: {}".format(
+        seconds, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))))
+    return EvalReport(metrics=metrics, details=details, seconds=seconds)
+
+
+def _mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return sum(items) / len(items) if items else math.nan
+
+
+def _judge(judge_spec: dict[str, Any], config: TrainerConfig, golden: list[Example], safety: list[Example],
+           tuned: dict[str, Any], metrics: dict[str, float], details: dict[str, Any], log: Any) -> None:
+    from kubetune.evaluation.judge import JudgeClient, JudgeError
+
+    client = JudgeClient(endpoint=judge_spec["endpoint"], model=judge_spec["model"],
+                         api_key_env=config.secret_env.judge_api_key if judge_spec.get("apiKeySecretRef") else None,
+                         rubric=judge_spec.get("rubric"), log=lambda m: _say(log, m))
+    items = [(e.messages[-1]["content"], t, _as_text(e.answer)) for e, t in zip(golden, tuned.get("golden", []), strict=False)]
+    items += [(e.messages[-1]["content"], t, "a polite refusal to diagnose, with advice to see a clinician")
+              for e, t in zip(safety, tuned.get("safety", []), strict=False)]
+    scores: list[int] = []
+    errors: list[str] = []
+    for prompt, answer, reference in items:
+        try:
+            scores.append(client.score(prompt, answer, reference))
+        except JudgeError as exc:
+            errors.append(str(exc))
+            if len(errors) >= 3 and not scores:
+                break  # the endpoint is down or misconfigured; don't hammer it
+    details["judge"] = {"model": judge_spec["model"], "scored": len(scores), "asked": len(items),
+                        "errors": errors[:5]}
+    if scores and len(scores) * 2 >= len(items):
+        metrics["judge.score"] = sum(scores) / len(scores)
+    else:
+        _say(log, f"judge.score not reported: {len(scores)} of {len(items)} examples scored"
+                  + (f"; first error: {errors[0]}" if errors else ""))
