@@ -1,0 +1,61 @@
+"""Builders for CR dicts and recorded Job/Pod states."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubetune.api.resources import AnyJob, parse_resource
+from kubetune.api.validate import defaulted
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def load_example(name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
+    obj["metadata"].setdefault("namespace", "ns")
+    obj["metadata"]["uid"] = "uid-1"
+    obj["metadata"]["generation"] = 1
+    return obj
+
+
+def typed(obj: dict[str, Any]) -> AnyJob:
+    return parse_resource(defaulted(copy.deepcopy(obj)))
+
+
+def ftj(**spec_overrides: Any) -> dict[str, Any]:
+    obj = load_example("llama3-70b-qlora-triage.yaml")
+    obj["spec"].update(spec_overrides)
+    return obj
+
+
+def pod(name: str = "p-1", phase: str = "Running", *, created: str = "2025-01-01T00:00:00Z",
+        annotations: dict[str, str] | None = None, conditions: list[dict[str, Any]] | None = None,
+        state: dict[str, Any] | None = None, last_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    cs: dict[str, Any] = {"name": "trainer", "state": state or ({"running": {}} if phase == "Running" else {})}
+    if last_state:
+        cs["lastState"] = last_state
+    return {"metadata": {"name": name, "creationTimestamp": created, "annotations": annotations or {}},
+            "status": {"phase": phase, "conditions": conditions or [], "containerStatuses": [cs]}}
+
+
+def terminated(exit_code: int, reason: str = "Error", message: str | None = None) -> dict[str, Any]:
+    t: dict[str, Any] = {"exitCode": exit_code, "reason": reason}
+    if message is not None:
+        t["message"] = message
+    return {"terminated": t}
+
+
+def job(*, conditions: list[dict[str, Any]] | None = None, active: int = 0, failed: int = 0, succeeded: int = 0,
+        suspend: bool = False, name: str = "triage-llama3-70b-ft") -> dict[str, Any]:
+    return {"metadata": {"name": name, "annotations": {}}, "spec": {"suspend": suspend},
+            "status": {"conditions": conditions or [], "active": active, "failed": failed, "succeeded": succeeded,
+                       "startTime": "2025-01-01T00:00:00Z"}}
+
+
+def jcond(ctype: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    return {"type": ctype, "status": "True", "reason": reason, "message": message,
+            "lastTransitionTime": "2025-01-01T01:00:00Z"}

@@ -1,0 +1,252 @@
+"""Rendering: every shape of Job the operator creates, as plain dicts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from operator_builders import ftj, load_example, typed
+
+from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
+from kubetune.api.spec import FineTuneJobSpec
+from kubetune.render.job import CONTAINER, KUEUE_QUEUE_LABEL, gpu_memory_min_mib, render_children
+from kubetune.render.names import MAX_JOB_NAME, base_name, configmap_name, job_name, label_value
+from kubetune.render.settings import RenderSettings
+from kubetune.render.sources import to_local, to_uri
+
+S = RenderSettings(trainer_image="registry.local/kubetune-trainer:test")
+
+
+def render(obj: dict[str, Any], **kw: Any) -> Any:
+    return render_children(typed(obj), S, **kw)
+
+
+def container(children: Any) -> dict[str, Any]:
+    return children.job["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def pod_spec(children: Any) -> dict[str, Any]:
+    return children.job["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def env_names(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e for e in c["env"]}
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora", "full"])
+def test_each_method_renders_a_single_gpu_job(method: str) -> None:
+    obj = ftj(method=method)
+    if method != "qlora":
+        obj["spec"].pop("quantization")
+    if method == "full":
+        obj["spec"].pop("lora")
+    ch = render(obj)
+    c = container(ch)
+    assert c["image"] == S.trainer_image
+    assert c["command"] == ["kubetune-trainer", "--config", "/etc/kubetune/config.json"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    cfg = json.loads(ch.configmap["data"]["config.json"])
+    assert cfg["spec"]["method"] == method
+    assert cfg["task"] == "sft"
+    assert ("quantization" in cfg["spec"]) == (method == "qlora")
+    assert ("lora" in cfg["spec"]) == (method != "full")
+    assert ch.service is None
+    assert ch.job["spec"]["completions"] == 1 and "completionMode" not in ch.job["spec"]
+
+
+def test_gpu_placement_affinity_and_toleration() -> None:
+    obj = ftj()
+    obj["spec"]["resources"].update({"nodeSelector": {"pool": "h100"}, "priorityClassName": "train-high",
+                                     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml",
+                                                      "effect": "NoSchedule"}]})
+    ps = pod_spec(render(obj))
+    expr = ps["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchExpressions"][0]
+    assert expr["key"] == "nvidia.com/gpu.memory" and expr["operator"] == "Gt"
+    threshold = int(expr["values"][0])
+    assert threshold < 81559  # an "80 GB" H100 (GFD reports 81559 MiB) qualifies for 80Gi
+    assert threshold >= 24576  # a 24 GB L4 does not
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in ps["tolerations"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in ps["tolerations"]
+    assert ps["nodeSelector"] == {"pool": "h100"}
+    assert ps["priorityClassName"] == "train-high"
+
+
+def test_gpu_memory_threshold_in_mib() -> None:
+    assert gpu_memory_min_mib("80Gi", 0.0) == 81920
+    assert gpu_memory_min_mib("80Gi", 0.05) == 77824
+    assert gpu_memory_min_mib("24Gi", 0.05) == 23347
+
+
+def test_restricted_pod_security() -> None:
+    """The fields Pod Security "restricted" checks, one by one."""
+    ch = render(ftj())
+    ps, c = pod_spec(ch), container(ch)
+    assert ps["securityContext"]["runAsNonRoot"] is True
+    assert ps["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert ps["securityContext"]["runAsUser"] != 0
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsNonRoot"] is True and sc.get("privileged") is False
+    assert sc["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost")
+    assert sc["readOnlyRootFilesystem"] is True
+    assert not ps.get("hostNetwork") and not ps.get("hostPID") and not ps.get("hostIPC")
+    allowed_volume_kinds = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI",
+                            "csi", "ephemeral", "name"}
+    for v in ps["volumes"]:
+        assert set(v) <= allowed_volume_kinds, v
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert {"/tmp", "/dev/shm", "/etc/kubetune", "/var/cache/huggingface"} <= mounts
+    shm = next(v for v in ps["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+
+
+def test_trainer_channel_env_and_termination_message() -> None:
+    c = container(render(ftj()))
+    env = env_names(c)
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert c["terminationMessagePolicy"] == "File"
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+
+
+def test_failure_policy_backoff_and_deadline() -> None:
+    spec = render(ftj()).job["spec"]
+    assert spec["backoffLimit"] == 2
+    assert spec["activeDeadlineSeconds"] == 172800
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert rules[0]["onExitCodes"] == {"containerName": CONTAINER, "operator": "In",
+                                       "values": sorted(int(c) for c in PERMANENT_EXIT_CODES)}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
+
+
+def test_pvc_sources_are_mounted_and_resolved() -> None:
+    ch = render(ftj())
+    cfg = json.loads(ch.configmap["data"]["config.json"])
+    src = cfg["sources"]
+    assert src["dataset"] == "/mnt/pvc/triage-data/train/triage-instructions.jsonl"
+    assert src["golden"] == "/mnt/pvc/triage-data/eval/golden.jsonl"
+    assert src["output"] == "/mnt/pvc/triage-models/triage-llama3-70b"
+    assert src["promoted"] == "/mnt/pvc/triage-models/promoted/triage-llama3-70b"
+    assert src["model"] == "hf://meta-llama/Meta-Llama-3-70B-Instruct"
+    ps = pod_spec(ch)
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+              for v in ps["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"triage-data": True, "triage-models": False}  # data read-only, output writable
+    mounts = {m["mountPath"]: m["readOnly"] for m in container(ch)["volumeMounts"] if m["mountPath"].startswith("/mnt/pvc")}
+    assert mounts == {"/mnt/pvc/triage-data": True, "/mnt/pvc/triage-models": False}
+
+
+def test_hf_and_s3_sources_pass_through() -> None:
+    obj = load_example("llama3-8b-lora.yaml")
+    ch = render(obj)
+    src = json.loads(ch.configmap["data"]["config.json"])["sources"]
+    assert src["model"].startswith("hf://")
+    assert src["dataset"].startswith("s3://") and src["output"].startswith("s3://")
+    assert not [v for v in pod_spec(ch)["volumes"] if "persistentVolumeClaim" in v]
+
+
+def test_secrets_only_by_reference() -> None:
+    obj = ftj()
+    obj["spec"]["evaluation"]["judge"] = {"endpoint": "https://llm.internal/v1", "model": "judge",
+                                          "apiKeySecretRef": {"name": "judge-key", "key": "api-key"}}
+    ch = render(obj)
+    env = env_names(container(ch))
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+    assert env["KUBETUNE_JUDGE_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "judge-key", "key": "api-key"}}
+    assert all("value" not in env[n] for n in ("HF_TOKEN", "KUBETUNE_JUDGE_API_KEY"))
+    cfg = json.loads(ch.configmap["data"]["config.json"])
+    assert cfg["secretEnv"] == {"hfToken": "HF_TOKEN", "judgeApiKey": "KUBETUNE_JUDGE_API_KEY"}
+    assert not any("secretKeyRef" in json.dumps(v) for v in pod_spec(ch)["volumes"])
+
+
+def test_multi_gpu_runs_torchrun_standalone() -> None:
+    obj = ftj()
+    obj["spec"]["resources"]["gpus"] = 8
+    ch = render(obj)
+    c = container(ch)
+    assert c["command"][:3] == ["torchrun", "--nproc-per-node=8", "--standalone"]
+    assert c["command"][-4:] == ["-m", "kubetune_trainer.main", "--config", "/etc/kubetune/config.json"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert json.loads(ch.configmap["data"]["config.json"])["worldSize"] == 8
+    assert ch.service is None
+
+
+def test_multi_node_indexed_job_with_headless_service() -> None:
+    obj = ftj()
+    obj["spec"]["resources"].update({"gpus": 8, "nodes": 4})
+    ch = render(obj)
+    spec = ch.job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == 4
+    ps = pod_spec(ch)
+    assert ch.service is not None
+    assert ch.service["spec"]["clusterIP"] == "None"
+    assert ps["subdomain"] == ch.service["metadata"]["name"]
+    assert ch.service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    cmd = container(ch)["command"]
+    assert "--nnodes=4" in cmd and "--node-rank=$(JOB_COMPLETION_INDEX)" in cmd
+    master = next(a for a in cmd if a.startswith("--master-addr="))
+    assert master == f"--master-addr={job_name('FineTuneJob', 'triage-llama3-70b')}-0.{ch.service['metadata']['name']}"
+    assert json.loads(ch.configmap["data"]["config.json"])["worldSize"] == 32
+    assert [c["kind"] for c in ch.all()] == ["ConfigMap", "Service", "Job"]
+
+
+def test_kueue_queue_label_and_suspended() -> None:
+    obj = ftj(queueName="gpu-queue")
+    j = render(obj).job
+    assert j["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu-queue"
+    assert j["spec"]["template"]["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu-queue"
+    assert j["spec"]["suspend"] is True
+    assert render(ftj()).job["spec"]["suspend"] is False
+    assert render(ftj(suspend=True)).job["spec"]["suspend"] is True
+
+
+def test_owner_references_on_every_child() -> None:
+    obj = ftj()
+    obj["spec"]["resources"]["nodes"] = 2
+    for child in render(obj).all():
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref == {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "name": "triage-llama3-70b",
+                       "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+        assert child["metadata"]["namespace"] == "clinical-ai"
+
+
+def test_names_are_stable_bounded_and_kind_specific() -> None:
+    assert render(ftj()).job["metadata"]["name"] == render(ftj()).job["metadata"]["name"] == "triage-llama3-70b-ft"
+    long = "x" * 200
+    assert job_name("FineTuneJob", long) == job_name("FineTuneJob", long)
+    assert len(job_name("FineTuneJob", long)) <= MAX_JOB_NAME
+    assert job_name("FineTuneJob", long) != job_name("FineTuneJob", "x" * 199)
+    assert base_name("FineTuneJob", "a") != base_name("PreferenceAlignment", "a")
+    assert configmap_name("FineTuneJob", "a") == "a-ft-config"
+    assert len(label_value(long)) <= 63
+
+
+def test_preference_alignment_chained_on_a_finetunejob() -> None:
+    pa = load_example("triage-dpo.yaml")
+    ref = FineTuneJobSpec.model_validate(ftj()["spec"])
+    ch = render(pa, referenced=ref, adapter_uri="pvc://triage-models/triage-llama3-70b/adapter")
+    cfg = json.loads(ch.configmap["data"]["config.json"])
+    assert cfg["task"] == "dpo"
+    assert cfg["sources"]["model"] == "hf://meta-llama/Meta-Llama-3-70B-Instruct"
+    assert cfg["sources"]["adapter"] == "/mnt/pvc/triage-models/triage-llama3-70b/adapter"
+    assert cfg["spec"]["tuning"] == "qlora" and cfg["spec"]["quantization"]["bits"] == 4
+    assert env_names(container(ch))["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"
+    assert ch.job["metadata"]["name"] == "triage-llama3-70b-dpo-pa"
+
+
+def test_uri_round_trip() -> None:
+    assert to_uri(to_local("pvc://claim/a/b")) == "pvc://claim/a/b"
+    with pytest.raises(ValueError, match="hf://"):
+        to_local("ftp://x")
+
+
+def test_settings_from_env() -> None:
+    s = RenderSettings.from_env({"KUBETUNE_TRAINER_IMAGE": "img:1", "KUBETUNE_UNSCHEDULABLE_GRACE": "30",
+                                 "KUBETUNE_TRAINER_METRICS_PORT": "9400"})
+    assert s.trainer_image == "img:1" and s.unschedulable_grace_seconds == 30.0 and s.trainer_metrics_port == 9400
