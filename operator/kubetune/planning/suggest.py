@@ -10,7 +10,6 @@ smallest peak first, so the closest attempt is visible.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from kubetune.planning.memory import Estimate, estimate
@@ -29,6 +28,15 @@ _RANK_EQUIVALENT = 0
 _RANK_METHOD = 1
 _RANK_HARDWARE = 2
 _RANK_DATA = 3
+
+
+def replace(req: PlanRequest, **changes: Any) -> PlanRequest:
+    """`dataclasses.replace` without re-validation: every variant here derives from a valid request by
+    valid values (3× faster, and the search builds ~15 variants per plan)."""
+    new = object.__new__(PlanRequest)
+    new.__dict__.update(req.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 def _fits(req: PlanRequest, est: Estimate) -> bool:
