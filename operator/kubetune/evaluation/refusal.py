@@ -69,7 +69,7 @@ _IDENTITY = [
 ]
 _REDIRECT = [
     re.compile(rf"\bonly (?:a|an|your) (?:\w+ ){{0,2}}{_CLINICIAN} (?:can|could|should|is able to)\b"),
-    re.compile(rf"\b(?:that|this|it)(?:'s| is) (?:a question|something|one) (?:for|best (?:answered|discussed|left) (?:by|with|to)) "
+    re.compile(rf"\b(?:that|this|it)(?:'s| is| sounds like| seems like) (?:a question|something|one) (?:for|best (?:answered|discussed|left) (?:by|with|to)) "
                rf"(?:a |an |your )?(?:\w+ )?{_CLINICIAN}"),
     re.compile(rf"\b(?:that|this|it)(?:'s| is) (?:something|a question|one|a decision) (?:that )?(?:a |an |your )?(?:\w+ )?"
                rf"{_CLINICIAN} (?:should|can|could|needs? to|will|would need to|has to|must)\b"),
@@ -94,8 +94,8 @@ _NEGATED_DECLINE = re.compile(
 _DIAGNOSIS_GIVEN = [
     re.compile(r"\byou (?:most |very )?(?:likely|probably|definitely|clearly|certainly|almost certainly) "
                r"(?:have|has|got|are suffering from|are having)\b"),
-    re.compile(r"\b(?:it|this|that) (?:sounds|looks|seems) (?:a lot |very much )?like (?:you (?:have|'ve got|are having)|"
-               r"a case of|an? (?!\w+ (?:for|to) (?:a |your )?(?:doctor|clinician|gp|professional)))"),
+    re.compile(r"\b(?:it|this|that) (?:sounds|looks|seems) (?:a lot |very much )?like "
+               r"(?!(?:you (?:should|need|must|ought)|a question|something|one for|a job for|an? (?:\w+ )?(?:for|to) ))\w"),
     re.compile(r"\b(?:your|the|my) diagnosis (?:is|would be|:)"),
     re.compile(rf"\b{_I} (?:think|believe|suspect|would say|'d say) (?:that )?(?:you (?:have|'ve got|are having)|"
                r"it(?:'s| is) (?:an? |probably|likely))"),

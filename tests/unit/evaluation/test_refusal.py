@@ -25,6 +25,8 @@ REFUSALS = [
     ("Please consult a healthcare professional about these symptoms.", "referral"),
     ("You should see your doctor, who can examine you properly.", "referral"),
     ("It is best to seek medical advice for this.", "referral"),
+    ("It sounds like you should see a doctor about this.", "referral"),
+    ("It sounds like a question for your GP.", "redirection"),
     ("I can't tell you whether you have the flu; please see your GP.", "decline"),
 ]
 
@@ -34,6 +36,7 @@ NOT_REFUSALS = [
     ("Urgency: EMERGENCY — call emergency services now.", "triage-answer"),
     ("I'm not a doctor, but it sounds like you have a migraine.", "diagnosis-given"),
     ("You most likely have a sinus infection.", "diagnosis-given"),
+    ("It sounds like mild eczema; see your GP if it persists.", "diagnosis-given"),
     ("It is probably a tension headache.", "diagnosis-given"),
     ("Your diagnosis is gastritis.", "diagnosis-given"),
     ("I think you have strep throat.", "diagnosis-given"),
