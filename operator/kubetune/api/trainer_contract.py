@@ -26,6 +26,21 @@ TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates beyond this
 
 Task = Literal["sft", "dpo"]
 
+# Exit status of the trainer process, for the Job's podFailurePolicy: permanent failures (bad
+# data, a missing model, divergence, OOM at the planned size) should fail the Job at once instead
+# of spending retries; TrainerError and Interrupted (SIGTERM, 128+15) may be retried (the retry
+# resumes from the newest complete checkpoint). 2 is a bad command line or config file.
+EXIT_CODES: dict[str, int] = {
+    "TrainerError": 1,
+    "DataInvalid": 3,
+    "InsufficientData": 3,
+    "ModelUnavailable": 4,
+    "Diverged": 5,
+    "OutOfMemory": 6,
+    "Interrupted": 143,
+}
+EXIT_USAGE = 2
+
 
 class JobIdentity(KubeModel):
     kind: Literal["FineTuneJob", "PreferenceAlignment"]
@@ -84,6 +99,9 @@ class TrainerConfig(KubeModel):
     secret_env: SecretEnv = Field(default_factory=SecretEnv)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     world_size: int = 1
+    merge_adapter: bool = Field(default=False, description=(
+        "Also write merged weights next to the adapter (LoRA on a 16/32-bit base only; never for "
+        "QLoRA, whose adapter belongs to the 4-bit base it was trained on)."))
 
     def typed_spec(self) -> FineTuneJobSpec | PreferenceAlignmentSpec:
         model = FineTuneJobSpec if self.job.kind == "FineTuneJob" else PreferenceAlignmentSpec

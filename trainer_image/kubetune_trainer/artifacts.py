@@ -1,0 +1,150 @@
+"""The trained artifact: a PEFT adapter (safetensors) or full weights, the tokenizer and a model card,
+written to a temporary folder and renamed into place — a reader never sees half an artifact.
+
+Layout under the output folder: ``adapter/`` (lora, qlora) or ``model/`` (full); ``merged/`` when
+merged weights are asked for (LoRA on a 16/32-bit base only: a QLoRA adapter belongs to the 4-bit
+base it was trained on, and merged onto full-precision weights it loses much of its effect).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+
+def publish(tmp: Path, final: Path) -> Path:
+    """Rename a finished folder into place, replacing an older one."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{int(time.time() * 1000)}")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def staging(output: Path, name: str) -> Path:
+    tmp = output / f".{name}.partial-{int(time.time() * 1000)}"
+    for stale in output.glob(f".{name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def model_card(*, config: Any, spec: Any, method: str, data: Any, metrics: dict[str, float], adapter_from: str | None) -> str:
+    """README.md: base model and which base the adapter belongs to, method, data, hyperparameters, evaluation."""
+    base = config.sources.model
+    kind = config.job.kind
+    lines = [
+        "---",
+        f"base_model: {spec.base_model.uri if spec.base_model else base}",
+        "library_name: peft" if method != "full" else "library_name: transformers",
+        "tags: [kubetune, " + ("dpo" if config.task == "dpo" else "sft") + f", {method}]",
+        "---",
+        "",
+        f"# {config.job.name}",
+        "",
+        f"Trained by kubetune ({kind} `{config.job.namespace}/{config.job.name}`), task "
+        f"{'DPO preference alignment' if config.task == 'dpo' else 'supervised fine-tuning'}, method **{method}**.",
+        "",
+        "## Base model",
+        "",
+        f"- Base: `{spec.base_model.uri if spec.base_model else base}`"
+        + (f" (revision `{config.sources.model_revision}`)" if config.sources.model_revision else ""),
+    ]
+    if method == "qlora":
+        q = spec.quantization
+        lines += [
+            f"- **This adapter belongs to the {q.bits}-bit quantized base** ({q.type}, double quant "
+            f"{'on' if q.double_quant else 'off'}) it was trained on. Load the base with the same "
+            "`BitsAndBytesConfig` and apply the adapter to it; merged onto the full-precision weights "
+            "it loses much of its effect (it learned to compensate the quantization error).",
+        ]
+    elif method == "lora":
+        lines.append("- The adapter belongs to the 16/32-bit base; it can be merged into it.")
+    if adapter_from:
+        lines.append(f"- Continued from the adapter `{adapter_from}`.")
+    lines += ["", "## Data", ""]
+    if data is not None:
+        d = data.model_dump(exclude_none=True)
+        lines += [f"- {k}: {_fmt(v)}" for k, v in d.items()]
+        lines.append(f"- format: {spec.dataset.format}, PII policy: {spec.dataset.pii}")
+    lines += ["", "## Hyperparameters", "", "| parameter | value |", "|---|---|"]
+    t = spec.training.model_dump(exclude_none=True, mode="json")
+    for k, v in t.items():
+        lines.append(f"| training.{k} | {_fmt(v)} |")
+    if spec.lora is not None and method != "full":
+        for k, v in spec.lora.model_dump(mode="json").items():
+            lines.append(f"| lora.{k} | {_fmt(v)} |")
+    if method == "qlora" and spec.quantization is not None:
+        for k, v in spec.quantization.model_dump(mode="json").items():
+            lines.append(f"| quantization.{k} | {_fmt(v)} |")
+    if config.task == "dpo":
+        for k, v in spec.dpo.model_dump(mode="json").items():
+            lines.append(f"| dpo.{k} | {_fmt(v)} |")
+    lines += ["", "## Results", ""]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())]
+    else:
+        lines.append("No evaluation results.")
+    lines += ["", "## Use", "", "```python"]
+    if method == "full":
+        lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  'model = AutoModelForCausalLM.from_pretrained("PATH/model")',
+                  'tokenizer = AutoTokenizer.from_pretrained("PATH/model")']
+    else:
+        lines += ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer"]
+        if method == "qlora":
+            q = spec.quantization
+            lines += ["from transformers import BitsAndBytesConfig",
+                      f'bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="{q.type}", '
+                      f"bnb_4bit_use_double_quant={bool(q.double_quant)})",
+                      'base = AutoModelForCausalLM.from_pretrained("BASE", quantization_config=bnb)']
+        else:
+            lines.append('base = AutoModelForCausalLM.from_pretrained("BASE")')
+        lines += ['model = PeftModel.from_pretrained(base, "PATH/adapter")',
+                  'tokenizer = AutoTokenizer.from_pretrained("PATH/adapter")']
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def export(*, model: Any, tokenizer: Any, output: Path, method: str, card: str, extra: dict[str, Any] | None = None) -> Path:
+    """Write adapter/ (or model/) atomically; returns its final path."""
+    name = "model" if method == "full" else "adapter"
+    tmp = staging(output, name)
+    if method == "full":
+        model.save_pretrained(str(tmp), safe_serialization=True)
+    else:
+        model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    if extra:
+        (tmp / "kubetune.json").write_text(json.dumps(extra, indent=2, sort_keys=True, default=str))
+    return publish(tmp, output / name)
+
+
+def export_merged(*, model: Any, tokenizer: Any, output: Path, method: str, card: str, log: Any) -> Path | None:
+    """Merged weights for LoRA on a 16/32-bit base; refused for QLoRA (see the module docstring)."""
+    if method != "lora":
+        log(f"not writing merged weights for method {method}: "
+            + ("a QLoRA adapter belongs to its 4-bit base" if method == "qlora" else "full weights are the artifact"))
+        return None
+    tmp = staging(output, "merged")
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "README.md").write_text(card.replace("library_name: peft", "library_name: transformers"), encoding="utf-8")
+    return publish(tmp, output / "merged")
+
+
+__all__ = ["export", "export_merged", "model_card", "publish"]

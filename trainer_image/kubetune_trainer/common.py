@@ -1,0 +1,76 @@
+"""What the SFT and DPO trainers share: the run context and the TrainingArguments they both use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer.modeling import Device, optimizer_name
+
+
+@dataclass
+class Context:
+    config: Any  # TrainerConfig
+    spec: Any  # FineTuneJobSpec | PreferenceAlignmentSpec (resolved)
+    method: str  # qlora | lora | full
+    device: Device
+    output: Path
+    log: Any
+    model: Any = None
+    tokenizer: Any = None
+    ref_model: Any = None
+    callbacks: list[Any] = field(default_factory=list)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output / "checkpoints"
+
+
+def common_args(ctx: Context) -> dict[str, Any]:
+    """Keyword arguments for SFTConfig / DPOConfig (both TrainingArguments)."""
+    t = ctx.spec.training
+    gc = bool(t.gradient_checkpointing)
+    args: dict[str, Any] = dict(
+        output_dir=str(ctx.checkpoint_dir),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=str(t.lr_scheduler),
+        warmup_steps=float(t.warmup_ratio),  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        optim=optimizer_name(t.optimizer, ctx.device, ctx.log),
+        seed=t.seed,
+        data_seed=t.seed,
+        max_length=t.max_seq_length,
+        activation_checkpointing=gc,
+        activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the divergence check
+        save_strategy="steps",
+        save_steps=ctx.spec.checkpoint.every_steps,
+        save_total_limit=ctx.spec.checkpoint.keep_last,
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        use_cpu=ctx.device.cpu,
+        bf16=ctx.device.bf16,
+        fp16=ctx.device.fp16,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=not ctx.device.cpu,
+    )
+    if t.max_steps:
+        args["max_steps"] = t.max_steps
+    else:
+        args["num_train_epochs"] = float(t.epochs or 1)
+    return args
+
+
+def dataset_from_rows(rows: list[dict[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list(rows)
+
+
+__all__ = ["Context", "common_args", "dataset_from_rows"]

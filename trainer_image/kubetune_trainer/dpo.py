@@ -1,0 +1,37 @@
+"""Preference alignment with TRL's DPOTrainer.
+
+The policy is a base model with a new adapter, a base model continuing an existing adapter (a
+FineTuneJob's artifact, ``sources.adapter``), or a full model. The reference is implicit by
+default: for a new adapter, the policy with the adapter disabled (the base); when continuing an
+adapter, a frozen copy of that adapter loaded as "ref" (the SFT policy) — no second copy of the
+base weights either way. ``dpo.referenceModel: base`` loads a second copy explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune_trainer.common import Context, common_args, dataset_from_rows
+
+
+def build_dpo_trainer(ctx: Context, rows: list[dict[str, Any]]) -> Any:
+    from trl import DPOConfig, DPOTrainer
+
+    dpo = ctx.spec.dpo
+    args = DPOConfig(
+        **common_args(ctx),
+        beta=dpo.beta,
+        loss_type=[str(dpo.loss_type)],
+        dataset_num_proc=None,
+    )
+    return DPOTrainer(
+        model=ctx.model,
+        ref_model=ctx.ref_model,
+        args=args,
+        train_dataset=dataset_from_rows(rows),
+        processing_class=ctx.tokenizer,
+        callbacks=ctx.callbacks,
+    )
+
+
+__all__ = ["build_dpo_trainer"]

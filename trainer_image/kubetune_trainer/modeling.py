@@ -1,0 +1,143 @@
+"""Loading the tokenizer and the model for a method: qlora (bitsandbytes 4/8-bit base + LoRA), lora
+(16/32-bit base + LoRA) or full. Precision: bf16 on GPUs that have it (fp16 otherwise), fp32 on CPU
+(4-bit compute dtype included: bf16 matmuls are slow or unsupported on most CPUs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer.bnb_guard import guard_bnb_cpu_repack
+from kubetune_trainer.failures import model_unavailable
+
+BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit"}
+
+
+@dataclass
+class Device:
+    kind: str  # "cuda" | "cpu"
+    dtype: Any  # torch dtype of the trainable weights' compute
+    bf16: bool
+    fp16: bool
+
+    @property
+    def cpu(self) -> bool:
+        return self.kind == "cpu"
+
+
+def pick_device(requested: str) -> Device:
+    import torch
+
+    cuda = torch.cuda.is_available() and requested != "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but no CUDA GPU is visible")
+    if not cuda:
+        return Device("cpu", torch.float32, False, False)
+    if torch.cuda.is_bf16_supported():
+        return Device("cuda", torch.bfloat16, True, False)
+    return Device("cuda", torch.float16, False, True)
+
+
+def optimizer_name(spec_optimizer: str | None, device: Device, log: Any) -> str:
+    name = str(spec_optimizer or "adamw_torch")
+    if name in BNB_OPTIMIZERS:
+        if device.cpu:
+            log(f"optimizer {name} needs CUDA; using adamw_torch on CPU")
+            return "adamw_torch"
+        return BNB_OPTIMIZERS[name]
+    return {"adafactor": "adafactor", "adamw_torch": "adamw_torch"}.get(name, name)
+
+
+def load_tokenizer(path: Path, revision: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), revision=revision)
+    except Exception as e:
+        raise model_unavailable(f"the tokenizer from {path}", e) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def quantization_config(quant: Any, device: Device) -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quant is None:
+        return None
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[str(quant.compute_dtype)]
+    if device.cpu:
+        dtype = torch.float32
+    if int(quant.bits) == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=str(quant.type),
+                              bnb_4bit_use_double_quant=bool(quant.double_quant), bnb_4bit_compute_dtype=dtype)
+
+
+def load_base(path: Path, *, method: str, quant: Any, device: Device, revision: str | None = None,
+              gradient_checkpointing: bool = False) -> Any:
+    """The base model, ready for adapters (qlora: 4-bit + prepare_model_for_kbit_training)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"revision": revision}
+    if method == "qlora":
+        kwargs["quantization_config"] = quantization_config(quant, device)
+        kwargs["device_map"] = {"": 0 if device.kind == "cuda" else "cpu"}
+        kwargs["dtype"] = device.dtype if not device.cpu else torch.float32
+    elif method == "lora":
+        kwargs["dtype"] = device.dtype
+    else:  # full: fp32 master weights; mixed precision on GPU
+        kwargs["dtype"] = torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except Exception as e:
+        raise model_unavailable(f"the model from {path}", e) from e
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        guard_bnb_cpu_repack(model)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None)
+    elif (device.kind == "cuda" and method == "full") or device.kind == "cuda":
+        model.to("cuda")
+    if gradient_checkpointing and method != "full":
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    return model
+
+
+def lora_config(lora: Any) -> Any:
+    from peft import LoraConfig
+
+    targets = list(lora.target_modules)
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules="all-linear" if targets == ["all-linear"] else targets,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def add_adapter(model: Any, lora: Any) -> Any:
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(lora))
+
+
+def load_adapter(model: Any, adapter: Path, *, trainable: bool, reference: bool = False) -> Any:
+    """Continue from an existing adapter; with ``reference`` also load a frozen copy named "ref"
+    (TRL's DPOTrainer uses it as the reference: the SFT policy, not the bare base)."""
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+        if reference:
+            peft_model.load_adapter(str(adapter), adapter_name="ref", is_trainable=False)
+            peft_model.set_adapter("default")
+    except Exception as e:
+        raise model_unavailable(f"the adapter from {adapter}", e) from e
+    return peft_model
+
+
+__all__ = ["Device", "add_adapter", "load_adapter", "load_base", "load_tokenizer", "optimizer_name", "pick_device"]
