@@ -235,29 +235,35 @@ def canonical(record: dict[str, Any], fmt: Format) -> str:
     return _FIELD.join((_part(record.get("prompt", "")), _part(record["chosen"]), _part(record["rejected"])))
 
 
+def _contents(messages: list[dict[str, Any]]) -> str:
+    return _FIELD.join(m["content"] for m in messages if m["role"] != "system")
+
+
 def prompt_text(record: dict[str, Any], fmt: Format) -> str:
-    """The input side of an example (what a golden-set question would repeat)."""
+    """The input side of an example (what a golden-set question would repeat), without roles.
+
+    Chat: the non-system turns up to the last user turn; a one-turn chat gives its user message,
+    the same string as a ``{"prompt": ...}`` record, so golden sets of either shape compare.
+    """
     if fmt is Format.INSTRUCTION:
-        return _FIELD.join((record["instruction"], record.get("input", "")))
+        extra = record.get("input", "")
+        return record["instruction"] + (_FIELD + extra if extra else "")
     if fmt is Format.CHAT:
         msgs = record["messages"]
         last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=-1)
-        return _conv([m for m in msgs[: last_user + 1] if m["role"] != "system"])
+        return _contents(msgs[: last_user + 1])
     if fmt is Format.PROMPT_COMPLETION:
         return str(record["prompt"])
     if "prompt" in record:
         prompt = record["prompt"]
-        return (
-            _conv([m for m in prompt if m["role"] != "system"]) if isinstance(prompt, list) else str(prompt)
-        )
+        return _contents(prompt) if isinstance(prompt, list) else str(prompt)
     # Implicit prompt: the shared prefix of chosen and rejected.
     shared = []
     for a, b in zip(record["chosen"], record["rejected"], strict=False):
         if a != b:
             break
-        if a["role"] != "system":
-            shared.append(a)
-    return _conv(shared)
+        shared.append(a)
+    return _contents(shared)
 
 
 def length_texts(record: dict[str, Any], fmt: Format) -> list[str]:

@@ -29,9 +29,12 @@ English pipeline is installed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -168,22 +171,51 @@ def _labelled_not_pii(text: str, start: int) -> bool:
     return bool(_NOT_PII_LABEL.search(text, max(0, start - 24), start))
 
 
+# Optional heavy packages that importing presidio_analyzer pulls in when they are installed
+# (its Hugging Face NLP engine and spaCy's thinc import them eagerly) and that nothing here uses.
+_NOT_NEEDED = ("torch", "transformers")
+
+
+@contextlib.contextmanager
+def _without_unused_ml_stacks() -> Iterator[None]:
+    """Import Presidio without torch/transformers when those are not loaded yet.
+
+    ``presidio_analyzer`` imports spaCy (~2-3 s) and, where torch and transformers are installed,
+    those too (~9 s more on 2 cores), for NLP engines that this module never builds. While it is
+    imported, the ones not already loaded are masked (a ``None`` entry in ``sys.modules`` makes their
+    import fail fast and leaves nothing half-imported); the masks are removed afterwards, so a later
+    ``import torch`` / ``import transformers`` works as usual. The only lasting effect: thinc (spaCy's
+    backend) records torch as absent, which matters only to spaCy pipelines on torch, not used here.
+    Set ``KUBETUNE_PII_IMPORT_ML=1`` to import Presidio without masking.
+    """
+    masked = (
+        []
+        if os.environ.get("KUBETUNE_PII_IMPORT_ML") == "1"
+        else [m for m in _NOT_NEEDED if m not in sys.modules]
+    )
+    for name in masked:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in masked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
 @functools.cache
 def _presidio() -> dict[str, Any]:
-    """Presidio's recognizers, imported on first use.
-
-    Importing ``presidio_analyzer`` imports spaCy (~3 s); where torch and transformers are installed,
-    spaCy's thinc and Presidio's transformers engine import them too (~9 s in the trainer image,
-    which imports them anyway). Nothing here runs a spaCy pipeline.
-    """
+    """Presidio's recognizers, imported on first use (see :func:`_without_unused_ml_stacks`)."""
     import tldextract
-    from presidio_analyzer.predefined_recognizers import (
-        CreditCardRecognizer,
-        EmailRecognizer,
-        IbanRecognizer,
-        IpRecognizer,
-        UsSsnRecognizer,
-    )
+
+    with _without_unused_ml_stacks():
+        from presidio_analyzer.predefined_recognizers import (
+            CreditCardRecognizer,
+            EmailRecognizer,
+            IbanRecognizer,
+            IpRecognizer,
+            UsSsnRecognizer,
+        )
 
     def pattern(recognizer: Any, name: str | None = None, flags: int = 0) -> re.Pattern[str]:
         pats = [p for p in recognizer.PATTERNS if name is None or p.name == name]

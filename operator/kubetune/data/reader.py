@@ -104,7 +104,9 @@ def _sniff(stream: io.BufferedReader) -> bytes:
     return head
 
 
-def read_records(path: str | os.PathLike[str], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Item]:
+def read_records(
+    path: str | os.PathLike[str], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[Item]:
     """Yield the records of ``path`` in order. Raises :class:`DataFileError` for unreadable files."""
     path = Path(path)
     stream = _open(path)

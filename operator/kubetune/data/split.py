@@ -44,7 +44,7 @@ def _loose_prompt(record: Any) -> str | None:
     if isinstance(record.get("messages"), list):
         msgs = [m for m in record["messages"] if isinstance(m, dict) and m.get("role") == "user"]
         if msgs and all(isinstance(m.get("content"), str) for m in msgs):
-            return "\x1e".join(f"user\x1f{m['content']}" for m in msgs)
+            return "\x1e".join(m["content"] for m in msgs)
     for key in _PROMPT_KEYS:
         if isinstance(record.get(key), str) and record[key].strip():
             return str(record[key])

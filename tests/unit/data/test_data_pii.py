@@ -130,3 +130,10 @@ def test_person_needs_a_detector(scanner: PiiScanner) -> None:
     names = PiiScanner(person_detector=lambda t: [(i, i + 10) for i in [t.find("Jane Smith")] if i >= 0])
     assert PiiType.PERSON in names.covered and not names.not_covered
     assert names.redact("seen by Jane Smith today")[0] == "seen by <PERSON> today"
+
+
+def test_presidio_import_leaves_no_masked_modules(scanner: PiiScanner) -> None:
+    import sys
+
+    assert sys.modules.get("torch", "absent") is not None
+    assert sys.modules.get("transformers", "absent") is not None
