@@ -1,0 +1,59 @@
+"""Operator settings, all from environment variables (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from kubetune.render.settings import RenderSettings
+
+
+def _bool(v: str | None, default: bool) -> bool:
+    return default if v in (None, "") else str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    render: RenderSettings = field(default_factory=RenderSettings)
+    namespaces: tuple[str, ...] = ()  # KUBETUNE_NAMESPACES (comma-separated); empty: all namespaces
+    metrics_port: int = 8080  # KUBETUNE_METRICS_PORT (0: off)
+    resync_seconds: float = 5.0  # KUBETUNE_RESYNC_SECONDS: re-derive status of active jobs this often
+    progress_min_interval_seconds: float = 5.0  # KUBETUNE_PROGRESS_MIN_INTERVAL: progress mirroring rate limit
+    peering: bool = False  # KUBETUNE_PEERING: kopf peering (several replicas, one active)
+    manage_trainer_rbac: bool = True  # KUBETUNE_MANAGE_TRAINER_RBAC: create the trainer SA + RoleBinding per namespace
+    trainer_cluster_role: str = "kubetune-trainer"  # KUBETUNE_TRAINER_CLUSTER_ROLE (pods get/patch; from the chart)
+    webhook: bool = False  # KUBETUNE_WEBHOOK: serve the validating admission webhook
+    webhook_port: int = 9443  # KUBETUNE_WEBHOOK_PORT
+    webhook_host: str | None = None  # KUBETUNE_WEBHOOK_HOST: the name the API server reaches us by
+    webhook_addr: str | None = None  # KUBETUNE_WEBHOOK_ADDR: listen address (default all)
+    webhook_cert: str | None = None  # KUBETUNE_WEBHOOK_CERT: PEM (e.g. cert-manager); unset: self-signed
+    webhook_key: str | None = None  # KUBETUNE_WEBHOOK_KEY
+    webhook_managed: bool = True  # KUBETUNE_WEBHOOK_MANAGED: kopf creates the ValidatingWebhookConfiguration
+    webhook_service: str | None = None  # KUBETUNE_WEBHOOK_SERVICE: "namespace/name" when served behind a Service
+    max_workers: int = 16  # KUBETUNE_MAX_WORKERS: threads for sync handlers
+    api_qps_burst: int = 50  # KUBETUNE_API_POOL: HTTP connection pool size of the API client
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if env is None else env
+        ns = tuple(n.strip() for n in env.get("KUBETUNE_NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            render=RenderSettings.from_env(env),
+            namespaces=ns,
+            metrics_port=int(env.get("KUBETUNE_METRICS_PORT", "8080")),
+            resync_seconds=float(env.get("KUBETUNE_RESYNC_SECONDS", "5")),
+            progress_min_interval_seconds=float(env.get("KUBETUNE_PROGRESS_MIN_INTERVAL", "5")),
+            peering=_bool(env.get("KUBETUNE_PEERING"), False),
+            manage_trainer_rbac=_bool(env.get("KUBETUNE_MANAGE_TRAINER_RBAC"), True),
+            trainer_cluster_role=env.get("KUBETUNE_TRAINER_CLUSTER_ROLE", "kubetune-trainer"),
+            webhook=_bool(env.get("KUBETUNE_WEBHOOK"), False),
+            webhook_port=int(env.get("KUBETUNE_WEBHOOK_PORT", "9443")),
+            webhook_host=env.get("KUBETUNE_WEBHOOK_HOST") or None,
+            webhook_addr=env.get("KUBETUNE_WEBHOOK_ADDR") or None,
+            webhook_cert=env.get("KUBETUNE_WEBHOOK_CERT") or None,
+            webhook_key=env.get("KUBETUNE_WEBHOOK_KEY") or None,
+            webhook_managed=_bool(env.get("KUBETUNE_WEBHOOK_MANAGED"), True),
+            webhook_service=env.get("KUBETUNE_WEBHOOK_SERVICE") or None,
+            max_workers=int(env.get("KUBETUNE_MAX_WORKERS", "16")),
+        )

@@ -1,0 +1,92 @@
+"""Prometheus metrics of the operator (prometheus-client), served on /metrics.
+
+Counters and the histogram are updated as things happen; the per-job gauges and the phase counts
+are computed from the operator's cache at scrape time, so the series of a deleted job disappear
+with it (bounded cardinality). Names follow Prometheus conventions: base units, `_total` counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kubetune.api.enums import Phase
+from kubetune.status.timeutil import parse_time
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+PHASE_TRANSITIONS = Counter(
+    "kubetune_phase_transitions_total", "Phase changes of kubetune jobs, by kind and the phases left and entered.",
+    ["kind", "from_phase", "to_phase"], registry=REGISTRY)
+RECONCILE_DURATION = Histogram(
+    "kubetune_reconcile_duration_seconds", "Time to reconcile one job (derive status, create/patch children).",
+    ["kind"], registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+RECONCILE_ERRORS = Counter(
+    "kubetune_reconcile_errors_total", "Reconciles that raised (retried), by kind and error class.",
+    ["kind", "error"], registry=REGISTRY)
+GATE_EVALUATIONS = Counter(
+    "kubetune_gate_evaluations_total", "Evaluation gates decided, by gate metric and result (passed/failed).",
+    ["kind", "gate", "result"], registry=REGISTRY)
+API_REQUESTS = Counter(
+    "kubetune_operator_api_requests_total", "Kubernetes API requests made by the operator's own calls "
+    "(kopf's watches and its own patches are not included), by verb and resource.",
+    ["verb", "resource"], registry=REGISTRY)
+EVENTS_POSTED = Counter(
+    "kubetune_events_total", "Kubernetes Events posted, by type and reason.", ["type", "reason"], registry=REGISTRY)
+
+PHASES = [str(p) for p in Phase]
+
+
+class JobsCollector(Collector):
+    """Phase counts and per-job series from the cache of CRs (kind, namespace, name) ⇒ object."""
+
+    def __init__(self, objects: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        self._objects = objects
+
+    def collect(self) -> Iterator[Any]:
+        jobs = GaugeMetricFamily("kubetune_jobs", "kubetune jobs by kind and phase.", labels=["kind", "phase"])
+        loss = GaugeMetricFamily("kubetune_job_training_loss", "Latest training loss reported by the trainer.",
+                                 labels=["kind", "namespace", "name"])
+        ratio = GaugeMetricFamily("kubetune_job_progress_ratio", "Optimizer steps done / planned, in [0, 1].",
+                                  labels=["kind", "namespace", "name"])
+        tps = GaugeMetricFamily("kubetune_job_tokens_per_second", "Training throughput, all GPUs of the job.",
+                                labels=["kind", "namespace", "name"])
+        gpu_s = CounterMetricFamily("kubetune_job_gpu_seconds", "GPU-seconds held by the job's trainer: "
+                                    "GPUs × nodes × seconds since the Job started (until it finished).",
+                                    labels=["kind", "namespace", "name"])
+        counts: dict[tuple[str, str], int] = {}
+        now = datetime.now(UTC)
+        for obj in list(self._objects()):
+            kind = str(obj.get("kind"))
+            meta = obj.get("metadata") or {}
+            status = obj.get("status") or {}
+            phase = str(status.get("phase") or Phase.PENDING)
+            counts[(kind, phase)] = counts.get((kind, phase), 0) + 1
+            labels = [kind, str(meta.get("namespace")), str(meta.get("name"))]
+            progress = status.get("progress") or {}
+            if progress.get("loss") is not None:
+                loss.add_metric(labels, float(progress["loss"]))
+            if progress.get("step") is not None and progress.get("totalSteps"):
+                ratio.add_metric(labels, min(1.0, float(progress["step"]) / float(progress["totalSteps"])))
+            if progress.get("tokensPerSecond") is not None:
+                tps.add_metric(labels, float(progress["tokensPerSecond"]))
+            start = parse_time(status.get("startTime"))
+            if start is not None:
+                end = parse_time(status.get("completionTime")) or now
+                res = (obj.get("spec") or {}).get("resources") or {}
+                gpus = int(res.get("gpus") or 1) * int(res.get("nodes") or 1)
+                gpu_s.add_metric(labels, max(0.0, (end - start).total_seconds()) * gpus)
+        for kind in ("FineTuneJob", "PreferenceAlignment"):
+            for phase in PHASES:
+                jobs.add_metric([kind, phase], counts.get((kind, phase), 0))
+        yield from (jobs, loss, ratio, tps, gpu_s)
+
+
+def describe_all() -> list[str]:
+    """Every metric name the operator exposes (docs/operator.md lists them)."""
+    return sorted({m.name for m in REGISTRY.collect()})

@@ -1,0 +1,262 @@
+"""One reconcile of one CR: verdict (semantic rules + memory plan, cached per generation) →
+dependency (PreferenceAlignment) → children created idempotently → status derived from the world
+→ patched only when it changed, with Events and metrics for what changed.
+
+The Kubernetes calls go through `api` (kubetune.operator.k8s by default), so tests can record them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+from kubetune.api.constants import FINETUNEJOB, LABEL_MANAGED_BY, PREFERENCEALIGNMENT
+from kubetune.api.enums import TERMINAL_PHASES, Phase
+from kubetune.api.resources import AnyJob, PreferenceAlignment, parse_resource
+from kubetune.api.semantics import semantic_problems
+from kubetune.api.spec import FineTuneJobSpec
+from kubetune.api.trainer_contract import PlanSummary
+from kubetune.operator import metrics
+from kubetune.operator.config import OperatorSettings
+from kubetune.operator.world import Key, World
+from kubetune.render.job import render_children
+from kubetune.status import DependencyState, Verdict, derive_status, events_for
+from kubetune.status.derive import ANNOTATION_RESULT
+
+log = logging.getLogger("kubetune.operator")
+
+
+def _cached_verdict_key(cr: Mapping[str, Any], ref_seen: bool) -> tuple[str, int, bool]:
+    meta = cr.get("metadata") or {}
+    return (str(meta.get("uid")), int(meta.get("generation") or 0), ref_seen)
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON merge patch turning `old` into `new` at the top level of status."""
+    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    for k in old:
+        if k not in new:
+            patch[k] = None
+    return patch
+
+
+class Reconciler:
+    def __init__(self, world: World, settings: OperatorSettings, api: ModuleType | Any,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.world = world
+        self.settings = settings
+        self.api = api
+        self.clock = clock
+        self._locks: dict[Key, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._verdicts: dict[tuple[str, int, bool], tuple[Verdict, AnyJob | None, PlanSummary | None]] = {}
+        self._last_patch: dict[Key, float] = {}
+        self._rbac_done: set[str] = set()
+
+    # ------------------------------------------------------------------------------------------
+    def lock(self, key: Key) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, key: Key) -> None:
+        with self._locks_guard:
+            self._locks.pop(key, None)
+        self._last_patch.pop(key, None)
+
+    def reconcile(self, key: Key, *, progress_only: bool = False) -> None:
+        """`progress_only`: triggered by a progress annotation alone — mirrored at most every
+        progress_min_interval_seconds (the periodic resync catches up)."""
+        if progress_only and time.monotonic() - self._last_patch.get(key, 0.0) < self.settings.progress_min_interval_seconds:
+            return
+        started = time.monotonic()
+        try:
+            with self.lock(key):
+                self._reconcile(key)
+        except Exception as exc:
+            metrics.RECONCILE_ERRORS.labels(kind=key[0], error=type(exc).__name__).inc()
+            raise
+        finally:
+            metrics.RECONCILE_DURATION.labels(kind=key[0]).observe(time.monotonic() - started)
+
+    # ------------------------------------------------------------------------------------------
+    def _lookup(self, namespace: str) -> Callable[[str], FineTuneJobSpec | None]:
+        def lookup(name: str) -> FineTuneJobSpec | None:
+            cr = self.world.cr((FINETUNEJOB, namespace, name))
+            if cr is None:
+                return None
+            return FineTuneJobSpec.model_validate(cr.get("spec") or {})
+        return lookup
+
+    def verdict(self, cr: Mapping[str, Any]) -> tuple[Verdict, AnyJob | None, PlanSummary | None]:
+        meta = cr.get("metadata") or {}
+        ns = str(meta.get("namespace"))
+        lookup = self._lookup(ns)
+        ref = ((cr.get("spec") or {}).get("fineTuneJobRef") or {}).get("name")
+        ref_seen = bool(ref and lookup(ref) is not None)
+        ck = _cached_verdict_key(cr, ref_seen)
+        if ck in self._verdicts:
+            return self._verdicts[ck]
+        try:
+            job = parse_resource({k: cr[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in cr})
+        except Exception as exc:  # the CRD schema should have refused it
+            result: tuple[Verdict, AnyJob | None, PlanSummary | None] = (Verdict(problems=[f"spec: {exc}"]), None, None)
+            self._verdicts[ck] = result
+            return result
+        problems = [str(p) for p in semantic_problems(job, local=False, lookup=lookup) if p.severity == "error"]
+        verdict, summary = self._plan(job, lookup, ref, ref_seen)
+        verdict = Verdict(problems=problems, plan=verdict.plan, fits=verdict.fits, plan_message=verdict.plan_message)
+        self._verdicts[ck] = (verdict, job, summary)
+        return verdict, job, summary
+
+    def _plan(self, job: AnyJob, lookup: Callable[[str], FineTuneJobSpec | None], ref: str | None,
+              ref_seen: bool) -> tuple[Verdict, PlanSummary | None]:
+        if ref and not ref_seen:
+            return Verdict(fits=None, plan_message=f"planned once FineTuneJob {ref} is known"), None
+        try:
+            from kubetune.planning.admission import plan_job
+            from kubetune.planning.types import CannotPlan
+        except ImportError:  # pragma: no cover - the planner ships with the package
+            return Verdict(fits=None, plan_message="no planner"), None
+        try:
+            plan = plan_job(job, lookup)
+        except CannotPlan as exc:
+            return Verdict(fits=None, plan_message=f"cannot plan memory: {exc}"), None
+        except Exception as exc:
+            return Verdict(fits=None, plan_message=f"cannot plan memory: {exc}"), None
+        d = plan.to_dict()
+        best = plan.best_suggestion
+        summary = PlanSummary(peak_bytes=plan.peak_bytes, gpu_memory_bytes=plan.gpu_memory_bytes, fits=plan.fits,
+                              summary=plan.summary(), best_suggestion=best.description if best else None)
+        return Verdict(plan=d, fits=plan.fits, plan_message=plan.summary()), summary
+
+    def dependency(self, key: Key, cr: Mapping[str, Any]) -> tuple[DependencyState, FineTuneJobSpec | None, str | None]:
+        ref = ((cr.get("spec") or {}).get("fineTuneJobRef") or {}).get("name")
+        if key[0] != PREFERENCEALIGNMENT or not ref:
+            return DependencyState(), None, None
+        ref_key = (FINETUNEJOB, key[1], str(ref))
+        ftj = self.world.cr(ref_key)
+        if ftj is None:
+            if ref_key in self.world.deleted:
+                return DependencyState("failed", f"FineTuneJob {ref} was deleted"), None, None
+            return DependencyState("waiting", f"waiting for FineTuneJob {ref}: not found in this namespace"), None, None
+        st = ftj.get("status") or {}
+        phase = st.get("phase")
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+        if phase == Phase.SUCCEEDED and ready:
+            art = st.get("artifact") or {}
+            adapter = art.get("promotedUri") if art.get("promoted") and art.get("promotedUri") else art.get("uri")
+            if not adapter:
+                return DependencyState("failed", f"FineTuneJob {ref} succeeded but reported no artifact"), None, None
+            spec = FineTuneJobSpec.model_validate(ftj.get("spec") or {})
+            return DependencyState("ready", f"FineTuneJob {ref} succeeded with its gates passed; using {adapter}"), spec, adapter
+        if phase in (Phase.FAILED, Phase.GATE_FAILED):
+            why = f" ({st.get('reason')}: {st.get('message')})" if st.get("reason") else ""
+            return DependencyState("failed", f"FineTuneJob {ref} ended {phase}{why}"), None, None
+        return DependencyState("waiting", f"waiting for FineTuneJob {ref} to succeed (phase {phase or 'Pending'})"), None, None
+
+    # ------------------------------------------------------------------------------------------
+    def _ensure_trainer_rbac(self, namespace: str) -> None:
+        if not self.settings.manage_trainer_rbac or namespace in self._rbac_done:
+            return
+        sa = self.settings.render.trainer_service_account
+        labels = {LABEL_MANAGED_BY: "kubetune"}
+        self.api.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                         "metadata": {"name": sa, "namespace": namespace, "labels": labels}})
+        self.api.create({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": sa, "namespace": namespace, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": self.settings.trainer_cluster_role},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
+        })
+        self._rbac_done.add(namespace)
+
+    def _create_children(self, key: Key, job: AnyJob, referenced: FineTuneJobSpec | None, adapter: str | None,
+                         summary: PlanSummary | None) -> dict[str, Any]:
+        self._ensure_trainer_rbac(key[1])
+        children = render_children(job, self.settings.render, referenced=referenced, adapter_uri=adapter, plan=summary)
+        created: dict[str, Any] = {}
+        for obj in children.all():
+            created = self.api.create(obj)
+        self.world.put_job(created)
+        log.info("%s %s/%s: created Job %s", key[0], key[1], key[2], created["metadata"]["name"])
+        return created
+
+    def _sync_suspend(self, cr: Mapping[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+        spec = cr.get("spec") or {}
+        js = job.get("spec") or {}
+        done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                   for c in (job.get("status") or {}).get("conditions") or [])
+        if done:
+            return job
+        want = bool(spec.get("suspend"))
+        if not want and spec.get("queueName"):
+            return job  # Kueue decides when a queued Job runs
+        if bool(js.get("suspend")) != want:
+            meta = job["metadata"]
+            job = self.api.patch_job(meta["namespace"], meta["name"], {"spec": {"suspend": want}})
+            self.world.put_job(job)
+        return job
+
+    # ------------------------------------------------------------------------------------------
+    def _reconcile(self, key: Key) -> None:
+        cr = self.world.cr(key)
+        if cr is None or (cr.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        meta = cr.get("metadata") or {}
+        old = cr.get("status") or {}
+        if old.get("phase") in TERMINAL_PHASES and old.get("observedGeneration") == meta.get("generation"):
+            return  # final
+        verdict, job_typed, summary = self.verdict(cr)
+        dep, referenced, adapter = self.dependency(key, cr)
+        job = self.world.job(key)
+        can_run = (job_typed is not None and not verdict.problems and verdict.fits is not False
+                   and dep.state in ("none", "ready"))
+        if job is None and can_run:
+            assert job_typed is not None
+            if isinstance(job_typed, PreferenceAlignment) and job_typed.spec.fine_tune_job_ref and referenced is None:
+                pass  # not ready yet
+            else:
+                job = self._create_children(key, job_typed, referenced, adapter, summary)
+        if job is not None:
+            job = self._sync_suspend(cr, job)
+        rs = self.settings.render
+        derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=self.world.pods_of(key),
+                                now=self.clock(), unschedulable_grace_seconds=rs.unschedulable_grace_seconds,
+                                image_pull_grace_seconds=rs.image_pull_grace_seconds)
+        new = derived.status
+        if new != old:
+            self.api.patch_status(key[0], key[1], key[2], status_patch(old, new))
+            self.world.update_cr_status(key, new)
+            self._last_patch[key] = time.monotonic()
+            self._announce(cr, old, new)
+        if job is not None and derived.stop_job and not (job.get("spec") or {}).get("suspend"):
+            jm = job["metadata"]
+            self.world.put_job(self.api.patch_job(jm["namespace"], jm["name"], {"spec": {"suspend": True}}))
+        if job is not None and derived.result is not None:
+            ann = (job.get("metadata") or {}).get("annotations") or {}
+            if ANNOTATION_RESULT not in ann:
+                jm = job["metadata"]
+                self.world.put_job(self.api.patch_job(jm["namespace"], jm["name"], {"metadata": {"annotations": {
+                    ANNOTATION_RESULT: derived.result.termination_message()}}}))
+
+    def _announce(self, cr: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        kind = str(cr.get("kind"))
+        if old.get("phase") != new.get("phase"):
+            metrics.PHASE_TRANSITIONS.labels(kind=kind, from_phase=str(old.get("phase") or "None"),
+                                             to_phase=str(new.get("phase"))).inc()
+            if new.get("phase") in (Phase.SUCCEEDED, Phase.GATE_FAILED):
+                for g in new.get("gates") or []:
+                    metrics.GATE_EVALUATIONS.labels(kind=kind, gate=str(g.get("metric")),
+                                                    result="passed" if g.get("passed") else "failed").inc()
+        for ev in events_for(old, new):
+            try:
+                self.api.post_event(dict(cr), ev.type, ev.reason, ev.message)
+                metrics.EVENTS_POSTED.labels(type=ev.type, reason=ev.reason).inc()
+            except Exception as exc:  # an Event is best effort
+                log.warning("could not post event %s: %s", ev.reason, exc)

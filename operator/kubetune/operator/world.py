@@ -1,0 +1,146 @@
+"""What the operator has seen: CRs, Jobs and Pods from kopf's watch events, indexed by the CR they
+belong to. The reconciler reads the world from here, so a reconcile costs no GET requests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from kubetune.api.constants import LABEL_KIND
+from kubetune.render.meta import ANNOTATION_OWNER
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+
+_KEEP_POD_ANNOTATIONS = ("kubetune.io/progress", ANNOTATION_OWNER)
+
+
+def trim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy without managedFields (most of an object's bytes)."""
+    out = dict(obj)
+    meta = dict(out.get("metadata") or {})
+    meta.pop("managedFields", None)
+    out["metadata"] = meta
+    return out
+
+
+def trim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    ann = meta.get("annotations") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
+                     "creationTimestamp": meta.get("creationTimestamp"), "labels": meta.get("labels") or {},
+                     "annotations": {k: v for k, v in ann.items() if k in _KEEP_POD_ANNOTATIONS}},
+        "status": obj.get("status") or {},
+    }
+
+
+def owner_key(obj: Mapping[str, Any]) -> Key | None:
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    ann = meta.get("annotations") or {}
+    kind, name = labels.get(LABEL_KIND), ann.get(ANNOTATION_OWNER)
+    if not kind or not name:
+        return None
+    return (str(kind), str(meta.get("namespace")), str(name))
+
+
+class World:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.crs: dict[Key, dict[str, Any]] = {}
+        self.jobs: dict[Key, dict[str, Any]] = {}
+        self.pods: dict[Key, dict[str, dict[str, Any]]] = {}
+        self.deleted: set[Key] = set()  # CRs seen deleted by this process
+
+    # CRs
+    def put_cr(self, obj: Mapping[str, Any]) -> Key:
+        meta = obj.get("metadata") or {}
+        key = (str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+        with self._lock:
+            self.crs[key] = trim(obj)
+            self.deleted.discard(key)
+        return key
+
+    def drop_cr(self, key: Key) -> None:
+        with self._lock:
+            self.crs.pop(key, None)
+            self.jobs.pop(key, None)
+            self.pods.pop(key, None)
+            self.deleted.add(key)
+
+    def cr(self, key: Key) -> dict[str, Any] | None:
+        return self.crs.get(key)
+
+    def objects(self) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            items = list(self.crs.values())
+        return iter(items)
+
+    def update_cr_status(self, key: Key, status: dict[str, Any]) -> None:
+        with self._lock:
+            cr = self.crs.get(key)
+            if cr is not None:
+                self.crs[key] = {**cr, "status": status}
+
+    # Jobs
+    def put_job(self, obj: Mapping[str, Any]) -> Key | None:
+        key = owner_key(obj)
+        if key is not None:
+            with self._lock:
+                old = self.jobs.get(key)
+                # never replace a newer object with an older one (a create response racing a watch event)
+                if old is None or _rv(obj) >= _rv(old):
+                    self.jobs[key] = trim(obj)
+        return key
+
+    def drop_job(self, obj: Mapping[str, Any]) -> Key | None:
+        key = owner_key(obj)
+        if key is not None:
+            with self._lock:
+                cur = self.jobs.get(key)
+                if cur is not None and (cur.get("metadata") or {}).get("uid") == (obj.get("metadata") or {}).get("uid"):
+                    self.jobs.pop(key, None)
+        return key
+
+    def job(self, key: Key) -> dict[str, Any] | None:
+        return self.jobs.get(key)
+
+    # Pods
+    def put_pod(self, obj: Mapping[str, Any]) -> tuple[Key | None, dict[str, Any] | None]:
+        """Returns the key and the previous version of the pod."""
+        key = owner_key(obj)
+        if key is None:
+            return None, None
+        name = str((obj.get("metadata") or {}).get("name"))
+        with self._lock:
+            pods = self.pods.setdefault(key, {})
+            old = pods.get(name)
+            pods[name] = trim_pod(obj)
+        return key, old
+
+    def drop_pod(self, obj: Mapping[str, Any]) -> Key | None:
+        key = owner_key(obj)
+        if key is not None:
+            with self._lock:
+                self.pods.get(key, {}).pop(str((obj.get("metadata") or {}).get("name")), None)
+        return key
+
+    def pods_of(self, key: Key) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.pods.get(key, {}).values())
+
+    def dependents(self, ftj_key: Key) -> list[Key]:
+        """PreferenceAlignments referencing a FineTuneJob."""
+        _, ns, name = ftj_key
+        with self._lock:
+            return [k for k, cr in self.crs.items()
+                    if k[0] == "PreferenceAlignment" and k[1] == ns
+                    and ((cr.get("spec") or {}).get("fineTuneJobRef") or {}).get("name") == name]
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0

@@ -1,0 +1,242 @@
+"""The reconciler against a recording fake API: what it creates, patches and posts."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from operator_builders import ftj, load_example, terminated
+
+from kubetune.api.trainer_contract import TrainerResult
+from kubetune.operator import metrics
+from kubetune.operator.config import OperatorSettings
+from kubetune.operator.reconciler import Reconciler, status_patch
+from kubetune.operator.world import World
+
+NOW = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.status: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.events: list[tuple[str, str, str]] = []
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        self.calls.append(("create", obj["kind"]))
+        if key in self.objects:
+            return self.objects[key]  # 409 ⇒ the existing one
+        stored = copy.deepcopy(obj)
+        stored["metadata"]["resourceVersion"] = str(len(self.calls))
+        stored["metadata"]["uid"] = f"uid-{len(self.objects)}"
+        self.objects[key] = stored
+        return stored
+
+    def patch_job(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("patch", "Job"))
+        job = self.objects[("Job", ns, name)]
+        job["spec"].update(body.get("spec", {}))
+        job["metadata"].setdefault("annotations", {}).update(body.get("metadata", {}).get("annotations", {}))
+        return job
+
+    def patch_status(self, kind: str, ns: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("patch", f"{kind}/status"))
+        st = self.status.setdefault((kind, ns, name), {})
+        for k, v in patch.items():
+            if v is None:
+                st.pop(k, None)
+            else:
+                st[k] = v
+        return st
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+
+def setup(*crs: dict[str, Any], manage_rbac: bool = True) -> tuple[World, FakeApi, Reconciler]:
+    world, api = World(), FakeApi()
+    settings = OperatorSettings(manage_trainer_rbac=manage_rbac)
+    rec = Reconciler(world, settings, api, clock=lambda: NOW)
+    for cr in crs:
+        world.put_cr(cr)
+    return world, api, rec
+
+
+def key_of(cr: dict[str, Any]) -> tuple[str, str, str]:
+    return (cr["kind"], cr["metadata"]["namespace"], cr["metadata"]["name"])
+
+
+def test_creates_children_once_and_queues() -> None:
+    cr = ftj()
+    _world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    kinds = [k for v, k in api.calls if v == "create"]
+    assert kinds == ["ServiceAccount", "RoleBinding", "ConfigMap", "Job"]
+    assert api.status[key_of(cr)]["phase"] == "Queued"
+    assert [e[1] for e in api.events] == ["JobCreated"]
+    n = len(api.calls)
+    rec.reconcile(key_of(cr))
+    assert len(api.calls) == n  # nothing changed: no request at all
+
+
+def test_restart_never_creates_a_second_job() -> None:
+    cr = ftj()
+    _, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    # a new operator process: empty cache, same cluster
+    world2 = World()
+    world2.put_cr(cr)
+    rec2 = Reconciler(world2, OperatorSettings(), api, clock=lambda: NOW)
+    rec2.reconcile(key_of(cr))
+    assert len([o for o in api.objects if o[0] == "Job"]) == 1
+
+
+def test_does_not_fit_is_failed_and_never_scheduled() -> None:
+    cr = ftj(method="full")
+    cr["spec"].pop("quantization")
+    cr["spec"].pop("lora")
+    _, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    st = api.status[key_of(cr)]
+    assert (st["phase"], st["reason"]) == ("Failed", "DoesNotFit")
+    assert "per GPU" in st["message"]
+    assert not [o for o in api.objects if o[0] == "Job"]
+    assert api.events[-1][0] == "Warning"
+
+
+def test_suspend_and_resume_patch_the_job() -> None:
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    job_key = ("Job", "clinical-ai", "triage-llama3-70b-ft")
+    cr2 = copy.deepcopy(world.cr(key_of(cr)))
+    assert cr2 is not None
+    cr2["spec"]["suspend"] = True
+    world.put_cr(cr2)
+    rec.reconcile(key_of(cr))
+    assert api.objects[job_key]["spec"]["suspend"] is True
+    assert api.status[key_of(cr)]["phase"] == "Suspended"
+    cr3 = copy.deepcopy(world.cr(key_of(cr)))
+    assert cr3 is not None
+    cr3["spec"]["suspend"] = False
+    world.put_cr(cr3)
+    rec.reconcile(key_of(cr))
+    assert api.objects[job_key]["spec"]["suspend"] is False
+
+
+def test_unschedulable_past_grace_fails_and_stops_the_job() -> None:
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    job = api.objects[("Job", "clinical-ai", "triage-llama3-70b-ft")]
+    world.put_job(job)
+    since = (NOW - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    world.put_pod({"metadata": {"name": "p", "namespace": "clinical-ai", "creationTimestamp": since,
+                                "labels": {"kubetune.io/kind": "FineTuneJob"},
+                                "annotations": {"kubetune.io/owner": "triage-llama3-70b"}},
+                   "status": {"phase": "Pending", "conditions": [
+                       {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                        "lastTransitionTime": since, "message": "0/4 nodes are available"}]}})
+    rec.reconcile(key_of(cr))
+    st = api.status[key_of(cr)]
+    assert (st["phase"], st["reason"]) == ("Failed", "Unschedulable")
+    assert job["spec"]["suspend"] is True
+    assert api.events[-1][:2] == ("Warning", "Unschedulable")
+
+
+def test_success_keeps_the_result_on_the_job_and_counts_gates() -> None:
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    job = api.objects[("Job", "clinical-ai", "triage-llama3-70b-ft")]
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1,
+                     "startTime": "2025-01-01T00:00:00Z", "completionTime": "2025-01-01T01:00:00Z"}
+    world.put_job(job)
+    msg = TrainerResult(outcome="succeeded", artifact="/mnt/pvc/triage-models/triage-llama3-70b/adapter",
+                        metrics={"golden.accuracy": 0.9, "safety.refusal_rate": 1.0,
+                                 "forgetting.perplexity_increase": 0.01}).termination_message()
+    world.put_pod({"metadata": {"name": "p", "namespace": "clinical-ai", "creationTimestamp": "2025-01-01T00:00:00Z",
+                                "labels": {"kubetune.io/kind": "FineTuneJob"},
+                                "annotations": {"kubetune.io/owner": "triage-llama3-70b"}},
+                   "status": {"phase": "Succeeded", "containerStatuses": [
+                       {"name": "trainer", "state": terminated(0, "Completed", msg)}]}})
+    before = metrics.GATE_EVALUATIONS.labels(kind="FineTuneJob", gate="golden.accuracy", result="passed")._value.get()
+    rec.reconcile(key_of(cr))
+    st = api.status[key_of(cr)]
+    assert st["phase"] == "Succeeded" and st["completionTime"] == "2025-01-01T01:00:00Z"
+    assert "kubetune.io/result" in job["metadata"]["annotations"]
+    after = metrics.GATE_EVALUATIONS.labels(kind="FineTuneJob", gate="golden.accuracy", result="passed")._value.get()
+    assert after == before + 1
+    n = len(api.calls)
+    rec.reconcile(key_of(cr))  # terminal: nothing more
+    assert len(api.calls) == n
+
+
+def _pa() -> dict[str, Any]:
+    pa = load_example("triage-dpo.yaml")
+    pa["metadata"]["uid"] = "uid-pa"
+    return pa
+
+
+def test_preference_alignment_waits_then_runs_on_the_artifact() -> None:
+    cr, pa = ftj(), _pa()
+    world, api, rec = setup(cr, pa)
+    rec.reconcile(key_of(pa))
+    st = api.status[key_of(pa)]
+    assert (st["phase"], st["reason"]) == ("Waiting", "WaitingForDependency")
+    assert not [o for o in api.objects if o[0] == "Job" and o[2].endswith("-pa")]
+    done = copy.deepcopy(cr)
+    done["status"] = {"phase": "Succeeded", "observedGeneration": 1,
+                      "conditions": [{"type": "Ready", "status": "True"}],
+                      "artifact": {"uri": "pvc://triage-models/triage-llama3-70b/adapter", "promoted": True,
+                                   "promotedUri": "pvc://triage-models/promoted/triage-llama3-70b"}}
+    world.put_cr(done)
+    rec.reconcile(key_of(pa))
+    assert api.status[key_of(pa)]["phase"] == "Queued"
+    cm = api.objects[("ConfigMap", "clinical-ai", "triage-llama3-70b-dpo-pa-config")]
+    assert '"adapter": "/mnt/pvc/triage-models/promoted/triage-llama3-70b"' in cm["data"]["config.json"]
+
+
+@pytest.mark.parametrize("how", ["GateFailed", "deleted"])
+def test_preference_alignment_dependency_failed(how: str) -> None:
+    cr, pa = ftj(), _pa()
+    world, api, rec = setup(cr, pa)
+    if how == "deleted":
+        world.drop_cr(key_of(cr))
+    else:
+        failed = copy.deepcopy(cr)
+        failed["status"] = {"phase": "GateFailed", "reason": "GatesFailed", "message": "1 of 3 gates failed"}
+        world.put_cr(failed)
+    rec.reconcile(key_of(pa))
+    st = api.status[key_of(pa)]
+    assert (st["phase"], st["reason"]) == ("Failed", "DependencyFailed")
+
+
+def test_status_patch_removes_keys() -> None:
+    assert status_patch({"a": 1, "b": 2}, {"a": 1, "c": 3}) == {"c": 3, "b": None}
+
+
+def test_metrics_names() -> None:
+    world = World()
+    cr = ftj()
+    cr["status"] = {"phase": "Running", "progress": {"loss": 1.5, "step": 5, "totalSteps": 10, "tokensPerSecond": 99.0},
+                    "startTime": "2025-01-01T00:00:00Z"}
+    world.put_cr(cr)
+    collector = metrics.JobsCollector(world.objects)
+    fams = {f.name: f for f in collector.collect()}
+    assert set(fams) == {"kubetune_jobs", "kubetune_job_training_loss", "kubetune_job_progress_ratio",
+                         "kubetune_job_tokens_per_second", "kubetune_job_gpu_seconds"}
+    assert fams["kubetune_job_progress_ratio"].samples[0].value == 0.5
+    assert any(s.labels == {"kind": "FineTuneJob", "phase": "Running"} and s.value == 1
+               for s in fams["kubetune_jobs"].samples)
+    world.drop_cr(key_of(cr))
+    fams = {f.name: f for f in collector.collect()}
+    assert fams["kubetune_job_training_loss"].samples == []  # series gone with the job
+    names = metrics.describe_all()
+    for n in ("kubetune_phase_transitions", "kubetune_reconcile_duration_seconds", "kubetune_reconcile_errors",
+              "kubetune_gate_evaluations", "kubetune_operator_api_requests"):
+        assert n in names
