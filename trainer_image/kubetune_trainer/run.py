@@ -31,7 +31,9 @@ def _method(config: TrainerConfig, spec: Any) -> str:
     return str(spec.method if config.task == "sft" else (spec.tuning or ("qlora" if spec.quantization else "lora")))
 
 
-def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | None = None) -> TrainerResult:
+def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | None = None,
+        capture: dict[str, Any] | None = None) -> TrainerResult:
+    """Run the job; ``capture`` (tests, benchmarks) receives the trained model and tokenizer."""
     started = time.monotonic()
     output = Path(config.sources.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -172,6 +174,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
                           extra={"job": config.job.model_dump(mode="json"), "method": method, "metrics": metrics,
                                  "baseModel": config.sources.model})
         log(f"artifact: {artifact}")
+        if capture is not None:
+            capture.update(model=unwrapped, tokenizer=tokenizer, trainer=trainer)
         if config.merge_adapter:
             merged = export_merged(model=unwrapped, tokenizer=tokenizer, output=output, method=method, card=card, log=log)
         if eval_failure is not None:
