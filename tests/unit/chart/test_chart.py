@@ -1,0 +1,654 @@
+"""The Helm chart (charts/kubetune) renders, validates and keeps its promises.
+
+- `helm lint` is clean; `helm template` renders with the defaults, with every option on and with
+  every option off;
+- every rendered object passes kubernetes-validate (strict) for the oldest Kubernetes the chart
+  supports and for the local control plane's; our own kinds go through kubetune's validator,
+  cert-manager's and prometheus-operator's through the subset of their schemas we use;
+- the chart's CRDs are crds/ byte for byte (plus the keep annotation when asked);
+- RBAC: no "*", no Secrets, no pods/exec, no delete, the trainer only get/patch on pods;
+- the operator pod meets Pod Security "restricted" and runs with a read-only root filesystem;
+- the webhook: Fail/None, both kinds on CREATE/UPDATE, a caBundle that verifies the serving
+  certificate for the Service's DNS names;
+- values.schema.json refuses bad values; every value is documented with an example;
+- the env vars the chart sets are the ones the operator reads, with the same defaults;
+- kind-config.yaml and docs/kind.md fit together: the job in the doc validates and can land on
+  the kind worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from kubetune.api.validate import validate_object
+from kubetune.render.settings import RenderSettings
+
+from .conftest import CHART, NAMESPACE, RELEASE, ROOT, Render, run_helm, set_args
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the local control
+# plane's minor (cluster/versions.env); kubernetes-validate 1.37.0 knows up to 1.37.
+K8S_VERSIONS = ["1.31.0", "1.37.0"]
+
+ALL_ON: dict[str, Any] = {
+    "watchNamespaces": ["team-a", "team-b"],
+    "webhook": {"certManager": {"enabled": True}},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+                "service": {"annotations": {"prometheus.io/scrape": "true"}}},
+    "crds": {"keep": True},
+    "trainer": {"serviceAccount": {"namespaces": ["research", "team-a"], "annotations": {"a": "b"}},
+                "nodeSelector": {"pool": "gpu"},
+                "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+                "imagePullSecrets": ["regcred"]},
+    "imagePullSecrets": [{"name": "regcred"}],
+    "commonLabels": {"team": "ml-platform"},
+    "podAnnotations": {"example.com/a": "b"},
+    "deploymentAnnotations": {"reloader.stakater.com/auto": "true"},
+    "priorityClassName": "system-cluster-critical",
+    "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "system", "effect": "NoSchedule"}],
+    "image": {"digest": "sha256:" + "0" * 64},
+}
+ALL_OFF: dict[str, Any] = {
+    "webhook": {"enabled": False},
+    "metrics": {"service": {"enabled": False}},
+    "crds": {"enabled": False},
+    "serviceAccount": {"create": False, "name": "existing-sa"},
+    "trainer": {"serviceAccount": {"create": False}},
+    "replicaCount": 0,
+}
+CERT_MANAGER_ISSUER = {"webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},
+                       "crds": {"keep": False}}
+SCENARIOS = {"defaults": None, "all-on": ALL_ON, "all-off": ALL_OFF, "cert-manager-issuer": CERT_MANAGER_ISSUER}
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+# --- lint and render --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, ALL_ON], ids=["defaults", "all-on"])
+def test_helm_lint_is_clean(helm: Path, values: dict[str, Any] | None) -> None:
+    proc = run_helm(helm, "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *set_args(values))
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_renders(render: Render, scenario: str) -> None:
+    objs = render(SCENARIOS[scenario])
+    kinds = {o["kind"] for o in objs}
+    if scenario == "all-off":
+        assert kinds == {"Deployment", "ClusterRole", "ClusterRoleBinding"}
+        return
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+            "Service", "ValidatingWebhookConfiguration", "CustomResourceDefinition"} <= kinds
+    if scenario == "all-on":
+        assert {"Certificate", "Issuer", "ServiceMonitor"} <= kinds
+        assert "Secret" not in kinds  # cert-manager writes it
+
+
+# --- validation of every rendered object -------------------------------------------------------
+
+# The parts of cert-manager's and prometheus-operator's CRD schemas this chart uses. Their CRDs
+# are not vendored here; e2e installs on a real API server would refuse unknown fields the same way.
+_STR = {"type": "string", "minLength": 1}
+_META = {"type": "object", "required": ["name", "namespace"]}
+THIRD_PARTY_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("cert-manager.io/v1", "Issuer"): {
+        "type": "object", "required": ["metadata", "spec"],
+        "properties": {"metadata": _META, "spec": {
+            "type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+            "properties": {"selfSigned": {"type": "object"}, "ca": {"type": "object"}}}}},
+    ("cert-manager.io/v1", "Certificate"): {
+        "type": "object", "required": ["metadata", "spec"],
+        "properties": {"metadata": _META, "spec": {
+            "type": "object", "additionalProperties": False, "required": ["secretName", "issuerRef"],
+            "properties": {
+                "secretName": _STR, "commonName": {"type": "string", "maxLength": 64},
+                "dnsNames": {"type": "array", "items": _STR, "minItems": 1},
+                "duration": {"type": "string"}, "renewBefore": {"type": "string"},
+                "privateKey": {"type": "object", "additionalProperties": False, "properties": {
+                    "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]}, "size": {"type": "integer"},
+                    "rotationPolicy": {"enum": ["Never", "Always"]}, "encoding": {"enum": ["PKCS1", "PKCS8"]}}},
+                "usages": {"type": "array", "items": {"enum": [
+                    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+                    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+                    "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+                    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"]}},
+                "issuerRef": {"type": "object", "additionalProperties": False, "required": ["name"],
+                              "properties": {"name": _STR, "kind": {"type": "string"}, "group": {"type": "string"}}},
+            }}}},
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
+        "type": "object", "required": ["metadata", "spec"],
+        "properties": {"metadata": _META, "spec": {
+            "type": "object", "additionalProperties": False, "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {"type": "object", "properties": {"matchLabels": {"type": "object"}}},
+                "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
+                    "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": _STR}}},
+                "endpoints": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "port": _STR, "path": {"type": "string", "pattern": "^/"}, "scheme": {"enum": ["http", "https"]},
+                        "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                        "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                    }}},
+            }}}},
+}
+
+
+def validation_errors(obj: dict[str, Any], version: str) -> list[str]:
+    api, kind = obj.get("apiVersion", ""), obj.get("kind", "")
+    if api.startswith("kubetune.io/"):
+        return [str(p) for p in validate_object(obj) if p.severity == "error"]
+    if (api, kind) in THIRD_PARTY_SCHEMAS:
+        import jsonschema
+
+        validator = jsonschema.Draft7Validator(THIRD_PARTY_SCHEMAS[api, kind])
+        return [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(obj)]
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{'.'.join(map(str, e.path))}: {e.message}"]
+    return []
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_object_validates_strictly(render: Render, scenario: str, version: str) -> None:
+    failures = {}
+    for obj in render(SCENARIOS[scenario]):
+        errors = validation_errors(obj, version)
+        if errors:
+            failures[f"{obj['kind']}/{obj['metadata']['name']}"] = errors
+    assert not failures, json.dumps(failures, indent=2)
+
+
+def test_third_party_schemas_catch_mistakes() -> None:
+    sm = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "x", "namespace": "y"},
+          "spec": {"selector": {}, "endpoints": [{"port": "metrics", "intervall": "30s"}]}}
+    assert validation_errors(sm, K8S_VERSIONS[-1])
+    cert = {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "x", "namespace": "y"},
+            "spec": {"secretName": "s", "issuerRef": {"name": "i"}, "usages": ["server-auth"]}}
+    assert validation_errors(cert, K8S_VERSIONS[-1])
+
+
+def test_strict_validation_catches_unknown_fields() -> None:
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+           "spec": {"ports": [{"port": 80, "targetPrt": 8080}]}}
+    assert validation_errors(svc, K8S_VERSIONS[-1])
+
+
+def test_long_release_names_stay_within_limits(render: Render) -> None:
+    release = "a-very-long-release-name-for-kubetune-0123456789-abc"  # 52 characters
+    namespace = "a-long-namespace-name-for-the-operator-0123456789abcdefghijklmn"[:63]
+    objs = render(ALL_ON, release=release, namespace=namespace)
+    dns_label = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    for obj in objs:
+        name = obj["metadata"]["name"]
+        assert len(name) <= (63 if obj["kind"] != "CustomResourceDefinition" else 253), name
+        if obj["kind"] in ("Service", "Deployment", "ServiceAccount", "Secret", "Certificate", "Issuer"):
+            assert dns_label.match(name), name
+        for key, value in obj["metadata"].get("labels", {}).items():
+            assert len(value) <= 63 and (not value or dns_label.match(value.lower().replace(".", "-").replace("_", "-"))), (key, value)
+    webhook = one(objs, "ValidatingWebhookConfiguration")
+    assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].startswith(namespace + "/")
+
+
+# --- CRDs --------------------------------------------------------------------------------------
+
+
+def test_chart_crd_copies_equal_crds_folder() -> None:
+    source = {p.name: p.read_bytes() for p in sorted((ROOT / "crds").glob("*.yaml"))}
+    copies = {p.name: p.read_bytes() for p in sorted((CHART / "files" / "crds").glob("*.yaml"))}
+    assert source, "crds/ is empty"
+    hint = "charts/kubetune/files/crds drifted from crds/: run `cp crds/*.yaml charts/kubetune/files/crds/`"
+    assert copies.keys() == source.keys(), hint
+    for name in source:
+        assert copies[name] == source[name], f"{name}: {hint}"
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_rendered_crds_are_crds_folder_plus_keep_annotation(render: Render, keep: bool) -> None:
+    rendered = {o["metadata"]["name"]: o for o in by_kind(render({"crds": {"keep": keep}}), "CustomResourceDefinition")}
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        expected = yaml.safe_load(path.read_text())
+        if keep:
+            expected["metadata"]["annotations"] = {"helm.sh/resource-policy": "keep"}
+        assert rendered.pop(expected["metadata"]["name"]) == expected
+    assert not rendered, f"CRDs not in crds/: {list(rendered)}"
+
+
+# --- RBAC --------------------------------------------------------------------------------------
+
+FORBIDDEN_RESOURCES = {"secrets", "pods/exec", "pods/attach", "pods/portforward", "pods/log", "nodes/proxy",
+                       "serviceaccounts/token", "validatingwebhookconfigurations", "mutatingwebhookconfigurations",
+                       "clusterroles", "clusterrolebindings", "roles", "rolebindings"}
+FORBIDDEN_VERBS = {"*", "delete", "deletecollection", "escalate", "bind", "impersonate"}
+
+
+def rules(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{o['kind']}/{o['metadata']['name']}", r) for o in objs if o["kind"] in ("ClusterRole", "Role")
+            for r in o.get("rules", [])]
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "all-on"])
+def test_rbac_is_least_privilege(render: Render, scenario: str) -> None:
+    for where, rule in rules(render(SCENARIOS[scenario])):
+        assert "*" not in rule.get("apiGroups", []), where
+        assert "*" not in rule["resources"] and not any(r.endswith("/*") for r in rule["resources"]), where
+        assert not FORBIDDEN_RESOURCES & set(rule["resources"]), (where, rule)
+        assert not FORBIDDEN_VERBS & set(rule["verbs"]), (where, rule)
+        assert "nonResourceURLs" not in rule and "resourceNames" not in rule, where
+        if "customresourcedefinitions" in rule["resources"]:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}, where
+
+
+def test_operator_rights_are_the_documented_set(render: Render) -> None:
+    objs = render()
+    granted = {(g, res, v) for _, r in rules(objs) for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]
+               if "trainer" not in _}
+    def grant(group: str, resources: str, verbs: str) -> set[tuple[str, str, str]]:
+        return {(group, r, v) for r in resources.split() for v in verbs.split()}
+    expected = (grant("apiextensions.k8s.io", "customresourcedefinitions", "get list watch")
+                | grant("kubetune.io", "finetunejobs preferencealignments", "get list watch patch")
+                | grant("kubetune.io", "finetunejobs/status preferencealignments/status", "get patch")
+                | grant("kubetune.io", "finetunejobs/finalizers preferencealignments/finalizers", "update")
+                | grant("batch", "jobs", "get list watch create patch")
+                | grant("", "configmaps", "get create")
+                | grant("", "services", "get create")
+                | grant("", "pods", "get list watch")
+                | grant("", "events", "create"))
+    assert granted == expected, f"extra: {sorted(granted - expected)}; missing: {sorted(expected - granted)}"
+
+
+def test_cluster_wide_binding_when_watching_all_namespaces(render: Render) -> None:
+    objs = render()
+    bound = {b["roleRef"]["name"] for b in by_kind(objs, "ClusterRoleBinding")}
+    assert bound == {r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")}
+    assert not [b for b in by_kind(objs, "RoleBinding") if "operator" in b["metadata"]["name"]]
+    sa = one([o for o in objs if o["kind"] == "ServiceAccount" and "trainer" not in o["metadata"]["name"]],
+             "ServiceAccount")
+    for b in by_kind(objs, "ClusterRoleBinding"):
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
+
+
+def test_watched_namespaces_get_rolebindings_only(render: Render) -> None:
+    objs = render(ALL_ON)
+    operator_role = next(r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"].endswith("-operator"))
+    crbs = {b["roleRef"]["name"] for b in by_kind(objs, "ClusterRoleBinding")}
+    assert operator_role["metadata"]["name"] not in crbs, "namespaced rights must not be bound cluster-wide"
+    rbs = [b for b in by_kind(objs, "RoleBinding") if b["roleRef"]["name"] == operator_role["metadata"]["name"]]
+    assert sorted(b["metadata"]["namespace"] for b in rbs) == ["team-a", "team-b"]
+    cluster_role = next(r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"].endswith("-cluster"))
+    assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in cluster_role["rules"]
+    env = {e["name"]: e.get("value") for e in one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBETUNE_WATCH_NAMESPACES"] == "team-a,team-b"
+    webhook = one(objs, "ValidatingWebhookConfiguration")
+    for hook in webhook["webhooks"]:
+        assert hook["namespaceSelector"]["matchExpressions"] == [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
+
+
+def test_trainer_service_account_can_only_get_and_patch_pods(render: Render) -> None:
+    objs = render(ALL_ON)
+    namespaces = [NAMESPACE, "team-a", "team-b", "research"]
+    trainer_sas = [o for o in by_kind(objs, "ServiceAccount") if o["metadata"]["name"] == "kubetune-trainer"]
+    assert sorted(o["metadata"]["namespace"] for o in trainer_sas) == sorted(namespaces)
+    roles = [r for r in by_kind(objs, "Role") if r["metadata"]["name"] == "kubetune-trainer"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces)
+    for role in roles:
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    bindings = [b for b in by_kind(objs, "RoleBinding") if b["metadata"]["name"] == "kubetune-trainer"]
+    for b in bindings:
+        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubetune-trainer"}
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune-trainer",
+                                  "namespace": b["metadata"]["namespace"]}]
+
+
+# --- the operator pod ---------------------------------------------------------------------------
+
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """Pod Security Standards, "restricted" profile (kubernetes.io/docs/concepts/security/pod-security-standards)."""
+    out = []
+    psc = pod.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            out.append(f"{flag} must be unset/false")
+    for vol in pod.get("volumes", []):
+        kinds = set(vol) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            out.append(f"volume {vol['name']}: type {kinds} not allowed")
+    if psc.get("runAsUser") == 0:
+        out.append("pod runAsUser 0")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation must be false")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            out.append(f"{name}: capabilities must drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: only NET_BIND_SERVICE may be added")
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            out.append(f"{name}: runAsNonRoot must be true")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            out.append(f"{name}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            out.append(f"{name}: hostPort")
+    return out
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_operator_pod_meets_pod_security_restricted(render: Render, scenario: str) -> None:
+    deployment = one(render(SCENARIOS[scenario]), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+def test_restricted_check_catches_violations() -> None:
+    pod = {"containers": [{"name": "c", "securityContext": {"privileged": True}}], "hostNetwork": True,
+           "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    assert len(restricted_violations(pod)) >= 6
+
+
+def test_operator_deployment_shape(render: Render) -> None:
+    objs = render()
+    dep = one(objs, "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["kubetune", "operator"]
+    assert c["image"] == "ghcr.io/kubetune/operator:0.1.0"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081, "webhook": 9443}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert pod["serviceAccountName"] == f"{RELEASE}-kubetune"
+    secret_volume = next(v for v in pod["volumes"] if v["name"] == "webhook-tls")
+    assert secret_volume["secret"]["secretName"] == one(objs, "Secret")["metadata"]["name"]
+    # Services select the operator pod and point at its named ports.
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    for svc in by_kind(objs, "Service"):
+        assert svc["spec"]["selector"].items() <= pod_labels.items(), svc["metadata"]["name"]
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] in ports
+
+
+# --- webhook -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "all-on"])
+def test_webhook_configuration(render: Render, scenario: str) -> None:
+    objs = render(SCENARIOS[scenario])
+    config = one(objs, "ValidatingWebhookConfiguration")
+    svc = next(s for s in by_kind(objs, "Service") if s["metadata"]["name"].endswith("-webhook"))
+    plurals = set()
+    for hook in config["webhooks"]:
+        assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
+        assert 1 <= hook["timeoutSeconds"] <= 30 and hook["admissionReviewVersions"] == ["v1"]
+        (rule,) = hook["rules"]
+        assert rule["apiGroups"] == ["kubetune.io"] and rule["operations"] == ["CREATE", "UPDATE"]
+        plurals.update(rule["resources"])
+        assert not any("/" in r for r in rule["resources"]), "status subresources must not hit the webhook"
+        ref = hook["clientConfig"]["service"]
+        assert (ref["name"], ref["namespace"], ref["port"]) == (svc["metadata"]["name"], NAMESPACE, 443)
+        singular = rule["resources"][0].removesuffix("s")
+        assert ref["path"] == f"/validate-{singular}"  # the kopf handler id
+        assert {c["name"] for c in hook["matchConditions"]} == {"not-the-operator", "spec-changed"}
+        if scenario == "all-on":
+            assert "caBundle" not in hook["clientConfig"]
+    assert plurals == {"finetunejobs", "preferencealignments"}
+    if scenario == "all-on":
+        cert = one(objs, "Certificate")
+        assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == \
+            f"{NAMESPACE}/{cert['metadata']['name']}"
+        secret_volume = next(v for v in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+                             if v["name"] == "webhook-tls")
+        assert secret_volume["secret"]["secretName"] == cert["spec"]["secretName"]
+        assert f"{svc['metadata']['name']}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
+
+
+def test_self_signed_ca_bundle_verifies_the_serving_certificate(render: Render) -> None:
+    objs = render()
+    secret = one(objs, "Secret")
+    assert secret["type"] == "kubernetes.io/tls"
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    for hook in one(objs, "ValidatingWebhookConfiguration")["webhooks"]:
+        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == base64.b64decode(secret["data"]["ca.crt"])
+    assert leaf.issuer == ca.subject
+    key, digest = ca.public_key(), leaf.signature_hash_algorithm
+    assert digest is not None
+    if isinstance(key, rsa.RSAPublicKey):
+        key.verify(leaf.signature, leaf.tbs_certificate_bytes, padding.PKCS1v15(), digest)
+    else:
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        key.verify(leaf.signature, leaf.tbs_certificate_bytes, ec.ECDSA(digest))
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    svc = next(s for s in by_kind(objs, "Service") if s["metadata"]["name"].endswith("-webhook"))["metadata"]["name"]
+    assert f"{svc}.{NAMESPACE}.svc" in sans
+    assert base64.b64decode(secret["data"]["tls.key"]).startswith(b"-----BEGIN")
+
+
+# --- values ------------------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ({"replicaCount": -1}, "replicaCount"),
+    ({"replicaCount": 2}, "replicaCount"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+    ({"webhook": {"failurePolicy": "Maybe"}}, "failurePolicy"),
+    ({"webhook": {"timeoutSeconds": 60}}, "timeoutSeconds"),
+    ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
+    ({"trainer": {"gpu": {"memoryTolerance": 0.9}}}, "memoryTolerance"),
+    ({"trainer": {"shmSize": "lots"}}, "shmSize"),
+    ({"metrics": {"port": 70000}}, "port"),
+    ({"logLevel": "verbose"}, "logLevel"),
+    ({"crds": {"keep": "yes"}}, "keep"),
+    ({"replicas": 1}, "replicas"),  # a typo of replicaCount: unknown keys are refused
+]
+
+
+@pytest.mark.parametrize(("values", "field"), BAD_VALUES, ids=[f for _, f in BAD_VALUES])
+def test_schema_rejects_bad_values(helm: Path, values: dict[str, Any], field: str) -> None:
+    proc = run_helm(helm, "template", RELEASE, str(CHART), *set_args(values), check=False)
+    assert proc.returncode != 0, f"{values} was accepted"
+    assert "schema" in proc.stderr and field in proc.stderr, proc.stderr
+
+
+def test_service_monitor_needs_the_metrics_service(helm: Path) -> None:
+    values = {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}}
+    proc = run_helm(helm, "template", RELEASE, str(CHART), *set_args(values), check=False)
+    assert proc.returncode != 0 and "metrics.service.enabled" in proc.stderr
+
+
+def _values_lines() -> list[str]:
+    return (CHART / "values.yaml").read_text().splitlines()
+
+
+def test_every_value_is_documented_with_an_example() -> None:
+    """Every top-level key and every key of a documented section carries a "# --" comment with an
+    "Example:"; a section (a mapping whose keys are documented) needs only the "# --" comment.
+    Free-form maps (securityContext, probes, resources) are documented as a whole."""
+    lines = _values_lines()
+    keys: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][\w.-]*):", line)
+        if not m:
+            continue
+        block = []
+        j = i - 1
+        while j >= 0 and lines[j].strip().startswith("#"):
+            block.append(lines[j])
+            j -= 1
+        text = "\n".join(block)
+        keys.append({"indent": len(m.group(1)), "key": m.group(2), "line": i + 1, "comment": "# --" in text,
+                     "example": "Example:" in text, "children": []})
+    stack: list[dict[str, Any]] = []
+    top: list[dict[str, Any]] = []
+    for k in keys:
+        while stack and stack[-1]["indent"] >= k["indent"]:
+            stack.pop()
+        (stack[-1]["children"] if stack else top).append(k)
+        stack.append(k)
+
+    def section(k: dict[str, Any]) -> bool:
+        return any(c["comment"] for c in k["children"])
+
+    bad = []
+
+    def check(group: list[dict[str, Any]], required: bool) -> None:
+        for k in group:
+            if required and not (k["comment"] and (k["example"] or section(k))):
+                bad.append(f"{k['key']} (line {k['line']})")
+            if section(k):
+                check(k["children"], True)
+
+    check(top, True)
+    assert not bad, f"values without a '# --' comment and an 'Example:': {bad}"
+
+
+def test_schema_covers_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(node: dict[str, Any], value: Any, path: str) -> list[str]:
+        missing = []
+        props = node.get("properties")
+        if isinstance(value, dict) and props is not None:
+            for key, sub in value.items():
+                if key not in props:
+                    missing.append(f"{path}{key}")
+                else:
+                    missing += walk(props[key], sub, f"{path}{key}.")
+        return missing
+
+    assert walk(schema, values, "") == []
+
+
+# --- operator settings ---------------------------------------------------------------------------
+
+# Read by the operator shell (kubetune.operator) rather than RenderSettings.
+OPERATOR_SHELL_ENV = {
+    "KUBETUNE_OPERATOR_NAMESPACE", "KUBETUNE_WATCH_NAMESPACES", "KUBETUNE_LOG_LEVEL", "KUBETUNE_METRICS_PORT",
+    "KUBETUNE_HEALTH_PORT", "KUBETUNE_WEBHOOK_ENABLED", "KUBETUNE_WEBHOOK_PORT", "KUBETUNE_WEBHOOK_CERT_FILE",
+    "KUBETUNE_WEBHOOK_KEY_FILE",
+}
+# Trainer defaults the chart passes that RenderSettings does not read yet (asked of the operator).
+PENDING_RENDER_ENV = {"KUBETUNE_TRAINER_NODE_SELECTOR", "KUBETUNE_TRAINER_TOLERATIONS",
+                      "KUBETUNE_TRAINER_IMAGE_PULL_SECRETS"}
+
+
+def operator_env(objs: list[dict[str, Any]]) -> dict[str, str | None]:
+    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_env_vars_are_the_ones_the_operator_reads(render: Render) -> None:
+    env = operator_env(render())
+    unknown = set(env) - set(RenderSettings.ENV.values()) - OPERATOR_SHELL_ENV - PENDING_RENDER_ENV
+    assert not unknown, f"the chart sets env vars nobody reads: {unknown}"
+    pending = PENDING_RENDER_ENV & set(RenderSettings.ENV.values())
+    assert not pending, f"RenderSettings reads {pending} now: drop them from PENDING_RENDER_ENV"
+
+
+def test_chart_defaults_equal_operator_defaults(render: Render) -> None:
+    env = operator_env(render())
+    defaults = RenderSettings()
+    differ = {}
+    for field, var in RenderSettings.ENV.items():
+        if var not in env:
+            continue
+        parsed = RenderSettings.from_env({var: env[var] or ""})
+        if getattr(parsed, field) != getattr(defaults, field):
+            differ[var] = (env[var], getattr(defaults, field))
+    # The image tag follows the chart's appVersion, which equals the package version.
+    differ.pop("KUBETUNE_TRAINER_IMAGE", None)
+    assert env["KUBETUNE_TRAINER_IMAGE"] == defaults.trainer_image
+    assert not differ, f"chart default vs operator default: {differ}"
+
+
+def test_readme_documents_every_env_var(render: Render) -> None:
+    readme = (CHART / "README.md").read_text()
+    env = set(operator_env(render())) | set(operator_env(render(ALL_ON))) - {"HTTPS_PROXY"}
+    missing = sorted(v for v in env if f"`{v}`" not in readme)
+    assert not missing, f"charts/kubetune/README.md lacks {missing}"
+
+
+def test_trainer_defaults_reach_the_operator(render: Render) -> None:
+    env = operator_env(render(ALL_ON))
+    assert json.loads(env["KUBETUNE_TRAINER_NODE_SELECTOR"] or "") == {"pool": "gpu"}
+    assert json.loads(env["KUBETUNE_TRAINER_TOLERATIONS"] or "") == ALL_ON["trainer"]["tolerations"]
+    assert env["KUBETUNE_TRAINER_IMAGE_PULL_SECRETS"] == "regcred"
+    assert env["KUBETUNE_TRAINER_SERVICE_ACCOUNT"] == "kubetune-trainer"
+
+
+# --- kind ----------------------------------------------------------------------------------------
+
+
+def _kind_doc_job() -> dict[str, Any]:
+    text = (ROOT / "docs" / "kind.md").read_text()
+    m = re.search(r"kubectl apply -f - <<'EOF'\n(.*?)\nEOF\n", text, re.S)
+    assert m, "docs/kind.md has no `kubectl apply -f - <<'EOF'` manifest"
+    return yaml.safe_load(m.group(1))
+
+
+def test_kind_doc_job_validates() -> None:
+    job = _kind_doc_job()
+    errors = [p for p in validate_object(job) if p.severity == "error"]
+    assert not errors, errors
+
+
+def test_kind_worker_can_host_the_doc_job() -> None:
+    from kubetune.render.job import gpu_memory_min_mib
+
+    config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    assert config["apiVersion"] == "kind.x-k8s.io/v1alpha4" and config["kind"] == "Cluster"
+    roles = [n["role"] for n in config["nodes"]]
+    assert roles == ["control-plane", "worker"]
+    (patch,) = config["nodes"][1]["kubeadmConfigPatches"]
+    join = yaml.safe_load(patch)
+    assert join["kind"] == "JoinConfiguration"
+    args = join["nodeRegistration"]["kubeletExtraArgs"]
+    labels = dict(kv.split("=", 1) for kv in args["node-labels"].split(","))
+    assert labels["nvidia.com/gpu.present"] == "true"
+    assert args["register-with-taints"] == "nvidia.com/gpu=present:NoSchedule"
+    (cp_patch,) = config["nodes"][0]["kubeadmConfigPatches"]
+    assert yaml.safe_load(cp_patch) == {"kind": "InitConfiguration", "nodeRegistration": {"taints": []}}
+    job = _kind_doc_job()
+    settings = RenderSettings()
+    need = gpu_memory_min_mib(job["spec"]["resources"]["gpuMemory"], settings.gpu_memory_tolerance)
+    assert int(labels[settings.gpu_memory_label]) >= need
+    assert job["spec"]["resources"].get("gpus", 1) == 1  # the doc advertises one fake GPU
