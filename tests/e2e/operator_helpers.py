@@ -1,0 +1,169 @@
+"""Helpers for the operator's e2e tests: the operator as a `kopf run` subprocess against the local
+control plane, manifests, the trainer's channel (progress annotation, termination message)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.trainer_contract import TrainerResult
+from kubetune.devcluster import Cluster, finish_pod, wait_for_pods, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+TRAINER_CLUSTER_ROLE = {
+    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+    "metadata": {"name": "kubetune-trainer"},
+    # the trainer reads and annotates its own pod (progress); nothing else
+    "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """`python -m kopf run -m kubetune.operator.main --all-namespaces --standalone`."""
+
+    def __init__(self, cluster: Cluster, log_dir: Path, *, webhook: bool = False, **env: str) -> None:
+        self.cluster = cluster
+        self.log_dir = log_dir
+        self.metrics_port = free_port()
+        self.webhook_port = free_port()
+        self.env = {
+            **cluster.env(),
+            "PYTHONPATH": str(REPO / "operator"),
+            "KUBETUNE_METRICS_PORT": str(self.metrics_port),
+            "KUBETUNE_RESYNC_SECONDS": "1",
+            "KUBETUNE_PROGRESS_MIN_INTERVAL": "1",
+            "KUBETUNE_UNSCHEDULABLE_GRACE": "5",
+            "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:e2e",
+            **env,
+        }
+        if webhook:
+            self.env.update({"KUBETUNE_WEBHOOK": "true", "KUBETUNE_WEBHOOK_PORT": str(self.webhook_port),
+                             "KUBETUNE_WEBHOOK_HOST": "127.0.0.1", "KUBETUNE_WEBHOOK_ADDR": "127.0.0.1"})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "-m", "kubetune.operator.main", "--all-namespaces",
+             "--standalone", "--log-format=plain"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        wait_until(self._metrics_up, timeout=60, what="operator /metrics")
+
+    def _metrics_up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited {self.proc.returncode}; see {self.log_dir}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def log_tail(self, n: int = 60) -> str:
+        path = self.log_dir / f"operator-{self.starts}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+
+def ftj(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """A small FineTuneJob with hf:// and s3:// sources (no PVC needed on the fake nodes)."""
+    base: dict[str, Any] = {
+        "baseModel": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "architecture": "smollm2-135m"},
+        "method": "qlora",
+        "dataset": {"uri": "s3://bucket/train.jsonl", "format": "instruction", "minExamples": 10},
+        "training": {"maxSteps": 200, "maxSeqLength": 256},
+        "resources": {"gpus": 1, "gpuMemory": "80Gi"},
+        "evaluation": {"goldenDataset": {"uri": "s3://bucket/golden.jsonl"},
+                       "gates": [{"metric": "golden.accuracy", "op": ">=", "threshold": 0.5}]},
+        "output": {"uri": "s3://bucket/out/" + name},
+        "backoffLimit": 0,
+    }
+    base.update(spec)
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": namespace}, "spec": base}
+
+
+def pa(name: str, namespace: str, ref: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "fineTuneJobRef": {"name": ref}, "method": "dpo",
+        "dataset": {"uri": "s3://bucket/prefs.jsonl", "format": "preference", "minExamples": 10},
+        "training": {"maxSteps": 30, "maxSeqLength": 256},
+        "resources": {"gpuMemory": "80Gi"},
+        "output": {"uri": "s3://bucket/out/" + name},
+        "backoffLimit": 0,
+    }
+    base.update(spec)
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "PreferenceAlignment",
+            "metadata": {"name": name, "namespace": namespace}, "spec": base}
+
+
+def get_cr(cluster: Cluster, kind: str, ns: str, name: str) -> dict[str, Any]:
+    return cluster.get(kind.lower() + ".kubetune.io", name, "-n", ns)
+
+
+def wait_phase(cluster: Cluster, kind: str, ns: str, name: str, *phases: str, timeout: float = 60) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = get_cr(cluster, kind, ns, name)
+        return obj if (obj.get("status") or {}).get("phase") in phases else None
+
+    try:
+        return wait_until(check, timeout=timeout, what=f"{kind} {ns}/{name} in {phases}")  # type: ignore[no-any-return]
+    except TimeoutError as e:
+        st = (get_cr(cluster, kind, ns, name).get("status") or {})
+        raise TimeoutError(f"{e}; status: {json.dumps({k: st.get(k) for k in ('phase', 'reason', 'message')})}") from e
+
+
+def trainer_pods(cluster: Cluster, ns: str, name: str, phase: str = "Running", count: int = 1,
+                 timeout: float = 60) -> list[dict[str, Any]]:
+    return wait_for_pods(cluster.kubeconfig, ns, f"kubetune.io/job={name}", phase=phase, count=count,
+                         timeout=timeout, kubectl=cluster.kubectl_path)
+
+
+def report_progress(cluster: Cluster, ns: str, pod: str, **progress: Any) -> None:
+    """What the trainer does: patch the progress annotation on its own pod."""
+    cluster.kubectl("annotate", "--overwrite", "-n", ns, f"pod/{pod}",
+                    f"kubetune.io/progress={json.dumps(progress)}", check=True)
+
+
+def finish(cluster: Cluster, ns: str, pod: str, outcome: str = "succeeded", *, exit_code: int | None = None,
+           result: TrainerResult | None = None) -> None:
+    """What the trainer's end looks like: exit code + TrainerResult JSON as termination message."""
+    finish_pod(cluster.kubeconfig, ns, pod, outcome, exit_code,
+               result.termination_message() if result is not None else None, kubectl=cluster.kubectl_path)
+
+
+def children(cluster: Cluster, ns: str, name: str) -> dict[str, list[str]]:
+    out = {}
+    for kind in ("jobs", "configmaps", "services"):
+        items = cluster.get(kind, "-n", ns, "-l", f"kubetune.io/job={name}")["items"]
+        out[kind] = [i["metadata"]["name"] for i in items]
+    return out
+
+
+def wait_deadline(seconds: float) -> float:
+    return time.monotonic() + seconds

@@ -1,0 +1,246 @@
+"""The operator on the real local control plane: both kinds through their lifecycle, with pod phases
+driven by kwok and the trainer's reports injected through the real channel (the progress
+annotation on the pod, the TrainerResult JSON in the termination message)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from operator_helpers import (
+    REPO,
+    TRAINER_CLUSTER_ROLE,
+    OperatorProcess,
+    children,
+    finish,
+    ftj,
+    get_cr,
+    pa,
+    report_progress,
+    trainer_pods,
+    wait_phase,
+)
+
+from kubetune.api.trainer_contract import TrainerResult
+from kubetune.devcluster import Cluster, wait_until
+
+pytestmark = pytest.mark.e2e
+
+PASS = {"golden.accuracy": 0.8}
+FAIL = {"golden.accuracy": 0.2}
+
+
+def result(metrics: dict[str, float], **kw: Any) -> TrainerResult:
+    return TrainerResult(outcome="succeeded", metrics=metrics, artifact="s3://bucket/out/adapter", **kw)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    cluster.kubectl("apply", "-f", str(REPO / "crds"), check=True)
+    for crd in ("finetunejobs.kubetune.io", "preferencealignments.kubetune.io"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s", check=True)
+    cluster.apply(TRAINER_CLUSTER_ROLE)
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), webhook=True)
+    op.start()
+    yield op
+    print(op.log_tail(80))
+    op.kill(signal.SIGTERM)
+
+
+def apply(cluster: Cluster, *objs: dict[str, Any]) -> None:
+    cluster.apply(*objs)
+
+
+def cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == ctype)
+
+
+def test_lifecycle_succeeded(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, ftj("tune", namespace))
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "tune", "Queued", "Running")
+    kids = children(cluster, namespace, "tune")
+    assert kids["jobs"] == ["tune-ft"] and kids["configmaps"] == ["tune-ft-config"]
+    job = cluster.get("job", "tune-ft", "-n", namespace)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    (pod,) = trainer_pods(cluster, namespace, "tune")
+    assert pod["spec"]["nodeName"] in {"kwok-h100-0", "kwok-h100-1"}  # never the 24 GB L4
+    name = pod["metadata"]["name"]
+    wait_phase(cluster, "FineTuneJob", namespace, "tune", "Running")
+
+    report_progress(cluster, namespace, name, step=120, totalSteps=200, loss=1.25, tokensPerSecond=4200.0,
+                    stage="training")
+    wait_until(lambda: (get_cr(cluster, "FineTuneJob", namespace, "tune")["status"].get("progress") or {})
+               .get("summary") == "60% (120/200)", timeout=30, what="progress mirrored")
+    table = cluster.kubectl("get", "ftj", "tune", "-n", namespace, check=True).stdout
+    assert "Running" in table and "60% (120/200)" in table
+    text = operator.metrics()
+    assert f'kubetune_job_training_loss{{kind="FineTuneJob",name="tune",namespace="{namespace}"}} 1.25' in text
+
+    report_progress(cluster, namespace, name, step=200, totalSteps=200, loss=0.9, stage="evaluating")
+    wait_phase(cluster, "FineTuneJob", namespace, "tune", "Evaluating", timeout=30)
+
+    waiter = subprocess.Popen([str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig}", "wait",
+                               "--for=condition=Ready", "ftj/tune", "-n", namespace, "--timeout=60s"])
+    finish(cluster, namespace, name, "succeeded", result=result(PASS))
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "tune", "Succeeded")
+    assert waiter.wait(timeout=70) == 0
+    assert cond(obj, "Ready")["status"] == "True"
+    assert cond(obj, "GatesPassed")["status"] == "True"
+    assert obj["status"]["gates"][0]["value"] == 0.8
+    assert obj["status"]["artifact"]["uri"] == "s3://bucket/out/adapter"
+    events = cluster.get("events", "-n", namespace, "--field-selector", "involvedObject.name=tune")["items"]
+    reasons = {e["reason"] for e in events}
+    assert {"JobCreated", "Running", "GatesPassed"} <= reasons
+    assert re.search(r'kubetune_jobs\{kind="FineTuneJob",phase="Succeeded"\} [1-9]', operator.metrics())
+
+
+def test_gate_failed(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, ftj("weak", namespace))
+    (pod,) = trainer_pods(cluster, namespace, "weak")
+    finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(FAIL))
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "weak", "GateFailed")
+    assert obj["status"]["reason"] == "GatesFailed"
+    assert "golden.accuracy = 0.2" in obj["status"]["message"]
+    assert cond(obj, "Ready")["status"] == "False"
+    assert obj["status"]["artifact"]["promoted"] is False
+
+
+def test_oom_killed(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, ftj("oom", namespace))
+    (pod,) = trainer_pods(cluster, namespace, "oom")
+    finish(cluster, namespace, pod["metadata"]["name"], "oomkilled")
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "oom", "Failed")
+    assert obj["status"]["reason"] == "OutOfMemory"
+    assert "OOM-killed" in obj["status"]["message"] and "per GPU" in obj["status"]["message"]
+
+
+def test_permanent_failure_is_not_retried(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, ftj("baddata", namespace, backoffLimit=3))
+    (pod,) = trainer_pods(cluster, namespace, "baddata")
+    r = TrainerResult(outcome="failed", reason="InsufficientData", message="only 3 valid examples; minExamples is 10")
+    finish(cluster, namespace, pod["metadata"]["name"], "failed", exit_code=3, result=r)
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "baddata", "Failed")
+    assert obj["status"]["reason"] == "InsufficientData"
+    assert cond(obj, "DataValid")["status"] == "False"
+    pods = cluster.get("pods", "-n", namespace, "-l", "kubetune.io/job=baddata")["items"]
+    assert len(pods) == 1  # the podFailurePolicy failed the Job at once
+
+
+def test_unschedulable(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, ftj("huge", namespace, resources={"gpus": 16, "gpuMemory": "80Gi"}))
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "huge", "Failed", timeout=90)
+    assert obj["status"]["reason"] == "Unschedulable"
+    assert "nvidia.com/gpu" in obj["status"]["message"]
+    assert cluster.get("job", "huge-ft", "-n", namespace)["spec"]["suspend"] is True
+
+
+def test_suspend_resume(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, ftj("pause", namespace))
+    trainer_pods(cluster, namespace, "pause")
+    cluster.kubectl("patch", "ftj", "pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}',
+                    check=True)
+    wait_phase(cluster, "FineTuneJob", namespace, "pause", "Suspended")
+    assert cluster.get("job", "pause-ft", "-n", namespace)["spec"]["suspend"] is True
+    cluster.kubectl("patch", "ftj", "pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}',
+                    check=True)
+    wait_phase(cluster, "FineTuneJob", namespace, "pause", "Queued", "Running")
+    assert cluster.get("job", "pause-ft", "-n", namespace)["spec"]["suspend"] is False
+
+
+def test_delete_garbage_collects_children(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, ftj("gone", namespace))
+    trainer_pods(cluster, namespace, "gone")
+    cluster.kubectl("delete", "ftj", "gone", "-n", namespace, "--wait=true", check=True, timeout=60)
+    wait_until(lambda: children(cluster, namespace, "gone") == {"jobs": [], "configmaps": [], "services": []},
+               timeout=60, what="children garbage-collected")
+
+
+def test_preference_alignment_waits_then_runs(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, pa("align", namespace, "base"), ftj("base", namespace))
+    obj = wait_phase(cluster, "PreferenceAlignment", namespace, "align", "Waiting")
+    assert cond(obj, "DependencyReady")["status"] == "False"
+    assert children(cluster, namespace, "align")["jobs"] == []
+    (pod,) = trainer_pods(cluster, namespace, "base")
+    finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(PASS))
+    wait_phase(cluster, "FineTuneJob", namespace, "base", "Succeeded")
+    wait_phase(cluster, "PreferenceAlignment", namespace, "align", "Queued", "Running")
+    cm = cluster.get("configmap", "align-pa-config", "-n", namespace)
+    config = json.loads(cm["data"]["config.json"])
+    assert config["sources"]["adapter"] == "s3://bucket/out/adapter"
+    assert config["task"] == "dpo"
+    (pod,) = trainer_pods(cluster, namespace, "align")
+    finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result({}))
+    obj = wait_phase(cluster, "PreferenceAlignment", namespace, "align", "Succeeded")
+    assert cond(obj, "Ready")["status"] == "True"
+
+
+def test_preference_alignment_dependency_failed(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, ftj("base", namespace), pa("align", namespace, "base"))
+    (pod,) = trainer_pods(cluster, namespace, "base")
+    finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(FAIL))
+    wait_phase(cluster, "FineTuneJob", namespace, "base", "GateFailed")
+    obj = wait_phase(cluster, "PreferenceAlignment", namespace, "align", "Failed")
+    assert obj["status"]["reason"] == "DependencyFailed"
+    apply(cluster, pa("orphan", namespace, "ephemeral"), ftj("ephemeral", namespace))
+    wait_phase(cluster, "PreferenceAlignment", namespace, "orphan", "Waiting")
+    cluster.kubectl("delete", "ftj", "ephemeral", "-n", namespace, check=True)
+    obj = wait_phase(cluster, "PreferenceAlignment", namespace, "orphan", "Failed")
+    assert obj["status"]["reason"] == "DependencyFailed"
+
+
+def test_webhook_refuses_a_job_that_cannot_fit(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    big = ftj("too-big", namespace, method="full",
+              baseModel={"uri": "hf://meta-llama/Meta-Llama-3-70B-Instruct"}, training={"maxSteps": 10})
+    wait_until(lambda: cluster.get("validatingwebhookconfigurations")["items"], timeout=30, what="webhook config")
+    proc = subprocess.run([str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig}", "apply", "-f", "-"],
+                          input=json.dumps(big), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "does not fit" in proc.stderr and "per GPU" in proc.stderr, proc.stderr
+
+
+def test_schema_refuses_malformed_manifests(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    bad = ftj("bad", namespace, lora={"r": 0})
+    proc = subprocess.run([str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig}", "apply", "-f", "-"],
+                          input=json.dumps(bad), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "spec.lora.r" in proc.stderr, proc.stderr
+
+
+def test_restricted_namespace_admits_trainer_pods(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", check=True)
+    apply(cluster, ftj("strict", namespace))
+    (pod,) = trainer_pods(cluster, namespace, "strict")
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_one_job_per_cr_across_operator_sigkills(cluster: Cluster, operator: OperatorProcess, namespace: str,
+                                                 tmp_path: Path) -> None:
+    n = 20
+    apply(cluster, *[ftj(f"j{i}", namespace) for i in range(n)])
+    finished: set[str] = set()
+    deadline = time.monotonic() + 240
+    kills = 0
+    while len(finished) < n and time.monotonic() < deadline:
+        if kills < 3 and len(finished) >= kills * 5:
+            operator.kill(signal.SIGKILL)
+            kills += 1
+            operator.start()
+        pods = cluster.get("pods", "-n", namespace, "-l", "kubetune.io/kind=FineTuneJob")["items"]
+        for p in pods:
+            owner = p["metadata"]["labels"]["kubetune.io/job"]
+            if p["status"].get("phase") == "Running" and owner not in finished:
+                finish(cluster, namespace, p["metadata"]["name"], "succeeded", result=result(PASS))
+                finished.add(owner)
+        time.sleep(0.5)
+    assert kills == 3
+    jobs = cluster.get("jobs", "-n", namespace)["items"]
+    owners = [j["metadata"]["ownerReferences"][0]["name"] for j in jobs]
+    assert sorted(owners) == sorted(f"j{i}" for i in range(n))  # exactly one Job per CR
+    for i in range(n):
+        wait_phase(cluster, "FineTuneJob", namespace, f"j{i}", "Succeeded", "GateFailed", "Failed", timeout=60)
