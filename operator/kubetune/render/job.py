@@ -51,8 +51,10 @@ def _placement(spec: FineTuneJobSpec | PreferenceAlignmentSpec, s: RenderSetting
         ]}}},
         "tolerations": [{"key": s.gpu_taint_key, "operator": "Exists", "effect": "NoSchedule"}],
     }
-    if r.node_selector:
-        pod["nodeSelector"] = dict(r.node_selector)
+    selector = {**s.node_selector, **(r.node_selector or {})}
+    if selector:
+        pod["nodeSelector"] = selector
+    pod["tolerations"] += [dict(t) for t in s.tolerations]
     for t in r.tolerations or []:
         pod["tolerations"].append(t.to_k8s())
     if r.priority_class_name:
@@ -156,6 +158,8 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
         "volumes": volumes,
         **_placement(spec, settings),
     }
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
     if r.nodes > 1:
         pod_spec["subdomain"] = service_name(kind, name)
     job_spec: dict[str, Any] = {

@@ -3,12 +3,17 @@ fills it from environment variables (`RenderSettings.from_env`), tests build it 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text and text.strip() not in ("", "null") else None
 
 
 def _bool(text: str) -> bool:
@@ -36,6 +41,11 @@ class RenderSettings:
     unschedulable_grace_seconds: float = 120.0  # KUBETUNE_UNSCHEDULABLE_GRACE
     # Image pull failures (ErrImagePull/ImagePullBackOff) for this long end the job ImageUnavailable.
     image_pull_grace_seconds: float = 120.0  # KUBETUNE_IMAGE_PULL_GRACE
+    image_pull_secrets: tuple[str, ...] = ()  # KUBETUNE_TRAINER_IMAGE_PULL_SECRETS (comma-separated)
+    # Defaults for every trainer pod; a job's spec.resources.nodeSelector wins per key, its
+    # tolerations are added.
+    node_selector: Mapping[str, str] = field(default_factory=dict)  # KUBETUNE_TRAINER_NODE_SELECTOR (JSON)
+    tolerations: tuple[Mapping[str, Any], ...] = ()  # KUBETUNE_TRAINER_TOLERATIONS (JSON list)
     extra_pod_labels: Mapping[str, str] = field(default_factory=dict)
     extra_pod_annotations: Mapping[str, str] = field(default_factory=dict)
 
@@ -73,4 +83,8 @@ class RenderSettings:
                 kwargs[name] = _bool(raw)
             else:
                 kwargs[name] = raw
+        secrets = env.get("KUBETUNE_TRAINER_IMAGE_PULL_SECRETS", "")
+        kwargs["image_pull_secrets"] = tuple(x.strip() for x in secrets.split(",") if x.strip())
+        kwargs["node_selector"] = dict(_json(env.get("KUBETUNE_TRAINER_NODE_SELECTOR")) or {})
+        kwargs["tolerations"] = tuple(_json(env.get("KUBETUNE_TRAINER_TOLERATIONS")) or ())
         return cls(**kwargs)

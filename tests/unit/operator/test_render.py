@@ -250,3 +250,16 @@ def test_settings_from_env() -> None:
     s = RenderSettings.from_env({"KUBETUNE_TRAINER_IMAGE": "img:1", "KUBETUNE_UNSCHEDULABLE_GRACE": "30",
                                  "KUBETUNE_TRAINER_METRICS_PORT": "9400"})
     assert s.trainer_image == "img:1" and s.unschedulable_grace_seconds == 30.0 and s.trainer_metrics_port == 9400
+
+
+def test_operator_wide_trainer_defaults() -> None:
+    s = RenderSettings.from_env({"KUBETUNE_TRAINER_IMAGE_PULL_SECRETS": "regcred, other",
+                                 "KUBETUNE_TRAINER_NODE_SELECTOR": '{"pool": "gpu", "zone": "a"}',
+                                 "KUBETUNE_TRAINER_TOLERATIONS": '[{"key": "spot", "operator": "Exists"}]'})
+    obj = ftj()
+    obj["spec"]["resources"]["nodeSelector"] = {"pool": "h100"}
+    ps = render_children(typed(obj), s).job["spec"]["template"]["spec"]
+    assert ps["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+    assert ps["nodeSelector"] == {"pool": "h100", "zone": "a"}
+    assert {"key": "spot", "operator": "Exists"} in ps["tolerations"]
+    assert RenderSettings.from_env({"KUBETUNE_TRAINER_NODE_SELECTOR": "null"}).node_selector == {}
