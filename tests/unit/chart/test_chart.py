@@ -99,7 +99,7 @@ def test_renders(render: Render, scenario: str) -> None:
     if scenario == "all-off":
         assert kinds == {"Deployment", "ClusterRole", "ClusterRoleBinding"}
         return
-    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "RoleBinding",
             "Service", "ValidatingWebhookConfiguration", "CustomResourceDefinition"} <= kinds
     if scenario == "all-on":
         assert {"Certificate", "Issuer", "ServiceMonitor"} <= kinds
@@ -241,7 +241,7 @@ def test_rendered_crds_are_crds_folder_plus_keep_annotation(render: Render, keep
 
 FORBIDDEN_RESOURCES = {"secrets", "pods/exec", "pods/attach", "pods/portforward", "pods/log", "nodes/proxy",
                        "serviceaccounts/token", "validatingwebhookconfigurations", "mutatingwebhookconfigurations",
-                       "clusterroles", "clusterrolebindings", "roles", "rolebindings"}
+                       "clusterrolebindings", "roles"}
 FORBIDDEN_VERBS = {"*", "delete", "deletecollection", "escalate", "bind", "impersonate"}
 
 
@@ -256,34 +256,55 @@ def test_rbac_is_least_privilege(render: Render, scenario: str) -> None:
         assert "*" not in rule.get("apiGroups", []), where
         assert "*" not in rule["resources"] and not any(r.endswith("/*") for r in rule["resources"]), where
         assert not FORBIDDEN_RESOURCES & set(rule["resources"]), (where, rule)
-        assert not FORBIDDEN_VERBS & set(rule["verbs"]), (where, rule)
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule, where
+        allowed = {"bind"} if rule["resources"] == ["clusterroles"] else set()
+        assert not (FORBIDDEN_VERBS - allowed) & set(rule["verbs"]), (where, rule)
+        assert "nonResourceURLs" not in rule, where
         if "customresourcedefinitions" in rule["resources"]:
             assert set(rule["verbs"]) <= {"get", "list", "watch"}, where
+        if "clusterroles" in rule["resources"]:  # bind, to the trainer ClusterRole only
+            assert rule["verbs"] == ["bind"] and len(rule["resourceNames"]) == 1, where
+            assert rule["resourceNames"][0].endswith("-trainer"), where
+        else:
+            assert "resourceNames" not in rule, where
 
 
-def test_operator_rights_are_the_documented_set(render: Render) -> None:
-    objs = render()
-    granted = {(g, res, v) for _, r in rules(objs) for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]
-               if "trainer" not in _}
-    def grant(group: str, resources: str, verbs: str) -> set[tuple[str, str, str]]:
-        return {(group, r, v) for r in resources.split() for v in verbs.split()}
-    expected = (grant("apiextensions.k8s.io", "customresourcedefinitions", "get list watch")
-                | grant("kubetune.io", "finetunejobs preferencealignments", "get list watch patch")
-                | grant("kubetune.io", "finetunejobs/status preferencealignments/status", "get patch")
-                | grant("kubetune.io", "finetunejobs/finalizers preferencealignments/finalizers", "update")
-                | grant("batch", "jobs", "get list watch create patch")
-                | grant("", "configmaps", "get create")
-                | grant("", "services", "get create")
-                | grant("", "pods", "get list watch")
-                | grant("", "events", "create"))
+def operator_grants(objs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, res, v) for o in objs if o["kind"] == "ClusterRole" and not o["metadata"]["name"].endswith("-trainer")
+            for r in o["rules"] for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
+
+
+def grant(group: str, resources: str, verbs: str) -> set[tuple[str, str, str]]:
+    return {(group, r, v) for r in resources.split() for v in verbs.split()}
+
+
+# What kubetune/operator/k8s.py documents (one line per call) and kopf needs.
+OPERATOR_RIGHTS = (grant("apiextensions.k8s.io", "customresourcedefinitions", "list watch")
+                   | grant("kubetune.io", "finetunejobs preferencealignments", "get list watch")
+                   | grant("kubetune.io", "finetunejobs/status preferencealignments/status", "get patch")
+                   | grant("kubetune.io", "finetunejobs/finalizers preferencealignments/finalizers", "update")
+                   | grant("batch", "jobs", "get list watch create patch")
+                   | grant("", "configmaps services", "get create")
+                   | grant("", "pods", "get list watch")
+                   | grant("", "events", "create"))
+TRAINER_RBAC_RIGHTS = (grant("", "serviceaccounts", "get create") | grant("rbac.authorization.k8s.io", "rolebindings", "get create")
+                       | grant("rbac.authorization.k8s.io", "clusterroles", "bind"))
+
+
+@pytest.mark.parametrize("manage", [True, False])
+def test_operator_rights_are_the_documented_set(render: Render, manage: bool) -> None:
+    granted = operator_grants(render({"trainer": {"serviceAccount": {"createInJobNamespaces": manage}}}))
+    expected = OPERATOR_RIGHTS | (TRAINER_RBAC_RIGHTS if manage else set())
     assert granted == expected, f"extra: {sorted(granted - expected)}; missing: {sorted(expected - granted)}"
+    env = operator_env(render({"trainer": {"serviceAccount": {"createInJobNamespaces": manage}}}))
+    assert env["KUBETUNE_MANAGE_TRAINER_RBAC"] == str(manage).lower()
 
 
 def test_cluster_wide_binding_when_watching_all_namespaces(render: Render) -> None:
     objs = render()
     bound = {b["roleRef"]["name"] for b in by_kind(objs, "ClusterRoleBinding")}
-    assert bound == {r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")}
+    roles = {r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")}
+    trainer = {r for r in roles if r.endswith("-trainer")}
+    assert len(trainer) == 1 and bound == roles - trainer, "the trainer ClusterRole is never bound cluster-wide"
     assert not [b for b in by_kind(objs, "RoleBinding") if "operator" in b["metadata"]["name"]]
     sa = one([o for o in objs if o["kind"] == "ServiceAccount" and "trainer" not in o["metadata"]["name"]],
              "ServiceAccount")
@@ -301,7 +322,7 @@ def test_watched_namespaces_get_rolebindings_only(render: Render) -> None:
     cluster_role = next(r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"].endswith("-cluster"))
     assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in cluster_role["rules"]
     env = {e["name"]: e.get("value") for e in one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["KUBETUNE_WATCH_NAMESPACES"] == "team-a,team-b"
+    assert env["KUBETUNE_NAMESPACES"] == "team-a,team-b"
     webhook = one(objs, "ValidatingWebhookConfiguration")
     for hook in webhook["webhooks"]:
         assert hook["namespaceSelector"]["matchExpressions"] == [
@@ -313,15 +334,21 @@ def test_trainer_service_account_can_only_get_and_patch_pods(render: Render) -> 
     namespaces = [NAMESPACE, "team-a", "team-b", "research"]
     trainer_sas = [o for o in by_kind(objs, "ServiceAccount") if o["metadata"]["name"] == "kubetune-trainer"]
     assert sorted(o["metadata"]["namespace"] for o in trainer_sas) == sorted(namespaces)
-    roles = [r for r in by_kind(objs, "Role") if r["metadata"]["name"] == "kubetune-trainer"]
-    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces)
-    for role in roles:
-        assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
-    bindings = [b for b in by_kind(objs, "RoleBinding") if b["metadata"]["name"] == "kubetune-trainer"]
+    (role,) = [r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"].endswith("-trainer")]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    assert not by_kind(objs, "Role")
+    bindings = [b for b in by_kind(objs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces)
     for b in bindings:
-        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubetune-trainer"}
+        # the names the operator uses when it creates them (reconciler._ensure_trainer_rbac)
+        assert b["metadata"]["name"] == "kubetune-trainer"
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune-trainer",
                                   "namespace": b["metadata"]["namespace"]}]
+    env = operator_env(objs)
+    assert env["KUBETUNE_TRAINER_CLUSTER_ROLE"] == role["metadata"]["name"]
+    operator_role = next(r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"].endswith("-operator"))
+    bind = next(r for r in operator_role["rules"] if "clusterroles" in r["resources"])
+    assert bind["resourceNames"] == [role["metadata"]["name"]]
 
 
 # --- the operator pod ---------------------------------------------------------------------------
@@ -391,6 +418,7 @@ def test_operator_deployment_shape(render: Render) -> None:
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["command"] == ["kubetune", "operator"]
+    assert c["args"] == ["--liveness=http://0.0.0.0:8081/healthz"]
     assert c["image"] == "ghcr.io/kubetune/operator:0.1.0"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 8080, "health": 8081, "webhook": 9443}
@@ -425,8 +453,7 @@ def test_webhook_configuration(render: Render, scenario: str) -> None:
         assert not any("/" in r for r in rule["resources"]), "status subresources must not hit the webhook"
         ref = hook["clientConfig"]["service"]
         assert (ref["name"], ref["namespace"], ref["port"]) == (svc["metadata"]["name"], NAMESPACE, 443)
-        singular = rule["resources"][0].removesuffix("s")
-        assert ref["path"] == f"/validate-{singular}"  # the kopf handler id
+        assert ref["path"] == f"/validate-{rule['resources'][0]}"  # the kopf handler id
         assert {c["name"] for c in hook["matchConditions"]} == {"not-the-operator", "spec-changed"}
         if scenario == "all-on":
             assert "caBundle" not in hook["clientConfig"]
@@ -560,12 +587,6 @@ def test_schema_covers_every_value() -> None:
 
 # --- operator settings ---------------------------------------------------------------------------
 
-# Read by the operator shell (kubetune.operator) rather than RenderSettings.
-OPERATOR_SHELL_ENV = {
-    "KUBETUNE_OPERATOR_NAMESPACE", "KUBETUNE_WATCH_NAMESPACES", "KUBETUNE_LOG_LEVEL", "KUBETUNE_METRICS_PORT",
-    "KUBETUNE_HEALTH_PORT", "KUBETUNE_WEBHOOK_ENABLED", "KUBETUNE_WEBHOOK_PORT", "KUBETUNE_WEBHOOK_CERT_FILE",
-    "KUBETUNE_WEBHOOK_KEY_FILE",
-}
 # Trainer defaults the chart passes that RenderSettings does not read yet (asked of the operator).
 PENDING_RENDER_ENV = {"KUBETUNE_TRAINER_NODE_SELECTOR", "KUBETUNE_TRAINER_TOLERATIONS",
                       "KUBETUNE_TRAINER_IMAGE_PULL_SECRETS"}
@@ -576,33 +597,41 @@ def operator_env(objs: list[dict[str, Any]]) -> dict[str, str | None]:
     return {e["name"]: e.get("value") for e in container["env"]}
 
 
-def test_env_vars_are_the_ones_the_operator_reads(render: Render) -> None:
-    env = operator_env(render())
-    unknown = set(env) - set(RenderSettings.ENV.values()) - OPERATOR_SHELL_ENV - PENDING_RENDER_ENV
-    assert not unknown, f"the chart sets env vars nobody reads: {unknown}"
-    pending = PENDING_RENDER_ENV & set(RenderSettings.ENV.values())
-    assert not pending, f"RenderSettings reads {pending} now: drop them from PENDING_RENDER_ENV"
+def operator_reads() -> set[str]:
+    """Every KUBETUNE_* the operator reads: RenderSettings.ENV and OperatorSettings.from_env."""
+    import inspect
+
+    from kubetune.operator import config
+
+    return set(RenderSettings.ENV.values()) | set(re.findall(r"KUBETUNE_[A-Z_]+", inspect.getsource(config)))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_env_vars_are_the_ones_the_operator_reads(render: Render, scenario: str) -> None:
+    env = set(operator_env(render(SCENARIOS[scenario]))) - {"HTTPS_PROXY"}
+    unknown = env - operator_reads() - PENDING_RENDER_ENV
+    assert not unknown, f"the chart sets env vars the operator does not read: {unknown}"
+    pending = PENDING_RENDER_ENV & operator_reads()
+    assert not pending, f"the operator reads {pending} now: drop them from PENDING_RENDER_ENV"
 
 
 def test_chart_defaults_equal_operator_defaults(render: Render) -> None:
-    env = operator_env(render())
-    defaults = RenderSettings()
-    differ = {}
-    for field, var in RenderSettings.ENV.items():
-        if var not in env:
-            continue
-        parsed = RenderSettings.from_env({var: env[var] or ""})
-        if getattr(parsed, field) != getattr(defaults, field):
-            differ[var] = (env[var], getattr(defaults, field))
-    # The image tag follows the chart's appVersion, which equals the package version.
-    differ.pop("KUBETUNE_TRAINER_IMAGE", None)
-    assert env["KUBETUNE_TRAINER_IMAGE"] == defaults.trainer_image
-    assert not differ, f"chart default vs operator default: {differ}"
+    from kubetune.operator.config import OperatorSettings
+
+    env = {k: v for k, v in operator_env(render()).items() if v is not None}
+    chart = OperatorSettings.from_env(env)
+    defaults = OperatorSettings.from_env({})
+    assert chart.render == defaults.render
+    assert (chart.metrics_port, chart.webhook_port, chart.peering, chart.manage_trainer_rbac) == \
+        (defaults.metrics_port, defaults.webhook_port, defaults.peering, defaults.manage_trainer_rbac)
+    # What the chart decides differently, on purpose:
+    assert chart.webhook and not chart.webhook_managed and chart.webhook_cert and chart.webhook_key
+    assert chart.trainer_cluster_role.endswith("-trainer") and chart.namespaces == ()
 
 
 def test_readme_documents_every_env_var(render: Render) -> None:
     readme = (CHART / "README.md").read_text()
-    env = set(operator_env(render())) | set(operator_env(render(ALL_ON))) - {"HTTPS_PROXY"}
+    env = (set(operator_env(render())) | set(operator_env(render(ALL_ON)))) - {"HTTPS_PROXY"}
     missing = sorted(v for v in env if f"`{v}`" not in readme)
     assert not missing, f"charts/kubetune/README.md lacks {missing}"
 
