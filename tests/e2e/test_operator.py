@@ -52,6 +52,8 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     yield op
     print(op.log_tail(80))
     op.kill(signal.SIGTERM)
+    # a webhook whose server is gone would refuse every later CR (failurePolicy Fail)
+    cluster.kubectl("delete", "validatingwebhookconfiguration", "validate.kubetune.io", "--ignore-not-found")
 
 
 def apply(cluster: Cluster, *objs: dict[str, Any]) -> None:

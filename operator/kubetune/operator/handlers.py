@@ -71,9 +71,19 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.persistence.finalizer = f"{GROUP}/operator"
     if SETTINGS.webhook:
+        certfile, keyfile = SETTINGS.webhook_cert, SETTINGS.webhook_key
+        cafile = None
+        if not certfile:  # dev/test: a self-signed certificate that is its own CA
+            import tempfile
+
+            from kubetune.operator.webhook import self_signed_certificate
+
+            certfile, keyfile = self_signed_certificate(SETTINGS.webhook_host or "127.0.0.1",
+                                                        tempfile.mkdtemp(prefix="kubetune-webhook-"))
+            cafile = certfile
         settings.admission.server = kopf.WebhookServer(
             port=SETTINGS.webhook_port, host=SETTINGS.webhook_host, addr=SETTINGS.webhook_addr,
-            certfile=SETTINGS.webhook_cert, pkeyfile=SETTINGS.webhook_key)
+            certfile=certfile, pkeyfile=keyfile, cafile=cafile)
         if SETTINGS.webhook_managed:
             settings.admission.managed = f"validate.{GROUP}"
     if SETTINGS.metrics_port:
