@@ -231,8 +231,11 @@ class Reconciler:
                                 image_pull_grace_seconds=rs.image_pull_grace_seconds)
         new = derived.status
         if new != old:
-            self.api.patch_status(key[0], key[1], key[2], status_patch(old, new))
-            self.world.update_cr_status(key, new)
+            resp = self.api.patch_status(key[0], key[1], key[2], status_patch(old, new))
+            if isinstance(resp, dict) and resp.get("metadata"):
+                self.world.put_cr(resp)
+            else:
+                self.world.update_cr_status(key, new)
             self._last_patch[key] = time.monotonic()
             self._announce(cr, old, new)
         if job is not None and derived.stop_job and not (job.get("spec") or {}).get("suspend"):

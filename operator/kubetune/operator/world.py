@@ -58,7 +58,11 @@ class World:
         meta = obj.get("metadata") or {}
         key = (str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
         with self._lock:
-            self.crs[key] = trim(obj)
+            old = self.crs.get(key)
+            same = old is not None and (old.get("metadata") or {}).get("uid") == meta.get("uid")
+            # a late watch event must not bring back an older status than the one we patched
+            if not same or _rv(obj) >= _rv(old or {}):
+                self.crs[key] = trim(obj)
             self.deleted.discard(key)
         return key
 
