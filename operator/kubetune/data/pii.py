@@ -94,12 +94,56 @@ _DATE = (
     rf"|{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"
     rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+\d{{4}})"
 )
-# One scan decides whether any context-gated detector can fire.
-_CONTEXT_GATE = re.compile(
-    r"d\.?o\.?b|birth|born|mrn|medical\s+rec|patient\s+(?:id|no|num)|chart\s+(?:no|num|#)|passport|licen[cs]e|\bdl\b"
-    r"|ssn|social\s+sec|ss#|phone|tel\b|mobile|cell|call|fax|contact|whatsapp|text\s+me",
-    re.I,
-)
+# Cheap gates: substring tests (C speed, no regex) decide which detectors run at all.
+_SECRET_HINTS = (
+    "AKIA", "ASIA", "ABIA", "ACCA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "APKA", "ghp_", "gho_", "ghu_",
+    "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "xapp-", "sk-", "k_live_", "k_test_", "AIza", "hf_",
+    "npm_", "eyJ", "PRIVATE KEY",
+)  # fmt: skip
+_ASSIGNMENT_HINTS = ("key", "token", "passw", "pwd", "secret")
+_DOB_HINTS = ("dob", "d.o.b", "birth", "born")
+_MRN_HINTS = ("mrn", "medical rec", "patient", "chart")
+_SSN_HINTS = ("ssn", "social sec", "ss#")
+_PASSPORT_HINTS = ("passport",)
+_LICENSE_HINTS = ("licen", "dl")
+_PHONE_HINTS = ("phone", "tel", "mobile", "cell", "call", "fax", "contact", "whatsapp", "text me")
+# Seven or more digits with at most two separators between neighbours: every card, IBAN, SSN and
+# phone number has such a run; dosages, lab values and room numbers do not.
+_NUMBERISH = re.compile(r"\d(?:[\s().\-/]{0,2}\d){6,}")
+_IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
+
+
+_WINDOW_MARGIN = 24  # chars kept around a digit run: an IBAN's "GB82 WEST " prefix, a phone's "+1 ("
+
+
+def _number_windows(text: str) -> list[tuple[int, int]]:
+    """Spans around each run of 7+ digits, widened by a margin and cut at spaces, merged.
+
+    Patterns run with ``finditer(text, pos, endpos)``: look-behinds still see the text before
+    ``pos``, and ``endpos`` sits on a space (or the end), where every pattern's end check agrees.
+    """
+    windows: list[tuple[int, int]] = []
+    for m in _NUMBERISH.finditer(text):
+        start = max(0, m.start() - _WINDOW_MARGIN)
+        cut = text.rfind(" ", 0, start)
+        start = cut + 1 if cut >= 0 else 0
+        end = m.end() + _WINDOW_MARGIN
+        cut = text.find(" ", end)
+        end = cut if cut >= 0 else len(text)
+        if windows and start <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], max(end, windows[-1][1]))
+        else:
+            windows.append((start, end))
+    return windows
+
+
+def _any(hints: tuple[str, ...], text: str) -> bool:
+    for h in hints:  # noqa: SIM110  # a plain loop: cheaper than any() over a generator here
+        if h in text:
+            return True
+    return False
+
+
 _DOB = re.compile(
     r"\b(?:d\.?o\.?b\.?|date\s+of\s+birth|birth\s*date|birthday|born)(?![a-z])[^\d\n]{0,24}?("
     + _DATE
@@ -267,9 +311,11 @@ class PiiScanner:
         found: list[Finding] = []
         add = found.append
         p = self._p
-        for m in _SECRETS.finditer(text):
-            add(Finding(PiiType.SECRET, m.start(), m.end()))
-        if "=" in text or ":" in text:
+        if _any(_SECRET_HINTS, text):
+            for m in _SECRETS.finditer(text):
+                add(Finding(PiiType.SECRET, m.start(), m.end()))
+        low = text.lower()
+        if ("=" in text or ":" in text) and _any(_ASSIGNMENT_HINTS, low):
             for m in _SECRET_ASSIGNMENT.finditer(text):
                 value = m.group(1)
                 if any(c.isdigit() for c in value) and any(c.isalpha() for c in value) and "<" not in value:
@@ -288,20 +334,34 @@ class PiiScanner:
         if _DIGIT.search(text) is None:
             return self._finish(text, found)
         self._find_numbers(text, add)
-        if _CONTEXT_GATE.search(text):
-            self._find_in_context(text, add)
+        self._find_in_context(text, low, add)
         return self._finish(text, found)
 
     def _find_numbers(self, text: str, add: Callable[[Finding], None]) -> None:
         p = self._p
-        for m in p["iban_re"].finditer(text):
+        if "." in text and _IPV4_HINT.search(text):
+            self._find_ipv4(text, add)
+        if "::" in text or text.count(":") >= 7:
+            for m in p["ipv6_re"].finditer(text):
+                cand = m.group(0)
+                if _DIGIT.search(cand) and cand.count(":") >= 2 and not p["ip"].invalidate_result(cand):
+                    add(Finding(PiiType.IP_ADDRESS, m.start(), m.end()))
+        windows = _number_windows(text)
+        if windows:
+            for start, end in windows:
+                self._find_long_numbers(text, start, end, add)
+
+    def _find_long_numbers(self, text: str, pos: int, endpos: int, add: Callable[[Finding], None]) -> None:
+        """Cards, IBANs, SSNs and phones in ``text[pos:endpos]`` (a window cut at spaces)."""
+        p = self._p
+        for m in p["iban_re"].finditer(text, pos, endpos):
             # As Presidio does: try the whole match, then without the optional trailing groups.
             start = m.start()
             for end in sorted({m.end(), m.end(2), m.end(1)}, reverse=True):
                 if end > start and p["iban"].validate_result(text[start:end]) is True:
                     add(Finding(PiiType.IBAN, start, end))
                     break
-        for m in p["card_re"].finditer(text):
+        for m in p["card_re"].finditer(text, pos, endpos):
             digits = sum(c.isdigit() for c in m.group(0))
             if (
                 13 <= digits <= 19
@@ -309,7 +369,7 @@ class PiiScanner:
                 and not _labelled_not_pii(text, m.start())
             ):
                 add(Finding(PiiType.CREDIT_CARD, m.start(), m.end()))
-        for m in p["ssn_re"].finditer(text):
+        for m in p["ssn_re"].finditer(text, pos, endpos):
             s, e = m.start(), m.end()
             if (
                 (s and text[s - 1] in ".-")
@@ -321,48 +381,49 @@ class PiiScanner:
                 add(Finding(PiiType.SSN, s, e))
         phonenumbers = None
         for rx, region in ((_PHONE_NANP, "US"), (_PHONE_INTL, None)):
-            for m in rx.finditer(text):
+            for m in rx.finditer(text, pos, endpos):
                 if _labelled_not_pii(text, m.start()):
                     continue
                 phonenumbers = phonenumbers or _phonenumbers()
                 if _valid_phone(phonenumbers, m.group(0), region):
                     add(Finding(PiiType.PHONE, m.start(), m.end()))
-        if "." in text:
-            for m in p["ipv4_re"].finditer(text):
-                s, e = m.start(), m.end()
-                if (text[e : e + 1] == "." and text[e + 1 : e + 2].isdigit()) or (s and text[s - 1] in ".-"):
-                    continue  # part of a longer dotted number (a version, an OID)
-                if _VERSION_BEFORE.search(text, max(0, s - 12), s):
-                    continue
-                if not p["ip"].invalidate_result(m.group(0)):
-                    add(Finding(PiiType.IP_ADDRESS, s, e))
-        if "::" in text or text.count(":") >= 7:
-            for m in p["ipv6_re"].finditer(text):
-                cand = m.group(0)
-                if _DIGIT.search(cand) and cand.count(":") >= 2 and not p["ip"].invalidate_result(cand):
-                    add(Finding(PiiType.IP_ADDRESS, m.start(), m.end()))
 
-    def _find_in_context(self, text: str, add: Callable[[Finding], None]) -> None:
-        for rx, kind in (
-            (_DOB, PiiType.DATE_OF_BIRTH),
-            (_MRN, PiiType.MRN),
-            (_SSN_BARE, PiiType.SSN),
+    def _find_ipv4(self, text: str, add: Callable[[Finding], None]) -> None:
+        p = self._p
+        for m in p["ipv4_re"].finditer(text):
+            s, e = m.start(), m.end()
+            if (text[e : e + 1] == "." and text[e + 1 : e + 2].isdigit()) or (s and text[s - 1] in ".-"):
+                continue  # part of a longer dotted number (a version, an OID)
+            if _VERSION_BEFORE.search(text, max(0, s - 12), s):
+                continue
+            if not p["ip"].invalidate_result(m.group(0)):
+                add(Finding(PiiType.IP_ADDRESS, s, e))
+
+    def _find_in_context(self, text: str, low: str, add: Callable[[Finding], None]) -> None:
+        """Detectors that need a context word; ``low`` is ``text.lower()`` (same offsets for ASCII hints)."""
+        for hints, rx, kind in (
+            (_DOB_HINTS, _DOB, PiiType.DATE_OF_BIRTH),
+            (_MRN_HINTS, _MRN, PiiType.MRN),
+            (_SSN_HINTS, _SSN_BARE, PiiType.SSN),
         ):
-            for m in rx.finditer(text):
-                add(Finding(kind, m.start(1), m.end(1)))
-        for rx, kind, min_digits in (
-            (_PASSPORT, PiiType.PASSPORT, 5),
-            (_DRIVER_LICENSE, PiiType.DRIVER_LICENSE, 4),
-        ):
-            for m in rx.finditer(text):
-                if sum(c.isdigit() for c in m.group(1)) >= min_digits:
+            if _any(hints, low):
+                for m in rx.finditer(text):
                     add(Finding(kind, m.start(1), m.end(1)))
-        phonenumbers = None
-        for m in _PHONE_CONTEXT.finditer(text):
-            phonenumbers = phonenumbers or _phonenumbers()
-            cand = m.group(1)
-            if any(_valid_phone(phonenumbers, cand, region) for region in ("US", "GB", "DE", "FR")):
-                add(Finding(PiiType.PHONE, m.start(1), m.end(1)))
+        for hints, rx, kind, min_digits in (
+            (_PASSPORT_HINTS, _PASSPORT, PiiType.PASSPORT, 5),
+            (_LICENSE_HINTS, _DRIVER_LICENSE, PiiType.DRIVER_LICENSE, 4),
+        ):
+            if _any(hints, low):
+                for m in rx.finditer(text):
+                    if sum(c.isdigit() for c in m.group(1)) >= min_digits:
+                        add(Finding(kind, m.start(1), m.end(1)))
+        if _any(_PHONE_HINTS, low):
+            phonenumbers = None
+            for m in _PHONE_CONTEXT.finditer(text):
+                phonenumbers = phonenumbers or _phonenumbers()
+                cand = m.group(1)
+                if any(_valid_phone(phonenumbers, cand, region) for region in ("US", "GB", "DE", "FR")):
+                    add(Finding(PiiType.PHONE, m.start(1), m.end(1)))
 
     def _finish(self, text: str, found: list[Finding]) -> list[Finding]:
         if self._person is not None:
