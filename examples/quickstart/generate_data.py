@@ -181,10 +181,12 @@ def _pii(rng: random.Random) -> str:
     if kind == 0:
         return f"This is {name}, email {user}@example.com. "
     if kind == 1:
-        return f"Call me back on 555-{rng.randint(100, 999)}-{rng.randint(1000, 9999)}. "
+        a, b = rng.randint(100, 999), rng.randint(1000, 9999)  # 555-01xx: reserved for fiction
+        return f"Call me back on ({(212, 617, 415)[b % 3]}) 555-01{a % 100:02d}. "
     if kind == 2:
         return f"Patient MRN {rng.randint(10_000_000, 99_999_999)}, born 19{rng.randint(40, 99)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}. "
-    return f"My name is {name} and my number is +1 555 {rng.randint(100, 999)} {rng.randint(1000, 9999)}. "
+    a, _ = rng.randint(100, 999), rng.randint(1000, 9999)  # 020 7946 0xxx: Ofcom's drama range
+    return f"My name is {name} and my number is +44 20 7946 0{a}. "
 
 
 def _fill(template: str, symptom: str, rng: random.Random) -> str:

