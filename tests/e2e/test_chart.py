@@ -1,0 +1,283 @@
+"""The Helm chart on the local control plane: it installs, every object it renders is accepted by a
+real API server, and its RBAC grants exactly what the operator and the trainer need.
+
+The chart's Deployment is not expected to run a real container here (kwok simulates pods); the
+operator e2e tests run the operator as a process instead. What is proved here is the chart's part:
+`helm install` succeeds, and `kubectl auth can-i --as=system:serviceaccount:...` (plus a few real
+requests made as the ServiceAccounts) shows the RBAC works as written — the verbs the operator
+needs yes; Secrets, pods/exec, deleting CRDs, binding other roles: no.
+
+Two releases, so the session's other tests are never disturbed: one watching every namespace with
+the webhook off (a Fail-policy webhook with no running pod would refuse every FineTuneJob in the
+cluster), one watching a single namespace with the webhook on (scoped to that namespace).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune.devcluster import Cluster
+
+pytestmark = pytest.mark.e2e
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "kubetune"
+THIRD_PARTY_KINDS = {"Certificate", "Issuer", "ServiceMonitor"}  # their CRDs are not on the local cluster
+
+
+def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(cluster.helm), "--kubeconfig", str(cluster.kubeconfig), *args],
+                          capture_output=True, text=True, timeout=300, env=cluster.env())
+    if check and proc.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+    return proc
+
+
+@dataclass
+class Release:
+    name: str
+    namespace: str
+    values: dict[str, Any]
+
+    @property
+    def operator_sa(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}-kubetune"
+
+    def trainer_sa(self, namespace: str) -> str:
+        return f"system:serviceaccount:{namespace}:kubetune-trainer"
+
+
+def install(cluster: Cluster, name: str, values: dict[str, Any]) -> Release:
+    ns = f"kt-chart-{uuid.uuid4().hex[:6]}"
+    args = ["install", name, str(CHART), "--namespace", ns, "--create-namespace"]
+    for key, value in values.items():
+        args += ["--set-json", f"{key}={json.dumps(value)}"]
+    helm(cluster, *args)
+    return Release(name, ns, values)
+
+
+def uninstall(cluster: Cluster, release: Release) -> None:
+    helm(cluster, "uninstall", release.name, "--namespace", release.namespace, check=False)
+    cluster.kubectl("delete", "namespace", release.namespace, "--wait=false")
+
+
+def new_namespace(cluster: Cluster, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name, check=True)
+    return name
+
+
+def can_i(cluster: Cluster, user: str, verb: str, resource: str, *, namespace: str | None = None,
+          subresource: str | None = None) -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={user}"]
+    args += ["--all-namespaces"] if namespace is None else ["-n", namespace]
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    proc = cluster.kubectl(*args)
+    answer = proc.stdout.strip()
+    assert answer in ("yes", "no"), f"kubectl {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return answer == "yes"
+
+
+@pytest.fixture(scope="module")
+def job_ns(cluster: Cluster) -> Iterator[str]:
+    """A namespace where jobs would run, not known to the chart at install time."""
+    ns = new_namespace(cluster, "kt-jobs")
+    yield ns
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def all_namespaces(cluster: Cluster) -> Iterator[Release]:
+    """Watching every namespace; webhook off; CRDs not managed by this release (other tests apply
+    crds/ with kubectl, and a CRD can belong to one owner only)."""
+    release = install(cluster, "ktall", {"webhook": {"enabled": False}, "crds": {"enabled": False}})
+    yield release
+    uninstall(cluster, release)
+
+
+@pytest.fixture(scope="module")
+def one_namespace(cluster: Cluster) -> Iterator[tuple[Release, str]]:
+    watched = new_namespace(cluster, "kt-watched")
+    release = install(cluster, "ktone", {"watchNamespaces": [watched], "crds": {"enabled": False}})
+    yield release, watched
+    uninstall(cluster, release)
+    cluster.kubectl("delete", "namespace", watched, "--wait=false")
+
+
+# --- the chart on a real API server ---------------------------------------------------------------
+
+
+def test_every_rendered_object_passes_server_side_dry_run(cluster: Cluster) -> None:
+    """All options on (but the kinds whose CRDs this cluster lacks): the API server's own
+    validation, admission (the webhook's CEL matchConditions compile) and RBAC escalation checks."""
+    watched = new_namespace(cluster, "kt-dry")
+    try:
+        out = helm(cluster, "template", "ktdry", str(CHART), "--namespace", watched,
+                   "--set-json", f'watchNamespaces=["{watched}"]',
+                   "--set-json", 'metrics={"serviceMonitor":{"enabled":false}}').stdout
+        objs = [o for o in yaml.safe_load_all(out) if o and o["kind"] not in THIRD_PARTY_KINDS]
+        crds = [o for o in objs if o["kind"] == "CustomResourceDefinition"]
+        rest = [o for o in objs if o["kind"] != "CustomResourceDefinition"]
+        assert len(crds) == 2 and rest
+        for batch in (crds, rest):
+            doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": batch})
+            proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=doc)
+            assert proc.returncode == 0, proc.stderr
+    finally:
+        cluster.kubectl("delete", "namespace", watched, "--wait=false")
+
+
+def test_install_creates_the_release_objects(cluster: Cluster, all_namespaces: Release) -> None:
+    rel = all_namespaces
+    deploy = cluster.get("deployment", f"{rel.name}-kubetune", "-n", rel.namespace)
+    assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == f"{rel.name}-kubetune"
+    cluster.get("serviceaccount", "kubetune-trainer", "-n", rel.namespace)
+    cluster.get("rolebinding", "kubetune-trainer", "-n", rel.namespace)
+    status = helm(cluster, "status", rel.name, "--namespace", rel.namespace, "-o", "json").stdout
+    assert json.loads(status)["info"]["status"] == "deployed"
+
+
+# --- the operator's ServiceAccount -------------------------------------------------------------------
+
+NEEDED = [  # (verb, resource, subresource)
+    ("get", "finetunejobs.kubetune.io", None),
+    ("list", "finetunejobs.kubetune.io", None),
+    ("watch", "preferencealignments.kubetune.io", None),
+    ("patch", "finetunejobs.kubetune.io", "status"),
+    ("patch", "preferencealignments.kubetune.io", "status"),
+    ("update", "finetunejobs.kubetune.io", "finalizers"),
+    ("create", "jobs.batch", None),
+    ("patch", "jobs.batch", None),
+    ("watch", "jobs.batch", None),
+    ("create", "configmaps", None),
+    ("create", "services", None),
+    ("list", "pods", None),
+    ("watch", "pods", None),
+    ("create", "events", None),
+    ("create", "serviceaccounts", None),
+    ("create", "rolebindings.rbac.authorization.k8s.io", None),
+]
+REFUSED = [
+    ("get", "secrets", None),
+    ("list", "secrets", None),
+    ("create", "pods", "exec"),
+    ("get", "pods", "log"),
+    ("create", "pods", None),
+    ("delete", "jobs.batch", None),
+    ("delete", "finetunejobs.kubetune.io", None),
+    ("patch", "finetunejobs.kubetune.io", None),  # the spec is the user's
+    ("update", "serviceaccounts", None),
+    ("create", "roles.rbac.authorization.k8s.io", None),
+]
+
+
+@pytest.mark.parametrize(("verb", "resource", "sub"), NEEDED, ids=[f"{v}-{r}-{s or ''}" for v, r, s in NEEDED])
+def test_operator_can(cluster: Cluster, all_namespaces: Release, job_ns: str, verb: str, resource: str,
+                      sub: str | None) -> None:
+    assert can_i(cluster, all_namespaces.operator_sa, verb, resource, namespace=job_ns, subresource=sub)
+    assert can_i(cluster, all_namespaces.operator_sa, verb, resource, subresource=sub)  # every namespace
+
+
+@pytest.mark.parametrize(("verb", "resource", "sub"), REFUSED, ids=[f"{v}-{r}-{s or ''}" for v, r, s in REFUSED])
+def test_operator_cannot(cluster: Cluster, all_namespaces: Release, job_ns: str, verb: str, resource: str,
+                         sub: str | None) -> None:
+    assert not can_i(cluster, all_namespaces.operator_sa, verb, resource, namespace=job_ns, subresource=sub)
+    assert not can_i(cluster, all_namespaces.operator_sa, verb, resource, subresource=sub)
+
+
+@pytest.mark.parametrize("verb", ["list", "watch"])
+def test_operator_reads_crds_but_never_changes_them(cluster: Cluster, all_namespaces: Release, verb: str) -> None:
+    sa = all_namespaces.operator_sa
+    assert can_i(cluster, sa, verb, "customresourcedefinitions.apiextensions.k8s.io")
+    for forbidden in ("create", "update", "patch", "delete"):
+        assert not can_i(cluster, sa, forbidden, "customresourcedefinitions.apiextensions.k8s.io")
+
+
+def test_operator_cannot_touch_cluster_wide_rbac_or_webhooks(cluster: Cluster, all_namespaces: Release) -> None:
+    sa = all_namespaces.operator_sa
+    for verb, resource in [("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+                           ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+                           ("bind", "clusterroles.rbac.authorization.k8s.io"),  # any name: no
+                           ("impersonate", "serviceaccounts"),
+                           ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
+                           ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
+                           ("list", "nodes")]:
+        assert not can_i(cluster, sa, verb, resource), (verb, resource)
+
+
+def test_operator_binds_the_trainer_role_and_nothing_bigger(cluster: Cluster, all_namespaces: Release,
+                                                            job_ns: str) -> None:
+    """Real requests as the operator: what reconciler._ensure_trainer_rbac does works; binding
+    cluster-admin the same way is refused by RBAC's escalation check."""
+    rel = all_namespaces
+    trainer_role = f"{rel.name}-kubetune-{rel.namespace}-trainer"
+    as_operator = f"--as={rel.operator_sa}"
+    ok = cluster.kubectl(as_operator, "-n", job_ns, "create", "serviceaccount", "kubetune-trainer")
+    assert ok.returncode == 0, ok.stderr
+    ok = cluster.kubectl(as_operator, "-n", job_ns, "create", "rolebinding", "kubetune-trainer",
+                         f"--clusterrole={trainer_role}", f"--serviceaccount={job_ns}:kubetune-trainer")
+    assert ok.returncode == 0, ok.stderr
+    refused = cluster.kubectl(as_operator, "-n", job_ns, "create", "rolebinding", "sneaky",
+                              "--clusterrole=cluster-admin", f"--serviceaccount={job_ns}:kubetune-trainer")
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
+    # ... and the trainer it just bound can do what the trainer needs there.
+    trainer = rel.trainer_sa(job_ns)
+    assert can_i(cluster, trainer, "patch", "pods", namespace=job_ns)
+
+
+# --- the trainer's ServiceAccount ------------------------------------------------------------------------
+
+
+def test_trainer_can_patch_pods_in_its_namespace_only(cluster: Cluster, all_namespaces: Release,
+                                                      job_ns: str) -> None:
+    ns = all_namespaces.namespace  # created by the chart there
+    trainer = all_namespaces.trainer_sa(ns)
+    assert can_i(cluster, trainer, "get", "pods", namespace=ns)
+    assert can_i(cluster, trainer, "patch", "pods", namespace=ns)
+    assert not can_i(cluster, trainer, "list", "pods", namespace=ns)
+    assert not can_i(cluster, trainer, "list", "secrets", namespace=ns)
+    assert not can_i(cluster, trainer, "get", "secrets", namespace=ns)
+    assert not can_i(cluster, trainer, "delete", "pods", namespace=ns)
+    assert not can_i(cluster, trainer, "create", "pods", namespace=ns, subresource="exec")
+    assert not can_i(cluster, trainer, "patch", "pods", namespace="kube-system")
+    assert not can_i(cluster, trainer, "patch", "pods")  # not cluster-wide
+
+
+# --- watching one namespace ------------------------------------------------------------------------------
+
+
+def test_watched_namespace_only(cluster: Cluster, one_namespace: tuple[Release, str], job_ns: str) -> None:
+    rel, watched = one_namespace
+    sa = rel.operator_sa
+    assert can_i(cluster, sa, "watch", "finetunejobs.kubetune.io", namespace=watched)
+    assert can_i(cluster, sa, "create", "jobs.batch", namespace=watched)
+    assert not can_i(cluster, sa, "watch", "finetunejobs.kubetune.io", namespace=job_ns)
+    assert not can_i(cluster, sa, "create", "jobs.batch", namespace=job_ns)
+    assert not can_i(cluster, sa, "list", "finetunejobs.kubetune.io")  # not cluster-wide
+    assert can_i(cluster, sa, "watch", "namespaces")  # kopf follows its namespaces
+    assert not can_i(cluster, sa, "get", "secrets", namespace=watched)
+    # The trainer ServiceAccount was created in the watched namespace at install time.
+    assert can_i(cluster, rel.trainer_sa(watched), "patch", "pods", namespace=watched)
+    assert not can_i(cluster, rel.trainer_sa(watched), "list", "secrets", namespace=watched)
+
+
+def test_webhook_is_registered_for_the_watched_namespace(cluster: Cluster, one_namespace: tuple[Release, str]) -> None:
+    rel, watched = one_namespace
+    config = cluster.get("validatingwebhookconfiguration", f"{rel.name}-kubetune-{rel.namespace}")
+    secret = cluster.get("secret", f"{rel.name}-kubetune-webhook-tls", "-n", rel.namespace)
+    for hook in config["webhooks"]:
+        assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+        assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [watched]
+    # An upgrade keeps the certificate (looked up, not regenerated), so a running operator stays valid.
+    helm(cluster, "upgrade", rel.name, str(CHART), "--namespace", rel.namespace, "--reuse-values")
+    again = cluster.get("secret", f"{rel.name}-kubetune-webhook-tls", "-n", rel.namespace)
+    assert again["data"] == secret["data"]
