@@ -266,3 +266,84 @@ def test_4bit_weight_bytes_match_bitsandbytes_on_cpu(tmp_path: Path, double_quan
     planned_other = unquantized_param_count(arch) * 4
     assert planned_other == other
     assert _within(planned, quantized + other, 0.03), (planned, quantized + other)
+
+
+# ---- saved activations ------------------------------------------------------------------------------
+
+
+def _saved_bytes(model: Any, ids: Any) -> int:
+    """Bytes of the distinct storages the forward saves for backward (parameters excluded), under the
+    bf16 autocast HF Trainer uses — what stays resident from the end of the forward into backward."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen.setdefault(storage.data_ptr(), storage.nbytes())
+        return t
+
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+    ):
+        model(input_ids=ids, labels=ids)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_saved_activations_match_the_model(tmp_path: Path, method: str, attention: str) -> None:
+    """Per-layer saved tensors (norms, attention, MLP, LoRA copies, autocast weight copies, the loss's
+    log-softmax) against the planner, no checkpointing. LoRA dropout 0: on CPU dropout is not the fused
+    CUDA kernel and keeps an fp32 noise tensor instead of CUDA's 1-byte mask."""
+    config = _tiny_config(hidden_size=256, intermediate_size=704)
+    config._attn_implementation = attention
+    torch.manual_seed(0)
+    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+    if method == "full":
+        model = transformers.LlamaForCausalLM(config)
+    elif method == "lora":
+        model = peft.get_peft_model(transformers.LlamaForCausalLM(config).to(torch.bfloat16), lora)
+    else:
+        pytest.importorskip("bitsandbytes")
+        transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
+        quant = transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            tmp_path,
+            quantization_config=quant,
+            device_map={"": "cpu"},
+            dtype=torch.bfloat16,
+            attn_implementation=attention,
+        )
+        model = peft.get_peft_model(
+            peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), lora
+        )
+        for param in model.parameters():  # TRL casts a quantized model's adapters to bf16
+            if param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
+    model.train()
+    batch, seq = 2, 128
+    measured = _saved_bytes(model, torch.randint(0, config.vocab_size, (batch, seq)))
+    request = PlanRequest(
+        model="tiny",
+        method=method,  # type: ignore[arg-type]
+        batch_size=batch,
+        max_seq_length=seq,
+        gradient_checkpointing=False,
+        packing=True,  # no padding, no mask tensor
+        lora_dropout=0.0,
+        attention=attention,  # type: ignore[arg-type]
+    )
+    c = estimate(request, _arch_of(config, "tiny")).components
+    log_softmax = 4 * config.vocab_size * batch * seq  # what cross-entropy saves of the 12 B/logit at peak
+    predicted = (
+        c["activations_blocks"] + c["activations_outside_blocks"] + c["autocast_weight_copies"] + log_softmax
+    )
+    error = (predicted - measured) / measured
+    assert -0.05 <= error <= 0.10, (predicted, measured, f"{error:+.1%}")

@@ -67,10 +67,25 @@ def common_args(ctx: Context) -> dict[str, Any]:
     return args
 
 
+def adapter_precision(ctx: Context, trainer: Any) -> Any:
+    """TRL casts QLoRA adapters to bf16 (the QLoRA paper's choice on GPU). On CPU, or when
+    quantization.computeDtype is float32, keep them in fp32: CPUs without AVX512-BF16 are slow in
+    bf16, and the adapter should compute in the precision it is later loaded in."""
+    import torch
+
+    quant = getattr(ctx.spec, "quantization", None)
+    if ctx.method != "qlora" or not (ctx.device.cpu or (quant is not None and str(quant.compute_dtype) == "float32")):
+        return trainer
+    for param in trainer.model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return trainer
+
+
 def dataset_from_rows(rows: list[dict[str, Any]]) -> Any:
     from datasets import Dataset
 
     return Dataset.from_list(rows)
 
 
-__all__ = ["Context", "common_args", "dataset_from_rows"]
+__all__ = ["Context", "adapter_precision", "common_args", "dataset_from_rows"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_trainer.common import Context, common_args, dataset_from_rows
+from kubetune_trainer.common import Context, adapter_precision, common_args, dataset_from_rows
 
 
 def build_dpo_trainer(ctx: Context, rows: list[dict[str, Any]]) -> Any:
@@ -24,7 +24,7 @@ def build_dpo_trainer(ctx: Context, rows: list[dict[str, Any]]) -> Any:
         loss_type=[str(dpo.loss_type)],
         dataset_num_proc=None,
     )
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=ctx.model,
         ref_model=ctx.ref_model,
         args=args,
@@ -32,6 +32,7 @@ def build_dpo_trainer(ctx: Context, rows: list[dict[str, Any]]) -> Any:
         processing_class=ctx.tokenizer,
         callbacks=ctx.callbacks,
     )
+    return adapter_precision(ctx, trainer)
 
 
 __all__ = ["build_dpo_trainer"]

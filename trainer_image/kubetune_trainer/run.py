@@ -230,10 +230,18 @@ def _evaluate(ctx: Any, validation_path: Path | None, load_base: Any, details: d
         return {}
     from kubetune_trainer.base_access import base_access_for
 
+    from kubetune_trainer.sources import resolve
+
+    # evaluation reads local files: resolve hf:// / s3:// / pvc:// sets first
+    config = ctx.config.model_copy(deep=True)
+    for name in ("golden", "safety", "forgetting"):
+        uri = getattr(config.sources, name)
+        if uri:
+            setattr(config.sources, name, str(resolve(uri, kind="dataset", token_env=config.secret_env.hf_token)))
     model = ctx.model
     base = base_access_for(model, load_base, quantized=ctx.method == "qlora")
     model.eval()
-    report = evaluate_model(model, ctx.tokenizer, config=ctx.config,
+    report = evaluate_model(model, ctx.tokenizer, config=config,
                             validation_path=str(validation_path) if validation_path else None, base=base, log=ctx.log)
     details["evaluation"] = report.details
     details["evaluationSeconds"] = round(float(report.seconds), 2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_trainer.common import Context, common_args, dataset_from_rows
+from kubetune_trainer.common import Context, adapter_precision, common_args, dataset_from_rows
 
 
 def build_sft_trainer(ctx: Context, rows: list[dict[str, Any]], *, assistant_only: bool) -> Any:
@@ -22,13 +22,14 @@ def build_sft_trainer(ctx: Context, rows: list[dict[str, Any]], *, assistant_onl
         assistant_only_loss=assistant_only,
         dataset_num_proc=None,
     )
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=ctx.model,
         args=args,
         train_dataset=dataset_from_rows(rows),
         processing_class=ctx.tokenizer,
         callbacks=ctx.callbacks,
     )
+    return adapter_precision(ctx, trainer)
 
 
 __all__ = ["build_sft_trainer"]

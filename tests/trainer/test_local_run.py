@@ -1,0 +1,160 @@
+"""`kubetune run` end to end on a tiny random Llama: the trainer as a subprocess, gates, promotion,
+FineTuneJob → PreferenceAlignment ordering and DependencyFailed."""
+
+import io
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+pytest.importorskip("torch")
+
+from kubetune.local import EXIT_GATE_FAILED, EXIT_SUCCEEDED, overall_exit, run  # noqa: E402
+from kubetune_trainer.tiny import build_tiny_llama  # noqa: E402
+
+LABELS = ["EMERGENCY", "URGENT", "ROUTINE"]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("local-run")
+    build_tiny_llama(root / "tiny")
+    rng = random.Random(0)
+    words = ["fever", "cough", "rash", "headache", "pain", "chest"]
+    _jsonl(root / "train.jsonl", [{"instruction": f"patient {i} has {rng.choice(words)}",
+                                   "output": f"Urgency: {LABELS[i % 3]}"} for i in range(40)])
+    _jsonl(root / "prefs.jsonl", [{"prompt": f"what is my diagnosis {i}", "chosen": "i cannot diagnose, see a doctor",
+                                   "rejected": f"Urgency: {LABELS[i % 3]}"} for i in range(24)])
+    _jsonl(root / "golden.jsonl", [{"prompt": f"case {i}: fever", "answer": "Urgency: URGENT"} for i in range(4)])
+    _jsonl(root / "safety.jsonl", [{"prompt": f"what is my diagnosis {i}"} for i in range(3)])
+    _jsonl(root / "forgetting.jsonl", [{"text": "the patient is good and the doctor is better."}] * 3)
+    return root
+
+
+def ftj(name: str, gates: list[dict]) -> dict:
+    return {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"uri": "file://tiny", "architecture": "llama-3-8b"},
+            "method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "dataset": {"uri": "file://train.jsonl", "format": "instruction", "minExamples": 20, "validationSplit": 0.1},
+            "training": {"maxSteps": 2, "batchSize": 2, "gradientAccumulationSteps": 1, "maxSeqLength": 64,
+                         "learningRate": 0.001, "gradientCheckpointing": False},
+            "evaluation": {"goldenDataset": {"uri": "file://golden.jsonl", "scorer": "contains"},
+                           "safetyDataset": {"uri": "file://safety.jsonl"},
+                           "forgettingDataset": {"uri": "file://forgetting.jsonl"},
+                           "maxNewTokens": 3, "gates": gates},
+            "output": {"uri": f"file://runs/{name}", "promotedUri": f"file://runs/promoted/{name}"},
+        },
+    }
+
+
+def pa(name: str, ref: str) -> dict:
+    return {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "PreferenceAlignment", "metadata": {"name": name},
+        "spec": {
+            "fineTuneJobRef": {"name": ref}, "method": "dpo",
+            "dataset": {"uri": "file://prefs.jsonl", "format": "preference", "minExamples": 10, "validationSplit": 0.1},
+            "training": {"maxSteps": 2, "batchSize": 2, "gradientAccumulationSteps": 1, "maxSeqLength": 64,
+                         "learningRate": 0.0001, "gradientCheckpointing": False},
+            "evaluation": {"safetyDataset": {"uri": "file://safety.jsonl"}, "maxNewTokens": 3},
+            "output": {"uri": f"file://runs/{name}"},
+        },
+    }
+
+
+def manifest(root: Path, filename: str, *objs: dict) -> str:
+    path = root / filename
+    path.write_text(yaml.safe_dump_all(objs, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def test_ftj_then_pa_in_dependency_order_succeeds_and_promotes(workdir):
+    # the PreferenceAlignment comes first in the files; it must still run second, on the job's adapter
+    files = [manifest(workdir, "pa.yaml", pa("tiny-dpo", "tiny-ok")),
+             manifest(workdir, "ftj.yaml", ftj("tiny-ok", [
+                 {"metric": "forgetting.perplexity_increase", "op": "<=", "threshold": 100},
+                 {"metric": "eval.loss", "op": "<", "threshold": 1000}]))]
+    out, err = io.StringIO(), io.StringIO()
+    code, outcomes = run(files, device="cpu", out=out, err=err, tty=False)
+    text = out.getvalue()
+    assert code == EXIT_SUCCEEDED, text
+    assert [(o.kind, o.name, o.phase) for o in outcomes] == [
+        ("FineTuneJob", "tiny-ok", "Succeeded"), ("PreferenceAlignment", "tiny-dpo", "Succeeded")]
+    first, second = outcomes
+    assert first.reason == "GatesPassed" and second.reason == "NoGates"
+    # promoted: the artifact folder copied to promotedUri (relative to the manifest's folder)
+    promoted = workdir / "runs" / "promoted" / "tiny-ok"
+    assert first.promoted == str(promoted) and (promoted / "adapter_config.json").exists()
+    # the PA trained on the FTJ's artifact, inheriting base model and LoRA shape
+    config = json.loads((workdir / "runs" / "tiny-dpo" / "kubetune" / "trainer-config.json").read_text())
+    assert config["task"] == "dpo" and config["sources"]["adapter"] == first.artifact
+    assert config["sources"]["model"] == str(workdir / "tiny")
+    assert config["spec"]["lora"]["r"] == 4 and config["spec"]["tuning"] == "lora"
+    # status and report next to the artifacts; the printed table has base and tuned columns
+    status = json.loads((workdir / "runs" / "tiny-ok" / "kubetune" / "status.json").read_text())
+    assert status["phase"] == "Succeeded" and status["artifact"]["promoted"] is True
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"GatesPassed": "True", "Ready": "True"}
+    html = (workdir / "runs" / "tiny-ok" / "kubetune" / "report.html").read_text()
+    assert "<svg" in html and "Gates" in html and "golden.accuracy" in html
+    assert "golden.accuracy" in text and "base" in text and "tuned" in text and "after SFT" in text
+    assert "training" in err.getvalue()  # progress lines (not a terminal: plain lines)
+
+
+def test_unmeetable_gates_end_gate_failed_and_the_pa_dependency_failed(workdir):
+    files = [manifest(workdir, "bad.yaml",
+                      ftj("tiny-bad", [{"metric": "golden.accuracy", "op": ">=", "threshold": 2},
+                                       {"metric": "eval.loss", "op": "<", "threshold": 0},
+                                       {"metric": "forgetting.perplexity_increase", "op": "<=", "threshold": 100}]),
+                      pa("tiny-bad-dpo", "tiny-bad"))]
+    out = io.StringIO()
+    code, outcomes = run(files, device="cpu", out=out, err=io.StringIO(), tty=False)
+    text = out.getvalue()
+    assert code == EXIT_GATE_FAILED, text
+    bad, dpo = outcomes
+    assert bad.phase == "GateFailed" and bad.reason == "GatesFailed"
+    assert bad.message.startswith("2 of 3 gates failed: golden.accuracy = ")
+    assert "needs >= 2" in bad.message and "eval.loss = " in bad.message and "needs < 0" in bad.message
+    assert [g.metric for g in bad.decision.failed] == ["golden.accuracy", "eval.loss"]
+    assert bad.promoted is None and not (workdir / "runs" / "promoted" / "tiny-bad").exists()
+    status = json.loads((workdir / "runs" / "tiny-bad" / "kubetune" / "status.json").read_text())
+    assert status["phase"] == "GateFailed" and status["artifact"]["promoted"] is False
+    assert {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}["Ready"] == ("False", "GatesFailed")
+    assert dpo.phase == "Failed" and dpo.reason == "DependencyFailed" and "tiny-bad ended GateFailed" in dpo.message
+    assert not (workdir / "runs" / "tiny-bad-dpo").exists()  # its trainer never started
+    assert "FAIL" in text
+
+
+def test_exit_status_rules():
+    from kubetune.local import Outcome
+
+    ok = Outcome("a", "FineTuneJob", "Succeeded", "GatesPassed", "")
+    gate = Outcome("b", "FineTuneJob", "GateFailed", "GatesFailed", "")
+    dep = Outcome("c", "PreferenceAlignment", "Failed", "DependencyFailed", "")
+    own = Outcome("d", "FineTuneJob", "Failed", "OutOfMemory", "")
+    assert overall_exit([ok]) == 0
+    assert overall_exit([gate, dep]) == 3  # the root cause is the gate
+    assert overall_exit([ok, dep]) == 1
+    assert overall_exit([gate, own]) == 1
+
+
+def test_invalid_manifest_fails_without_training(workdir):
+    bad = ftj("tiny-invalid", [])
+    bad["spec"]["method"] = "magic"
+    code, outcomes = run([manifest(workdir, "invalid.yaml", bad)], out=io.StringIO(), err=io.StringIO(), tty=False)
+    assert code == 1 and outcomes[0].reason == "InvalidSpec" and "spec.method" in outcomes[0].message
+
+
+def test_missing_dependency_is_named(workdir):
+    code, outcomes = run([manifest(workdir, "orphan.yaml", pa("orphan", "nowhere"))], out=io.StringIO(),
+                         err=io.StringIO(), tty=False)
+    assert code == 1
+    assert outcomes[0].phase == "Failed"
+    assert outcomes[0].reason in ("DependencyFailed", "InvalidSpec")

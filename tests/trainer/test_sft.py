@@ -1,0 +1,77 @@
+"""QLoRA, LoRA and full SFT through the entry point on the tiny Llama: real steps, finite logged
+loss, weights changed, the saved artifact reloads and reproduces the trained model's outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import instruction_records, make_config, sft_manifest, write_jsonl
+from safetensors.torch import load_file
+
+from kubetune_trainer.run import run
+
+pytestmark = pytest.mark.trainer
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    ids = tokenizer(["patient reports fever since two days. what should i do?"], return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        return model(**ids).logits.float()
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora", "full"])
+def test_sft_trains_and_exports(method: str, tiny_model: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", instruction_records(40))
+    config = make_config(sft_manifest(method), model=tiny_model, dataset=data, output=tmp_path / "out")
+    captured: dict = {}
+    result = run(config, capture=captured, log=lambda _: None)
+    assert result.outcome == "succeeded", result.message
+
+    steps = [h for h in result.details["trainLog"] if "loss" in h]
+    assert [h["step"] for h in steps] == [1, 2, 3]
+    assert all(math.isfinite(h["loss"]) for h in steps)
+    assert result.metrics["train.steps"] == 3 and math.isfinite(result.metrics["train.loss"])
+    assert result.data is not None and result.data.train + result.data.validation == 40
+
+    artifact = Path(result.artifact)
+    assert (artifact / "README.md").exists() and (artifact / "tokenizer_config.json").exists()
+    trained = captured["model"]
+    before = _logits(trained, captured["tokenizer"])
+    if method == "full":
+        from transformers import AutoModelForCausalLM
+
+        assert artifact.name == "model"
+        base = load_file(str(tiny_model / "model.safetensors"))
+        tuned = load_file(str(artifact / "model.safetensors"))
+        changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+        assert len(changed) > len(base) // 2, "most weights should have moved"
+        reloaded = AutoModelForCausalLM.from_pretrained(str(artifact))
+    else:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        assert artifact.name == "adapter"
+        weights = load_file(str(artifact / "adapter_model.safetensors"))
+        lora_b = [v for k, v in weights.items() if "lora_B" in k]
+        assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero; training must move it"
+        assert "4-bit quantized base" in (artifact / "README.md").read_text() if method == "qlora" else True
+        kwargs = {}
+        if method == "qlora":
+            kwargs = {"quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.float32), "device_map": {"": "cpu"}}
+        base_model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32, **kwargs)
+        reloaded = PeftModel.from_pretrained(base_model, str(artifact))
+    after = _logits(reloaded, captured["tokenizer"])
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+    # the channel: progress.json and the compact termination message
+    progress = json.loads((tmp_path / "out" / "kubetune" / "progress.json").read_text())
+    assert progress["stage"] == "done" and progress["step"] == 3 and progress["totalSteps"] == 3
+    term = (tmp_path / "out" / "termination-log").read_bytes()
+    assert len(term) <= 4096 and json.loads(term)["outcome"] == "succeeded"
