@@ -15,7 +15,11 @@ cluster), one watching a single namespace with the webhook on (scoped to that na
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,12 +28,13 @@ from typing import Any
 
 import pytest
 import yaml
+from operator_helpers import REPO, ftj
 
-from kubetune.devcluster import Cluster
+from kubetune.devcluster import Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "kubetune"
+CHART = REPO / "charts" / "kubetune"
 THIRD_PARTY_KINDS = {"Certificate", "Issuer", "ServiceMonitor"}  # their CRDs are not on the local cluster
 
 
@@ -281,3 +286,90 @@ def test_webhook_is_registered_for_the_watched_namespace(cluster: Cluster, one_n
     helm(cluster, "upgrade", rel.name, str(CHART), "--namespace", rel.namespace, "--reuse-values")
     again = cluster.get("secret", f"{rel.name}-kubetune-webhook-tls", "-n", rel.namespace)
     assert again["data"] == secret["data"]
+
+
+# --- the operator running with exactly the chart's RBAC and settings ---------------------------------------
+
+
+def token_kubeconfig(cluster: Cluster, release: Release, path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's operator ServiceAccount (TokenRequest)."""
+    sa = release.operator_sa.rsplit(":", 1)[1]
+    token = cluster.kubectl("create", "token", sa, "-n", release.namespace, "--duration=1h", check=True).stdout.strip()
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "local", "cluster": {"server": cluster.server,
+                                                  "certificate-authority": str(cluster.pki.ca_crt)}}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_operator_reconciles_with_only_the_charts_rbac(cluster: Cluster, tmp_path: Path) -> None:
+    """The operator process, configured from the chart's Deployment env and authenticated as the
+    chart's ServiceAccount, turns a FineTuneJob into its ConfigMap and Job without one 403."""
+    cluster.kubectl("apply", "-f", str(REPO / "crds"), check=True)
+    for crd in ("finetunejobs.kubetune.io", "preferencealignments.kubetune.io"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s", check=True)
+    run_ns = new_namespace(cluster, "kt-run")
+    release = install(cluster, "ktrun", {"watchNamespaces": [run_ns], "webhook": {"enabled": False},
+                                         "crds": {"enabled": False}})
+    proc = None
+    log = tmp_path / "operator.log"
+    try:
+        deploy = cluster.get("deployment", f"{release.name}-kubetune", "-n", release.namespace)
+        container = deploy["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        assert env["KUBETUNE_NAMESPACES"] == run_ns
+
+        def free_port() -> int:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return int(s.getsockname()[1])
+
+        metrics_port, health_port = free_port(), free_port()
+        env.update({"KUBETUNE_METRICS_PORT": str(metrics_port),
+                    "KUBECONFIG": str(token_kubeconfig(cluster, release, tmp_path / "kubeconfig")),
+                    "PYTHONPATH": str(REPO / "operator"), "KUBETUNE_RESYNC_SECONDS": "1"})
+        argv = [sys.executable, "-c", "import sys; from kubetune.cli import main; sys.exit(main())",
+                *container["command"][1:], f"--liveness=http://127.0.0.1:{health_port}/healthz"]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, env={**cluster.env(), **env}, stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=str(REPO))
+
+        def healthy() -> bool:
+            assert proc is not None
+            if proc.poll() is not None:
+                raise AssertionError(f"operator exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(healthy, timeout=60, what="operator health endpoint")
+        cluster.apply(ftj("rbac-check", run_ns))
+
+        def job_created() -> bool:
+            out = cluster.kubectl("get", "jobs,configmaps", "-n", run_ns, "-l", "kubetune.io/job=rbac-check",
+                                  "-o", "name").stdout.split()
+            return any(o.startswith("job") for o in out) and any(o.startswith("configmap") for o in out)
+
+        wait_until(job_created, timeout=60, what="the FineTuneJob's Job and ConfigMap")
+        job = cluster.get("jobs", "-n", run_ns, "-l", "kubetune.io/job=rbac-check")["items"][0]
+        pod = job["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "kubetune-trainer"
+        assert pod["containers"][0]["image"] == env["KUBETUNE_TRAINER_IMAGE"]
+        time.sleep(2)  # a status patch and an Event or two
+        text = log.read_text()
+        assert "403" not in text and "forbidden" not in text.lower(), text[-4000:]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        uninstall(cluster, release)
+        cluster.kubectl("delete", "namespace", run_ns, "--wait=false")
