@@ -587,32 +587,26 @@ def test_schema_covers_every_value() -> None:
 
 # --- operator settings ---------------------------------------------------------------------------
 
-# Trainer defaults the chart passes that RenderSettings does not read yet (asked of the operator).
-PENDING_RENDER_ENV = {"KUBETUNE_TRAINER_NODE_SELECTOR", "KUBETUNE_TRAINER_TOLERATIONS",
-                      "KUBETUNE_TRAINER_IMAGE_PULL_SECRETS"}
-
-
 def operator_env(objs: list[dict[str, Any]]) -> dict[str, str | None]:
     container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value") for e in container["env"]}
 
 
 def operator_reads() -> set[str]:
-    """Every KUBETUNE_* the operator reads: RenderSettings.ENV and OperatorSettings.from_env."""
+    """Every KUBETUNE_* the operator's settings modules mention (RenderSettings, OperatorSettings)."""
     import inspect
 
     from kubetune.operator import config
+    from kubetune.render import settings
 
-    return set(RenderSettings.ENV.values()) | set(re.findall(r"KUBETUNE_[A-Z_]+", inspect.getsource(config)))
+    return {v for m in (config, settings) for v in re.findall(r"KUBETUNE_[A-Z_]+", inspect.getsource(m))}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_env_vars_are_the_ones_the_operator_reads(render: Render, scenario: str) -> None:
     env = set(operator_env(render(SCENARIOS[scenario]))) - {"HTTPS_PROXY"}
-    unknown = env - operator_reads() - PENDING_RENDER_ENV
+    unknown = env - operator_reads()
     assert not unknown, f"the chart sets env vars the operator does not read: {unknown}"
-    pending = PENDING_RENDER_ENV & operator_reads()
-    assert not pending, f"the operator reads {pending} now: drop them from PENDING_RENDER_ENV"
 
 
 def test_chart_defaults_equal_operator_defaults(render: Render) -> None:
@@ -637,11 +631,13 @@ def test_readme_documents_every_env_var(render: Render) -> None:
 
 
 def test_trainer_defaults_reach_the_operator(render: Render) -> None:
-    env = operator_env(render(ALL_ON))
-    assert json.loads(env["KUBETUNE_TRAINER_NODE_SELECTOR"] or "") == {"pool": "gpu"}
-    assert json.loads(env["KUBETUNE_TRAINER_TOLERATIONS"] or "") == ALL_ON["trainer"]["tolerations"]
-    assert env["KUBETUNE_TRAINER_IMAGE_PULL_SECRETS"] == "regcred"
-    assert env["KUBETUNE_TRAINER_SERVICE_ACCOUNT"] == "kubetune-trainer"
+    env = {k: v for k, v in operator_env(render(ALL_ON)).items() if v is not None}
+    settings = RenderSettings.from_env(env)
+    assert dict(settings.node_selector) == {"pool": "gpu"}
+    assert [dict(t) for t in settings.tolerations] == ALL_ON["trainer"]["tolerations"]
+    assert settings.image_pull_secrets == ("regcred",)
+    assert settings.trainer_service_account == "kubetune-trainer"
+    assert settings.trainer_image == "ghcr.io/kubetune/trainer:0.1.0"
 
 
 # --- kind ----------------------------------------------------------------------------------------
