@@ -351,12 +351,19 @@ def _layer_bytes_per_token(arch: Architecture, req: PlanRequest, targets: tuple[
         total += top_k * g.linear_out * i  # the product is down_proj's input
     if arch.is_moe:
         total += top_k * g.residual * h + 2 * 4 * arch.num_experts  # gathered tokens; router logits/probs
-    # LoRA: each targeted layer keeps its own compute-dtype copy of its input for lora_A (autocast casts
-    # the fp32 dropout output), the dropout mask (1 byte/element), and lora_A's output for lora_B.
-    lora_input = g.compute if g.autocast else 4
+    # LoRA: peft casts a layer's input to the adapter dtype, dropout runs, and lora_A (under autocast)
+    # keeps a compute-dtype copy; plus the dropout mask (1 byte/element on CUDA) and lora_A's output for
+    # lora_B. One exception: o_proj reads the attention output, already in the compute dtype, and when the
+    # adapters are too (QLoRA under TRL) without dropout nothing is copied: the saved tensor is shared.
+    adapter = ADAPTER_BYTES_QLORA if req.method == "qlora" else ADAPTER_BYTES_LORA
+    lora_input = g.compute if g.autocast else adapter
+    dropout = req.lora_dropout > 0
     for m in targets:
         readers = m.count if not m.expert else top_k
-        per = m.in_features * (lora_input + (1 if req.lora_dropout > 0 else 0)) + req.lora_r * lora_input
+        shared = m.name == "o_proj" and adapter == g.compute and not dropout
+        per = (0 if shared else m.in_features * lora_input) + req.lora_r * lora_input
+        if dropout:
+            per += m.in_features
         total += readers * per
     return total
 
@@ -497,11 +504,16 @@ def estimate(req: PlanRequest, arch: Architecture, *, detail: bool = True) -> Es
         grads_at_backward = grads
     else:
         grads_at_backward = v * h * param_bytes // shard
+    # autocast casts fp32 weights to the compute dtype once per forward, caches the copies until the
+    # forward (which computes the loss) returns, and the matmuls keep them for backward
     autocast_copies = 0
-    if req.method == "full" and not fsdp and compute < 4:
-        # autocast caches a bf16 copy of every fp32 weight it casts (linears and lm_head) until the
-        # forward, which computes the loss, returns
-        autocast_copies = (_linear_elements(arch) + v * h) * compute
+    if compute < 4:
+        if req.method == "full" and not fsdp:
+            autocast_copies = (_linear_elements(arch) + v * h) * compute  # every linear and lm_head
+        elif req.method == "qlora":
+            autocast_copies = v * h * compute  # lm_head, upcast to fp32 by prepare_model_for_kbit_training
+        elif req.method == "lora":
+            autocast_copies = trainable * compute  # the fp32 adapters
     dequant = 0
     if req.method == "qlora":
         # MatMul4Bit/8bit dequantize the weight to the compute dtype for each matmul (one at a time)
