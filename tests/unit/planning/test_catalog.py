@@ -145,3 +145,31 @@ def test_unreadable_local_model_cannot_plan(tmp_path: Path) -> None:
         resolve_architecture(f"file://{tmp_path}/missing")
     with pytest.raises(CannotPlan, match=r"spec\.baseModel\.architecture"):
         resolve_architecture("pvc://claim/models/base")
+
+
+def _as_config_json(arch) -> dict:  # type: ignore[no-untyped-def]
+    config = {
+        "model_type": arch.model_type,
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.num_kv_heads,
+        "head_dim": arch.head_dim,
+        "vocab_size": arch.vocab_size,
+        "tie_word_embeddings": arch.tie_embeddings,
+    }
+    if arch.is_moe:
+        config.update(num_local_experts=arch.num_experts, num_experts_per_tok=arch.experts_per_token)
+    if arch.model_type == "gemma2":
+        config["final_logit_softcapping"] = 30.0
+    return config
+
+
+@pytest.mark.parametrize("arch", CATALOG, ids=lambda a: a.name)
+def test_config_json_reader_agrees_with_the_catalog(arch) -> None:  # type: ignore[no-untyped-def]
+    from kubetune.planning import architecture_from_config
+
+    read = architecture_from_config(_as_config_json(arch), name=arch.name)
+    assert read == arch.__class__(**{**arch.__dict__, "published_params": None, "hf_ids": ()})
+    assert param_count(read) == param_count(arch)
