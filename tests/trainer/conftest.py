@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(2)
 

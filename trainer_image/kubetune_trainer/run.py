@@ -229,7 +229,6 @@ def _evaluate(ctx: Any, validation_path: Path | None, load_base: Any, details: d
         ctx.log("evaluation: kubetune_trainer.evaluate is not available in this build; skipping")
         return {}
     from kubetune_trainer.base_access import base_access_for
-
     from kubetune_trainer.sources import resolve
 
     # evaluation reads local files: resolve hf:// / s3:// / pvc:// sets first
