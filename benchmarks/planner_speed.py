@@ -11,6 +11,8 @@ Exit status 1 when any case is slower than 1 ms per plan.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -57,15 +59,34 @@ def measure(request: PlanRequest, seconds: float) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time per case")
+    parser.add_argument("--write", action="store_true", help="also write benchmarks/results/planner_speed.md")
     args = parser.parse_args()
     worst = 0.0
+    rows = [
+        f"| {'case':<52} | {'plans/s':>8} | {'mean µs':>8} | {'best µs':>8} |",
+        f"|{'-' * 54}|{'-' * 9}:|{'-' * 9}:|{'-' * 9}:|",
+    ]
     print(f"{'case':<52}{'plans/s':>10}{'mean µs':>10}{'best µs':>10}")
     for name, request in CASES.items():
         mean, best = measure(request, args.seconds)
         worst = max(worst, best * 1e6)
         print(f"{name:<52}{1 / mean:>10,.0f}{mean * 1e6:>10.1f}{best * 1e6:>10.1f}")
+        rows.append(f"| {name:<52} | {1 / mean:>8,.0f} | {mean * 1e6:>8.1f} | {best * 1e6:>8.1f} |")
     verdict = "OK" if worst < 1000 else "TOO SLOW"
-    print(f"\nworst case (best batch) {worst:.1f} µs per plan (goal < 1000 µs): {verdict}")
+    summary = f"worst case (best batch) {worst:.1f} µs per plan (goal < 1000 µs): {verdict}"
+    print(f"\n{summary}")
+    if args.write:
+        out = Path(__file__).resolve().parent / "results" / "planner_speed.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        header = [
+            "# Memory planner speed",
+            "",
+            f"`python benchmarks/planner_speed.py --write` on {platform.python_implementation()} "
+            f"{platform.python_version()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+            "(a shared machine: `best` is the least-disturbed batch of 50 plans).",
+            "",
+        ]
+        out.write_text("\n".join([*header, *rows, "", summary]) + "\n")
     return 0 if worst < 1000 else 1
 
 

@@ -322,8 +322,33 @@ def _padding_mask(req: PlanRequest) -> bool:
     return _sequences(req) > 1 and not req.packing
 
 
+_LAYER_MEMO: dict[tuple[object, ...], float] = {}
+
+
 def _layer_bytes_per_token(arch: Architecture, req: PlanRequest, targets: tuple[LinearModule, ...]) -> float:
-    """Bytes one decoder block's forward saves for backward, per token (no checkpointing)."""
+    """Bytes one decoder block's forward saves for backward, per token (no checkpointing); memoised on
+    the fields it reads (the suggestion search re-plans variants that differ in batch or GPUs only)."""
+    key = (
+        arch,
+        targets,
+        req.method,
+        req.world_size > 1,
+        req.compute_dtype,
+        req.lora_r,
+        req.lora_dropout > 0,
+        req.attention,
+        _padding_mask(req),
+        req.max_seq_length if req.attention == "eager" else 0,
+    )
+    found = _LAYER_MEMO.get(key)
+    if found is None:
+        if len(_LAYER_MEMO) > 4096:
+            _LAYER_MEMO.clear()
+        found = _LAYER_MEMO[key] = _layer_bytes_uncached(arch, req, targets)
+    return found
+
+
+def _layer_bytes_uncached(arch: Architecture, req: PlanRequest, targets: tuple[LinearModule, ...]) -> float:
     g = _regime(req)
     h, i, q, kv = arch.hidden_size, arch.intermediate_size, arch.q_dim, arch.kv_dim
     top_k = arch.experts_per_token if arch.is_moe else 1

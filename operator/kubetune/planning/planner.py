@@ -56,7 +56,7 @@ def resolve_architecture(
     )
     raise CannotPlan(
         f"cannot plan memory for model {model!r}: {where}; set {ARCHITECTURE_FIELD} to the catalog name of "
-        f"its architecture (e.g. llama-3.1-8b, qwen2.5-7b, mistral-7b; `kubetune plan --list-architectures`)"
+        f"its architecture (e.g. llama-3.1-8b, qwen2.5-7b, mistral-7b, smollm2-135m)"
     )
 
 
