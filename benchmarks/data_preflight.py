@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import random
-import resource
 import string
 import subprocess
 import sys
@@ -78,11 +77,56 @@ SYMPTOMS = [
     "dizziness",
     "back pain",
 ]
-FILLER = (
-    "Thanks for the details. Based on what you describe, the next step is to review the record, confirm "
-    "the plan with the team and follow up within two business days. Please keep the documents at hand "
-    "and let us know if anything changes in the meantime."
-).split()
+FILLER = [
+    *[
+        "Thanks",
+        "for",
+        "the",
+        "details.",
+        "Based",
+        "on",
+        "what",
+        "you",
+        "describe,",
+        "the",
+        "next",
+        "step",
+        "is",
+        "to",
+        "review",
+        "the",
+        "record,",
+        "confirm",
+        "the",
+        "plan",
+        "with",
+        "the",
+        "team",
+        "and",
+        "follow",
+        "up",
+        "within",
+        "two",
+        "business",
+        "days.",
+        "Please",
+        "keep",
+        "the",
+        "documents",
+        "at",
+        "hand",
+        "and",
+        "let",
+        "us",
+        "know",
+        "if",
+        "anything",
+        "changes",
+        "in",
+        "the",
+        "meantime.",
+    ]
+]
 ALNUM = string.ascii_uppercase + string.digits
 
 
@@ -226,9 +270,10 @@ class Gen:
             )
             return r.choice(["connect with {v} and retry", "the DSN is {v}", "clone {v}"]), v
         if kind is PiiType.SECRET:
-            rnd = lambda n, alphabet=ALNUM + string.ascii_lowercase: "".join(
-                r.choice(alphabet) for _ in range(n)
-            )  # noqa: E731
+
+            def rnd(n: int, alphabet: str = ALNUM + string.ascii_lowercase) -> str:
+                return "".join(r.choice(alphabet) for _ in range(n))
+
             v = r.choice(
                 [
                     "AKIA" + rnd(16, ALNUM),
@@ -282,7 +327,7 @@ def generate(
 ) -> Iterator[Example]:
     g = Gen(seed)
     r = g.r
-    recent: list[str] = []
+    recent: list[Example] = []
     for i in range(n):
         if r.random() < bad_rate:
             yield Example(
@@ -299,7 +344,7 @@ def generate(
             )
             continue
         if recent and r.random() < dup_rate:
-            yield Example(r.choice(recent))
+            yield r.choice(recent)  # a duplicate, with its labels
             continue
         planted: list[tuple[int, str, PiiType, str]] = []
         msgs = []
@@ -317,12 +362,12 @@ def generate(
             if r.random() < 0.5:
                 parts.append(g.hard_negative())
             msgs.append({"role": role, "content": " ".join(parts)})
-        line = json.dumps({"messages": msgs}, ensure_ascii=False)
+        ex = Example(json.dumps({"messages": msgs}, ensure_ascii=False), planted)
         if len(recent) < 200:
-            recent.append(line)
+            recent.append(ex)
         elif r.random() < 0.01:
-            recent[r.randrange(200)] = line
-        yield Example(line, planted)
+            recent[r.randrange(200)] = ex
+        yield ex
 
 
 def write_dataset(path: Path, seed: int, n: int, labels: list[Example] | None = None) -> int:
@@ -380,7 +425,7 @@ def score(
             else:
                 used.add(match)
                 conf[kind.value]["TP"] += 1
-        for j, (k, fs, fe) in enumerate(hits):
+        for j, (k, _fs, _fe) in enumerate(hits):
             if j in used:
                 continue
             # Same value found with a partial span or the wrong type: an FP for the predicted type.

@@ -100,13 +100,23 @@ _SECRET_HINTS = (
     "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "xapp-", "sk-", "k_live_", "k_test_", "AIza", "hf_",
     "npm_", "eyJ", "PRIVATE KEY",
 )  # fmt: skip
-_ASSIGNMENT_HINTS = ("key", "token", "passw", "pwd", "secret")
-_DOB_HINTS = ("dob", "d.o.b", "birth", "born")
-_MRN_HINTS = ("mrn", "medical rec", "patient", "chart")
-_SSN_HINTS = ("ssn", "social sec", "ss#")
-_PASSPORT_HINTS = ("passport",)
-_LICENSE_HINTS = ("licen", "dl")
-_PHONE_HINTS = ("phone", "tel", "mobile", "cell", "call", "fax", "contact", "whatsapp", "text me")
+_ASSIGNMENT_HINTS: tuple[str, ...] = ("key", "token", "passw", "pwd", "secret")
+_DOB_HINTS: tuple[str, ...] = ("dob", "d.o.b", "birth", "born")
+_MRN_HINTS: tuple[str, ...] = ("mrn", "medical rec", "patient", "chart")
+_SSN_HINTS: tuple[str, ...] = ("ssn", "social sec", "ss#")
+_PASSPORT_HINTS: tuple[str, ...] = ("passport",)
+_LICENSE_HINTS: tuple[str, ...] = ("licen", "dl")
+_PHONE_HINTS: tuple[str, ...] = (
+    "phone",
+    "tel",
+    "mobile",
+    "cell",
+    "call",
+    "fax",
+    "contact",
+    "whatsapp",
+    "text me",
+)
 # Seven or more digits with at most two separators between neighbours: every card, IBAN, SSN and
 # phone number has such a run; dosages, lab values and room numbers do not.
 _NUMBERISH = re.compile(r"\d(?:[\s().\-/]{0,2}\d){6,}")
@@ -212,6 +222,9 @@ _VERSION_BEFORE = re.compile(r"(?:\bv|version|ver\.?|release|build|rev\.?|\d\.)\
 
 
 def _labelled_not_pii(text: str, start: int) -> bool:
+    """A label such as "order #" right before, or the tail of a longer dashed number ("123-4567-...")."""
+    if start >= 2 and text[start - 1] in "-." and text[start - 2].isdigit():
+        return True
     return bool(_NOT_PII_LABEL.search(text, max(0, start - 24), start))
 
 
