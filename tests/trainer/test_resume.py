@@ -1,0 +1,102 @@
+"""Resume: a trainer SIGKILLed after a checkpoint continues from it on restart and finishes with the
+same number of steps; a half-written checkpoint (killed mid-save) is ignored, not loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import instruction_records, make_config, sft_manifest, write_config, write_jsonl
+
+from kubetune_trainer.checkpoints import MARKER, checkpoints, prepare_resume
+
+pytestmark = pytest.mark.trainer
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="2", KUBETUNE_TORCH_THREADS="2", HF_HUB_OFFLINE="1")
+    env.pop("KUBETUNE_FAULT_INJECT", None)
+    return env
+
+
+def _steps(result: dict) -> list[int]:
+    return [h["step"] for h in result["details"]["trainLog"]]
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_checkpoint_then_resume(tiny_model: Path, tmp_path: Path) -> None:
+    total = 24
+    data = write_jsonl(tmp_path / "train.jsonl", instruction_records(80))
+    out = tmp_path / "out"
+    config = make_config(sft_manifest("lora", maxSteps=total), model=tiny_model, dataset=data, output=out)
+    config.spec["checkpoint"] = {"everySteps": 2, "keepLast": 2}
+    path = write_config(config, tmp_path / "config.json")
+    cmd = [sys.executable, "-m", "kubetune_trainer", "--config", str(path)]
+
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckdir = out / "checkpoints"
+    deadline = time.monotonic() + 300
+    try:
+        while not (ckdir / "checkpoint-4" / MARKER).exists():
+            assert proc.poll() is None, "the trainer ended before its second checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(step for step, p in checkpoints(ckdir) if (p / MARKER).exists())
+    assert 4 <= killed_at < total
+
+    rc = subprocess.run(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600).returncode
+    result = json.loads((out / "kubetune" / "result.json").read_text())
+    assert rc == 0, result.get("message")
+    resumed = int(result["details"]["resumedFrom"].split("-")[1])
+    assert resumed >= killed_at
+    assert result["metrics"]["train.steps"] == total
+    # the log of the resumed run: the checkpoint's history up to `resumed`, then the rest, once each
+    assert _steps(result)[-1] == total
+    assert _steps(result) == sorted(set(_steps(result)))
+    assert len(checkpoints(ckdir)) <= 2  # keepLast
+
+
+def test_half_written_checkpoint_is_ignored(tiny_model: Path, tmp_path: Path, run_main) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", instruction_records(40))
+    out = tmp_path / "out"
+    config = make_config(sft_manifest("lora", maxSteps=4), model=tiny_model, dataset=data, output=out)
+    config.spec["checkpoint"] = {"everySteps": 2, "keepLast": 3}
+    rc, _ = run_main(config)
+    assert rc == 0
+    ckdir = out / "checkpoints"
+    # a later checkpoint whose save was cut short: files there, truncated, no completion marker
+    half = ckdir / "checkpoint-6"
+    shutil.copytree(ckdir / "checkpoint-4", half)
+    (half / MARKER).unlink()
+    (half / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
+    (half / "optimizer.pt").unlink()
+
+    config.spec["training"]["maxSteps"] = 8
+    rc, result = run_main(config)
+    assert rc == 0, result["message"]
+    assert result["details"]["resumedFrom"] == "checkpoint-4"
+    assert result["metrics"]["train.steps"] == 8
+    assert (ckdir / "checkpoint-6" / MARKER).exists(), "step 6 was trained again and saved completely"
+
+
+def test_prepare_resume_picks_the_newest_complete(tmp_path: Path) -> None:
+    for step, complete in ((2, True), (4, True), (6, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if complete:
+            (d / MARKER).write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert prepare_resume(tmp_path) == tmp_path / "checkpoint-4"
+    assert not (tmp_path / "checkpoint-6").exists()
+    assert prepare_resume(tmp_path / "missing") is None
