@@ -125,16 +125,13 @@ def add_adapter(model: Any, lora: Any) -> Any:
     return get_peft_model(model, lora_config(lora))
 
 
-def load_adapter(model: Any, adapter: Path, *, trainable: bool, reference: bool = False) -> Any:
-    """Continue from an existing adapter; with ``reference`` also load a frozen copy named "ref"
-    (TRL's DPOTrainer uses it as the reference: the SFT policy, not the bare base)."""
+def load_adapter(model: Any, adapter: Path, *, trainable: bool) -> Any:
+    """Continue from an existing adapter (TRL's DPOTrainer then copies it into a frozen "ref"
+    adapter: the reference is the SFT policy, not the bare base)."""
     from peft import PeftModel
 
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
-        if reference:
-            peft_model.load_adapter(str(adapter), adapter_name="ref", is_trainable=False)
-            peft_model.set_adapter("default")
     except Exception as e:
         raise model_unavailable(f"the adapter from {adapter}", e) from e
     return peft_model

@@ -96,7 +96,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         implicit = config.task != "dpo" or str(spec.dpo.reference_model) == "implicit"
         if method in ("lora", "qlora"):
             if adapter_path is not None:
-                model = modeling.load_adapter(model, adapter_path, trainable=True, reference=implicit)
+                # TRL's DPOTrainer adds a frozen copy of this adapter named "ref" as the implicit reference
+                model = modeling.load_adapter(model, adapter_path, trainable=True)
             else:
                 model = modeling.add_adapter(model, spec.lora)
         elif adapter_path is not None:
