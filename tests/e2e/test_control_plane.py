@@ -408,7 +408,24 @@ def test_service_account_tokens(cluster: Cluster, namespace: str) -> None:
     )
     tok = cluster.kubectl("create", "token", "default", "-n", namespace, check=True).stdout.strip()
     assert tok.count(".") == 2  # a signed JWT
-    who = cluster.kubectl("auth", "whoami", "-o", "json", f"--token={tok}", check=True)
+    # a token-only client (no client certificate, which would win over the token)
+    who = subprocess.run(
+        [
+            str(cluster.kubectl_path),
+            "--kubeconfig=/dev/null",
+            f"--server={cluster.server}",
+            f"--certificate-authority={cluster.pki.ca_crt}",
+            f"--token={tok}",
+            "auth",
+            "whoami",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert who.returncode == 0, who.stderr
     assert json.loads(who.stdout)["status"]["userInfo"]["username"] == (
         f"system:serviceaccount:{namespace}:default"
     )

@@ -117,7 +117,8 @@ def finish_pod(
 
     The termination message goes to the target container (`container`, default the first)
     and is cut to 4096 bytes like the kubelet does. With wait=True, returns the pod once it
-    is terminal (Succeeded/Failed), or None once it is gone.
+    is terminal (Succeeded/Failed); for preempted/deleted, waits until the pod is gone (a Job
+    pod leaves once the Job controller has accounted for it) and returns None.
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
@@ -174,11 +175,11 @@ def finish_pod(
                 return None
             raise RuntimeError(proc.stderr.strip())
         obj: dict[str, Any] = json.loads(proc.stdout)
-        if obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+        if outcome in STAGE_OUTCOMES and obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             return obj
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"pod {namespace}/{pod} not terminal after {timeout}s: {obj.get('status', {}).get('phase')}"
+                f"pod {namespace}/{pod} not terminal/gone after {timeout}s: {obj.get('status', {}).get('phase')}"
             )
         time.sleep(0.2)
 
