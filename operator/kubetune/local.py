@@ -26,9 +26,10 @@ Secrets: locally a `secretKeyRef {name: N, key: K}` is read from the environment
 `KUBETUNE_SECRET_<N>_<K>` (upper case, non-alphanumerics as `_`), e.g. KUBETUNE_SECRET_JUDGE_API_KEY.
 
 Exit status: 0 when every job Succeeded; 3 when a job ended GateFailed (and none Failed on its own);
-1 when a job Failed (invalid spec, trainer failure, or DependencyFailed); 130 when interrupted.
-An output folder holding a finished run (a result.json) is cleared first; an interrupted one is
-resumed from its newest checkpoint.
+1 when a job Failed (invalid spec, trainer failure, or DependencyFailed); 130 when interrupted
+(Ctrl-C here, or the trainer stopped by a signal).
+An output folder holding a finished run (a result.json) is cleared first; an interrupted one
+(Ctrl-C, SIGTERM: the trainer saves a checkpoint) is resumed from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -350,7 +351,11 @@ class Runner:
         except ValueError as exc:
             return Outcome(lj.name, lj.kind, Phase.FAILED, Reason.INVALID_SPEC, str(exc))
         state = output / "kubetune"
-        if (state / "result.json").exists():
+        previous = _read_json(state / "result.json")
+        if previous is not None and previous.get("reason") == Reason.INTERRUPTED:
+            self.say(f"  output {output} holds an interrupted run; the trainer resumes from its newest checkpoint")
+            (state / "result.json").unlink()
+        elif previous is not None:
             self.say(f"  output {output} holds a finished run; starting afresh")
             shutil.rmtree(output)
         state.mkdir(parents=True, exist_ok=True)
@@ -511,8 +516,10 @@ def _tail(path: Path, lines: int) -> str:
 
 
 def overall_exit(outcomes: list[Outcome]) -> int:
-    """1 if a job Failed on its own; else 3 if one ended GateFailed; else 1 if one failed only
-    because its dependency did; else 0."""
+    """130 if a trainer was interrupted; 1 if a job Failed on its own; else 3 if one ended GateFailed;
+    else 1 if one failed only because its dependency did; else 0."""
+    if any(o.reason == Reason.INTERRUPTED for o in outcomes):
+        return EXIT_INTERRUPTED
     own_failure = any(o.phase == Phase.FAILED and o.reason != Reason.DEPENDENCY_FAILED for o in outcomes)
     if own_failure:
         return EXIT_FAILED

@@ -144,6 +144,36 @@ def test_exit_status_rules():
     assert overall_exit([gate, dep]) == 3  # the root cause is the gate
     assert overall_exit([ok, dep]) == 1
     assert overall_exit([gate, own]) == 1
+    assert overall_exit([Outcome("e", "FineTuneJob", "Failed", "Interrupted", ""), dep]) == 130
+
+
+def test_paths_and_secrets(tmp_path):
+    from kubetune.local import absolute_file_uri, local_path, order, secret_env_name
+
+    assert absolute_file_uri("file://data/x.jsonl", tmp_path) == f"file://{tmp_path}/data/x.jsonl"
+    assert absolute_file_uri("file:///abs/x", tmp_path) == "file:///abs/x"
+    assert absolute_file_uri("hf://org/model", tmp_path) == "hf://org/model"
+    assert local_path("file:///abs/x") == "/abs/x" and local_path("s3://b/k") == "s3://b/k"
+    assert secret_env_name("judge", "api-key") == "KUBETUNE_SECRET_JUDGE_API_KEY"
+    assert order([]) == []
+
+
+def test_interrupted_run_is_resumed_and_finished_one_replaced(workdir, tmp_path):
+    from kubetune.api.trainer_contract import PlanSummary
+    from kubetune.local import Runner, load_jobs
+
+    out = tmp_path / "o"
+    (out / "kubetune").mkdir(parents=True)
+    (out / "checkpoints").mkdir()
+    (out / "kubetune" / "result.json").write_text(json.dumps({"outcome": "failed", "reason": "Interrupted"}))
+    runner = Runner(out=io.StringIO(), err=io.StringIO(), python="false")  # `false`: the trainer fails at once
+    [lj], _ = load_jobs([manifest(workdir, "resume.yaml", ftj("tiny-resume", []))])
+    runner._train(lj.job, lj, output=out, promoted=None, referenced=None, adapter=None, plan=PlanSummary())
+    assert (out / "checkpoints").exists()  # kept for the trainer to resume from
+    assert "resumes from its newest checkpoint" in runner.out.getvalue()
+    (out / "kubetune" / "result.json").write_text(json.dumps({"outcome": "succeeded"}))
+    runner._train(lj.job, lj, output=out, promoted=None, referenced=None, adapter=None, plan=PlanSummary())
+    assert not (out / "checkpoints").exists()  # a finished run is replaced
 
 
 def test_invalid_manifest_fails_without_training(workdir):
