@@ -30,9 +30,12 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubect
 
 log() { echo "[cluster/build.sh $(date +%H:%M:%S)] $*" >&2; }
 
+# Bump when the way binaries are built changes (flags, sources): it invalidates warm caches.
+BUILD_RECIPE=1
+
 fingerprint() {
-  cat "$HERE/versions.env" "$HERE/go.mod" "$HERE/go.sum" "$HERE/build.sh" \
-    "$HERE/tools.go" "$HERE/cmd/etcd/main.go" | sha256sum | cut -d' ' -f1
+  { cat "$HERE/versions.env" "$HERE/go.mod" "$HERE/go.sum" "$HERE/tools.go" "$HERE/cmd/etcd/main.go"
+    echo "recipe=$BUILD_RECIPE"; } | sha256sum | cut -d' ' -f1
 }
 
 all_present() {
@@ -44,19 +47,6 @@ FP="$(fingerprint)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$FP" ]] && all_present; then
   echo "$BIN"
   exit 0
-fi
-
-mkdir -p "$BIN" "$ROOT/tmp"
-# One build at a time per cache entry (pytest-xdist workers, two shells, ...).
-exec 9>"$ROOT/.lock"
-flock 9
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$FP" ]] && all_present; then
-  echo "$BIN"
-  exit 0
-fi
-if [[ -f "$STAMP" ]]; then
-  log "inputs changed since the last build: rebuilding everything in $BIN"
-  rm -f "$STAMP" "${BINARIES[@]/#/$BIN/}"
 fi
 
 apt_install() {
@@ -73,6 +63,19 @@ command -v go >/dev/null || apt_install golang-go
 command -v npm >/dev/null || apt_install npm
 command -v flock >/dev/null || apt_install util-linux
 python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+
+mkdir -p "$BIN" "$ROOT/tmp"
+# One build at a time per cache entry (pytest-xdist workers, two shells, ...).
+exec 9>"$ROOT/.lock"
+flock 9
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$FP" ]] && all_present; then
+  echo "$BIN"
+  exit 0
+fi
+if [[ -f "$STAMP" ]]; then
+  log "inputs changed since the last build: rebuilding everything in $BIN"
+  rm -f "$STAMP" "${BINARIES[@]/#/$BIN/}"
+fi
 
 export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"     # go.mod says go 1.26.0: an older go fetches it
 export GOMODCACHE="$CACHE/go/mod"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,15 @@ def test_disruption_is_ignored_by_pod_failure_policy(cluster: Cluster, namespace
     finish_pod(cluster.kubeconfig, namespace, second, "succeeded", kubectl=cluster.kubectl_path)
     wait_until(lambda: job_condition(cluster, namespace, "disrupt", "Complete"), 30, "Job Complete")
     assert cluster.get("job", "disrupt", "-n", namespace)["status"].get("failed", 0) == 0
+
+
+def test_running_pods_stay_running_until_deleted(cluster: Cluster, namespace: str) -> None:
+    """Nothing finishes a pod by itself (kwok's default pod-complete stage is not used)."""
+    cluster.apply(pod("idle", namespace, gpu_pod_spec(1), {"app": "idle"}))
+    wait_for_pods(cluster.kubeconfig, namespace, "app=idle", "Running", kubectl=cluster.kubectl_path)
+    time.sleep(3)
+    assert cluster.get("pod", "idle", "-n", namespace)["status"]["phase"] == "Running"
+    assert finish_pod(cluster.kubeconfig, namespace, "idle", "deleted", kubectl=cluster.kubectl_path) is None
 
 
 def test_pods_can_finish_on_their_own(cluster: Cluster, namespace: str) -> None:
