@@ -45,7 +45,7 @@ def _safe_reconcile(key: Key, *, progress_only: bool = False) -> None:
         if exc.status in (409, 429) or exc.status >= 500:
             log.warning("%s %s/%s: API %s, retrying on the next resync", *key, exc.status)
         else:
-            log.error("%s %s/%s: API error %s: %s", *key, exc.status, exc.reason)
+            log.error("%s %s/%s: API error %s: %s %s", *key, exc.status, exc.reason, str(exc.body)[:2000])
     except Exception:
         log.exception("%s %s/%s: reconcile failed; retrying on the next resync", *key)
 

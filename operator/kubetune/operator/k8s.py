@@ -72,7 +72,7 @@ def request(method: str, path: str, body: Any = None, *, resource: str,
         method, path, header_params={"Accept": "application/json", "Content-Type": content_type},
         auth_settings=["BearerToken"])
     resp = api.rest_client.request(method, url, headers=headers,
-                                   body=json.dumps(body) if body is not None else None, _request_timeout=30)
+                                   body=body, _request_timeout=30)
     resp.read()
     if not 200 <= resp.status < 300:
         raise ApiException(status=resp.status, reason=resp.reason, body=resp.data)
