@@ -105,6 +105,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands whose own module parses their arguments (one parser each, no second copy here).
+_DELEGATED = {
+    "check-data": "check the data preflight alone: format errors by line, too little data, PII, duplicates; exit 0 ok, 1 not",
+    "dev": "developer tools: `kubetune dev cluster up|down|logs [--dir DIR]` runs a local control plane with kwok GPU nodes",
+}
+
+
+def _delegate(argv: list[str]) -> int:
+    if argv[0] == "check-data":
+        from kubetune.data.cli import check_data_main
+
+        return check_data_main(argv[1:])
+    if argv[1:2] == ["cluster"]:
+        from kubetune.devcluster.cli import main as devcluster_main
+
+        return devcluster_main(argv[2:])
+    print("usage: kubetune dev cluster {up|down|logs} [--dir DIR]", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tune LLMs on Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_operator_parser(sub)
 
+    for name, help_text in _DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+
     p = sub.add_parser("crds", help="print the CRD YAML generated from the API models")
     p.add_argument("--out", help="write one file per kind into this folder instead")
     p.set_defaults(func=_cmd_crds)
@@ -148,9 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in _DELEGATED:
+            return _delegate(argv)
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
