@@ -9,7 +9,9 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-import celpy  # type: ignore[import-untyped]
+import celpy
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 
 from kubetune.api.problems import Problem, format_path
 
@@ -48,14 +50,14 @@ def cel_problems(schema: dict[str, Any], obj: dict[str, Any], old: dict[str, Any
         transition = "oldSelf" in rule["rule"]
         if transition and old_value is None:
             continue  # the API server runs transition rules on updates only
-        activation = {"self": celpy.json_to_cel(value)}
+        activation = {"self": json_to_cel(value)}
         if transition:
-            activation["oldSelf"] = celpy.json_to_cel(old_value)
+            activation["oldSelf"] = json_to_cel(old_value)
         try:
             result = _program(rule["rule"]).evaluate(activation)
         except Exception as exc:  # a rule that cannot evaluate is a failed rule, as in the API server
             problems.append(Problem(_field_path(path, rule.get("fieldPath")), f"{rule['message']} ({exc})"))
             continue
-        if isinstance(result, celpy.CELEvalError) or not bool(result):
+        if isinstance(result, CELEvalError) or not bool(result):
             problems.append(Problem(_field_path(path, rule.get("fieldPath")), rule["message"]))
     return problems

@@ -67,7 +67,8 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
 
 def openapi_schema(model: type[Any]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return _resolve(raw, raw.get("$defs", {}))
+    resolved: dict[str, Any] = _resolve(raw, raw.get("$defs", {}))
+    return resolved
 
 
 def _printer_columns(kind: str) -> list[dict[str, Any]]:

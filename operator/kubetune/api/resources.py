@@ -4,7 +4,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kubetune.api.constants import API_VERSION
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.status import JobStatus
 
@@ -27,7 +26,7 @@ class FineTuneJob(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    api_version: Literal["kubetune.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(default="kubetune.io/v1alpha1", alias="apiVersion")
     kind: Literal["FineTuneJob"] = "FineTuneJob"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: FineTuneJobSpec
@@ -39,7 +38,7 @@ class PreferenceAlignment(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    api_version: Literal["kubetune.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(default="kubetune.io/v1alpha1", alias="apiVersion")
     kind: Literal["PreferenceAlignment"] = "PreferenceAlignment"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: PreferenceAlignmentSpec

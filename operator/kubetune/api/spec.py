@@ -6,9 +6,10 @@ rest by the admission webhook (kubetune.api.semantics). Defaults that depend on 
 filled in by kubetune.api.defaults (and the mutating webhook), not by the schema.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
+from pydantic.config import JsonDict
 
 from kubetune.api.base import KubeModel, cel
 from kubetune.api.enums import (
@@ -40,7 +41,12 @@ Uri = Annotated[str, Field(min_length=1, max_length=URI, pattern=URI_PATTERN)]
 
 # Blocks whose every field is optional get `default: {}` so the API server fills nested defaults
 # even when the block is left out (quantization and lora must not: CEL forbids them per method).
-EMPTY_DEFAULT = {"default": {}}
+EMPTY_DEFAULT: JsonDict = {"default": {}}
+
+
+def validations(*rules: dict[str, str]) -> JsonDict:
+    """`x-kubernetes-validations` for a model's json_schema_extra."""
+    return {"x-kubernetes-validations": cast(Any, list(rules))}
 
 
 class SecretKeyRef(KubeModel):
@@ -87,7 +93,7 @@ class LoraConfig(KubeModel):
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input, in [0, 1).")
     target_modules: list[Annotated[str, Field(min_length=1, max_length=SHORT)]] = Field(
         default_factory=lambda: ["all-linear"], min_length=1, max_length=64,
-        json_schema_extra={"default": ["all-linear"]},
+        json_schema_extra={"default": cast(Any, ["all-linear"])},
         description="Module names to adapt, e.g. [q_proj, v_proj]; all-linear adapts every linear layer but lm_head.")
 
 
@@ -208,11 +214,11 @@ _GATE_NEEDS = {
 class Evaluation(KubeModel):
     """What is measured after training and which gates decide promotion."""
 
-    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+    model_config = ConfigDict(json_schema_extra=validations(*(
         cel(f"!has(self.gates) || self.gates.all(g, g.metric != '{metric}' || has(self.{needs}))",
             f"a gate on {metric} needs spec.evaluation.{needs}", ".gates")
         for metric, needs in _GATE_NEEDS.items()
-    ]}}
+    )))
 
     golden_dataset: GoldenDataset | None = Field(default=None, description="Golden set for golden.accuracy.")
     safety_dataset: UriRef | None = Field(default=None, description=(
@@ -287,11 +293,11 @@ _COMMON_FIELDS = ["quantization", "lora", "training", "resources", "evaluation",
 class FineTuneJobSpec(_CommonSpec):
     """Supervised fine-tuning of a base model on instruction, chat or prompt-completion data."""
 
-    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+    model_config = ConfigDict(json_schema_extra=validations(
         cel("!has(self.quantization) || self.method == 'qlora'", "is only allowed with method qlora", ".quantization"),
         cel("!has(self.lora) || self.method in ['lora', 'qlora']", "is only allowed with method lora or qlora", ".lora"),
         *_immutable_rules(["baseModel", "method", "dataset", *_COMMON_FIELDS]),
-    ]}}
+    ))
 
     base_model: BaseModelSource = Field(description="The pretrained model to fine-tune.")
     method: Method = Field(description="qlora (4/8-bit base + LoRA), lora (16-bit base + LoRA) or full (all weights).")
@@ -301,7 +307,7 @@ class FineTuneJobSpec(_CommonSpec):
 class PreferenceAlignmentSpec(_CommonSpec):
     """Preference alignment (DPO), usually chained on a FineTuneJob's adapter."""
 
-    model_config = {"json_schema_extra": {"x-kubernetes-validations": [
+    model_config = ConfigDict(json_schema_extra=validations(
         cel("has(self.fineTuneJobRef) != has(self.baseModel)", "exactly one of spec.fineTuneJobRef or spec.baseModel must be set"),
         cel("!has(self.adapter) || has(self.baseModel)", "goes with spec.baseModel (a fineTuneJobRef brings its own adapter)", ".adapter"),
         cel("!has(self.fineTuneJobRef) || (!has(self.tuning) && !has(self.quantization) && !has(self.lora))",
@@ -309,7 +315,7 @@ class PreferenceAlignmentSpec(_CommonSpec):
         cel("!has(self.quantization) || !has(self.tuning) || self.tuning == 'qlora'", "is only allowed with tuning qlora", ".quantization"),
         cel("!has(self.lora) || !has(self.tuning) || self.tuning in ['lora', 'qlora']", "is only allowed with tuning lora or qlora", ".lora"),
         *_immutable_rules(["fineTuneJobRef", "baseModel", "adapter", "method", "tuning", "dpo", "dataset", *_COMMON_FIELDS]),
-    ]}}
+    ))
 
     fine_tune_job_ref: JobRef | None = Field(default=None, description=(
         "Start from this FineTuneJob's adapter (same namespace); waits until it Succeeded with gates passed."))

@@ -2,7 +2,7 @@
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from kubetune.api.base import KubeModel
 from kubetune.api.enums import Phase
@@ -62,7 +62,7 @@ class DataSummary(KubeModel):
 class JobStatus(KubeModel):
     """Status of a FineTuneJob or PreferenceAlignment."""
 
-    model_config = {"extra": "ignore"}
+    model_config = ConfigDict(extra="ignore")
 
     phase: Phase | None = Field(default=None, description="Pending, Validating, Waiting, Queued, Running, Evaluating, Succeeded, GateFailed, Failed or Suspended.")
     conditions: list[Condition] = Field(default_factory=list, description="Conditions keyed by type; Ready is what `kubectl wait` uses.",

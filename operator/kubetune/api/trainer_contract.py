@@ -89,7 +89,7 @@ class SecretEnv(KubeModel):
 
 
 class TrainerConfig(KubeModel):
-    api_version: Literal["kubetune.io/trainer-config/v1"] = Field(default=CONFIG_API_VERSION, alias="apiVersion")
+    api_version: Literal["kubetune.io/trainer-config/v1"] = Field(default="kubetune.io/trainer-config/v1", alias="apiVersion")
     job: JobIdentity
     task: Task
     spec: dict[str, Any] = Field(description="The resolved spec (kubetune.api.defaults.resolve) in wire form.")
@@ -118,7 +118,7 @@ class ProgressReport(Progress):
 
 
 class TrainerResult(KubeModel):
-    api_version: Literal["kubetune.io/trainer-result/v1"] = Field(default=RESULT_API_VERSION, alias="apiVersion")
+    api_version: Literal["kubetune.io/trainer-result/v1"] = Field(default="kubetune.io/trainer-result/v1", alias="apiVersion")
     outcome: Literal["succeeded", "failed"]
     reason: str | None = None  # a kubetune.api.enums.Reason value when failed
     message: str | None = None

@@ -23,7 +23,8 @@ def plan_request(
                 f"the base model comes from FineTuneJob {name!r}, which is not available to plan with",
                 field="spec.fineTuneJobRef.name",
             )
-    spec: FineTuneJobSpec | PreferenceAlignmentSpec = resolve(job.spec, referenced)
+    spec: FineTuneJobSpec | PreferenceAlignmentSpec = (
+        resolve(job.spec, referenced) if isinstance(job.spec, PreferenceAlignmentSpec) else resolve(job.spec))
     method = tuning_method(spec, referenced)
     assert spec.base_model is not None  # resolve() fills it from the referenced job
     t = spec.training
@@ -34,7 +35,7 @@ def plan_request(
         model=spec.base_model.uri,
         architecture=spec.base_model.architecture,
         kind="dpo" if dpo else "sft",
-        method=method.value,  # type: ignore[arg-type]
+        method=method.value,
         quantization_bits=q.bits if q else 4,
         quantization_type=q.type if q else "nf4",  # type: ignore[arg-type]
         double_quant=q.double_quant if q else True,
