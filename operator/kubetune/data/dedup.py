@@ -3,9 +3,9 @@
 - ``exact``: the canonical content (format fields in a fixed order, extra keys ignored) is equal.
 - ``normalized``: equal after Unicode NFKC, case folding and collapsing whitespace.
 
-Memory: one 8-byte slot per distinct example in a flat open-addressing table (:class:`HashSet`),
-about 12 bytes per example at the load factor used, whatever the example size: 1 M examples is
-~13 MB. A 64-bit hash collision (two different examples taken as duplicates) has odds of about
+Memory: two flat open-addressing tables (:class:`HashSet`) of 8-byte slots, one for exact and one
+for normalized hashes: ~32-48 bytes per example with table slack and the copy made while a table
+doubles (~40 MiB per million examples, measured), whatever the example size. A 64-bit hash collision (two different examples taken as duplicates) has odds of about
 n²/2⁶⁵: ~3·10⁻⁸ for a million examples. Near-duplicates are not detected (yet).
 """
 

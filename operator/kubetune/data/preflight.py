@@ -1,8 +1,8 @@
 """One streaming pass over a dataset: validate, redact/reject PII, dedup, measure, split, report.
 
 Memory does not grow with the size of the examples: records are read one at a time and outputs are
-written as they go; what grows with the *number* of examples is two 8-byte hash slots each (dedup)
-and a length histogram.
+written as they go; what grows with the *number* of examples is the dedup hash tables (~40 MiB per
+million examples) and a length histogram (one counter per distinct length).
 
 Outputs (``redact_out``, ``train_out``, ``validation_out``) are written to ``<name>.partial`` and
 renamed only when the report is ok; when not ok they are removed, so a half-checked file is never
