@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import dpo_manifest, instruction_records, make_config, preference_records, sft_manifest, write_jsonl
+from conftest import (
+    dpo_manifest,
+    instruction_records,
+    make_config,
+    preference_records,
+    sft_manifest,
+    write_jsonl,
+)
 from safetensors.torch import load_file
 
 from kubetune_trainer.run import run

@@ -241,6 +241,7 @@ def _evaluate(ctx: Any, validation_path: Path | None, load_base: Any, details: d
     model = ctx.model
     base = base_access_for(model, load_base, quantized=ctx.method == "qlora")
     model.eval()
+    model.config.use_cache = True  # off for training; generation wants the KV cache
     report = evaluate_model(model, ctx.tokenizer, config=config,
                             validation_path=str(validation_path) if validation_path else None, base=base, log=ctx.log)
     details["evaluation"] = report.details
