@@ -35,8 +35,10 @@ def free_port() -> int:
 class OperatorProcess:
     """`python -m kopf run -m kubetune.operator.main --all-namespaces --standalone`."""
 
-    def __init__(self, cluster: Cluster, log_dir: Path, *, webhook: bool = False, **env: str) -> None:
+    def __init__(self, cluster: Cluster, log_dir: Path, *, webhook: bool = False,
+                 namespaces: tuple[str, ...] = (), **env: str) -> None:
         self.cluster = cluster
+        self.scope = [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
         self.log_dir = log_dir
         self.metrics_port = free_port()
         self.webhook_port = free_port()
@@ -60,7 +62,7 @@ class OperatorProcess:
         self.starts += 1
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "-m", "kubetune.operator.main", "--all-namespaces",
+            [sys.executable, "-m", "kopf", "run", "-m", "kubetune.operator.main", *self.scope,
              "--standalone", "--log-format=plain"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
         wait_until(self._metrics_up, timeout=60, what="operator /metrics")
