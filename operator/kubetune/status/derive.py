@@ -225,7 +225,8 @@ def _pod_failure(pod: Mapping[str, Any], verdict: Verdict) -> tuple[str, str]:
     if code is not None:
         text = (term.get("message") or "").strip()
         msg = f"the trainer exited with code {code} in pod {name}" + (f": {text}" if text else "")
-        return reason_for(int(code)), msg
+        reason = reason_for(int(code))
+        return reason, msg + (_oom_advice(verdict) if reason == Reason.OUT_OF_MEMORY else "")
     status = pod.get("status") or {}
     return Reason.TRAINER_ERROR, f"pod {name} failed: {status.get('reason') or ''} {status.get('message') or ''}".strip()
 

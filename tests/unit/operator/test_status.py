@@ -185,7 +185,7 @@ def test_permanent_trainer_failure_from_pod_failure_policy() -> None:
 
 
 def test_exit_code_alone_maps_to_a_reason() -> None:
-    p = pod(phase="Failed", state=terminated(4, "Error", "loss became NaN at step 37"))
+    p = pod(phase="Failed", state=terminated(5, "Error", "loss became NaN at step 37"))
     j = job(conditions=[jcond("Failed", "PodFailurePolicy")])
     s = derive(job=j, pods=[p]).status
     assert (s["phase"], s["reason"]) == ("Failed", "Diverged")
@@ -281,3 +281,17 @@ def test_events_for_phase_changes() -> None:
     assert e.type == "Warning" and e.reason == "OutOfMemory" and len(e.message) <= 1024
     (e,) = events_for(None, {"phase": "Validating", "reason": "Validated"})
     assert e.message.startswith("New → Validating")
+
+
+def test_exit_codes_follow_the_trainer_contract() -> None:
+    from kubetune.api.exit_codes import PERMANENT_EXIT_CODES, reason_for
+    from kubetune.api.trainer_contract import EXIT_CODES, EXIT_USAGE
+
+    for reason in ("DataInvalid", "InsufficientData", "ModelUnavailable", "Diverged", "OutOfMemory"):
+        assert EXIT_CODES[reason] in PERMANENT_EXIT_CODES
+    assert EXIT_USAGE in PERMANENT_EXIT_CODES
+    assert EXIT_CODES["TrainerError"] not in PERMANENT_EXIT_CODES
+    assert EXIT_CODES["Interrupted"] not in PERMANENT_EXIT_CODES
+    assert reason_for(EXIT_CODES["Diverged"]) == "Diverged"
+    assert reason_for(EXIT_CODES["InsufficientData"]) == "DataInvalid"
+    assert reason_for(99) == "TrainerError"
