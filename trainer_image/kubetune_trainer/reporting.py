@@ -231,14 +231,16 @@ class Reporter:
         self._last_log = 0.0
         self._last_line: str | None = None
         self.metrics: Metrics | None = None
-        if config.report.metrics_port:
+        # Under torchrun only global rank 0 reports progress (every rank writes its own result).
+        self.main_rank = os.environ.get("RANK", "0") in ("", "0")
+        if config.report.metrics_port and self.main_rank:
             try:
                 self.metrics = Metrics(config.report.metrics_port,
                                        {"job": config.job.name, "namespace": config.job.namespace, "kind": config.job.kind})
             except OSError as e:
                 log(f"warning: cannot serve metrics on port {config.report.metrics_port}: {e}")
         self.pump: _AnnotationPump | None = None
-        if config.report.pod_annotations:
+        if config.report.pod_annotations and self.main_rank:
             annotator = annotator or PodAnnotator.from_env()
             if annotator is None:
                 log("warning: report.podAnnotations is on but POD_NAME/POD_NAMESPACE or the API server are unknown")
@@ -261,7 +263,7 @@ class Reporter:
         now = time.monotonic()
         if self.metrics is not None:
             self.metrics.update(p)
-        if force or now - self._last_file >= FILE_INTERVAL_S:
+        if self.main_rank and (force or now - self._last_file >= FILE_INTERVAL_S):
             self._last_file = now
             try:
                 write_atomic(self.progress_path, p.to_json() if hasattr(p, "to_json") else self._json(p))
@@ -287,6 +289,8 @@ class Reporter:
     def finish(self, result: TrainerResult) -> None:
         """Write the final result: full JSON on the output volume, compact in the termination log."""
         result.progress = result.progress or self.progress.model_copy()
+        if not self.main_rank:
+            self.result_path = self.dir / f"result-rank{os.environ.get('RANK')}.json"
         try:
             write_atomic(self.result_path, json.dumps(json.loads(result.to_json()), indent=2, sort_keys=True) + "\n")
         except OSError as e:

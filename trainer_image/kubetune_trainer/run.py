@@ -171,6 +171,10 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         card = model_card(config=config, spec=spec, method=method, data=data_summary, metrics=metrics,
                           adapter_from=config.sources.adapter)
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        trainer.accelerator.wait_for_everyone()
+        if not trainer.accelerator.is_main_process:  # torchrun: rank 0 writes the artifact
+            raise _WorkerDone(TrainerResult(outcome="succeeded", reason=Reason.SUCCEEDED,
+                                            message="worker rank finished", metrics=metrics))
         artifact = export(model=unwrapped, tokenizer=tokenizer, output=output, method=method, card=card,
                           extra={"job": config.job.model_dump(mode="json"), "method": method, "metrics": metrics,
                                  "baseModel": config.sources.model})
@@ -186,7 +190,9 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
                                metrics=metrics, data=data_summary, artifact=str(artifact),
                                merged=str(merged) if merged else None, details=details)
         reporter.update(stage="done", force=True)
-    except BaseException as e:
+    except _WorkerDone as done:
+        result = done.result
+    except BaseException as e:  # every ending becomes a result
         step = reporter.progress.step
         failure = classify(e, config.plan, step)
         if not isinstance(e, TrainerFailure):
@@ -200,6 +206,12 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
     reporter.close()
     stop.uninstall()
     return result
+
+
+class _WorkerDone(Exception):
+    def __init__(self, result: TrainerResult) -> None:
+        super().__init__("worker done")
+        self.result = result
 
 
 def _train_metrics(trainer: Any, out: Any) -> dict[str, float]:
