@@ -247,7 +247,7 @@ def prompt_text(record: dict[str, Any], fmt: Format) -> str:
     """
     if fmt is Format.INSTRUCTION:
         extra = record.get("input", "")
-        return record["instruction"] + (_FIELD + extra if extra else "")
+        return str(record["instruction"]) + (_FIELD + extra if extra else "")
     if fmt is Format.CHAT:
         msgs = record["messages"]
         last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=-1)

@@ -83,8 +83,8 @@ def _open(path: Path) -> io.BufferedReader:
     head = raw.read(2)
     raw.seek(0)
     if head == b"\x1f\x8b":
-        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=_CHUNK)  # type: ignore[arg-type]
-    return io.BufferedReader(raw, buffer_size=_CHUNK)  # type: ignore[arg-type]
+        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=_CHUNK)
+    return io.BufferedReader(raw, buffer_size=_CHUNK)
 
 
 def _sniff(stream: io.BufferedReader) -> bytes:

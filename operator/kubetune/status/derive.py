@@ -98,7 +98,7 @@ def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
         return None
     state = cs.get("state") or {}
     term = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
-    return term  # type: ignore[no-any-return]
+    return term
 
 
 def _waiting(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
