@@ -248,3 +248,47 @@ def test_one_job_per_cr_across_operator_sigkills(cluster: Cluster, operator: Ope
     assert sorted(owners) == sorted(f"j{i}" for i in range(n))  # exactly one Job per CR
     for i in range(n):
         wait_phase(cluster, "FineTuneJob", namespace, f"j{i}", "Succeeded", "GateFailed", "Failed", timeout=60)
+
+
+def _claim(cluster: Cluster, namespace: str, name: str) -> None:
+    """A bound PersistentVolumeClaim for the example's pvc:// sources (the scheduler waits for it)."""
+    pv = f"{namespace}-{name}"
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "1Ti"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                  "hostPath": {"path": f"/tmp/{pv}"}, "persistentVolumeReclaimPolicy": "Retain"}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                  "resources": {"requests": {"storage": "1Ti"}}}},
+    )
+
+
+def test_kubectl_apply_the_examples(cluster: Cluster, operator: OperatorProcess) -> None:
+    """`kubectl apply -f examples/...` as a user would: the 70B QLoRA job gets its ConfigMap and Job,
+    its pod lands on an 80 GB GPU, and the chained DPO waits for it, then runs on its adapter."""
+    ns = "clinical-ai"  # the namespace the examples name
+    cluster.kubectl("create", "namespace", ns)
+    for claim in ("triage-data", "triage-models"):
+        _claim(cluster, ns, claim)
+    out = cluster.kubectl("apply", "-f", str(REPO / "examples" / "llama3-70b-qlora-triage.yaml"),
+                          "-f", str(REPO / "examples" / "triage-dpo.yaml"), check=True).stdout
+    assert "finetunejob.kubetune.io/triage-llama3-70b created" in out
+    obj = wait_phase(cluster, "FineTuneJob", ns, "triage-llama3-70b", "Queued", "Running")
+    assert obj["status"]["plan"]["fits"] is True
+    kids = children(cluster, ns, "triage-llama3-70b")
+    assert len(kids["jobs"]) == 1 and len(kids["configmaps"]) == 1
+    (pod,) = trainer_pods(cluster, ns, "triage-llama3-70b")
+    assert pod["spec"]["nodeName"] in {"kwok-h100-0", "kwok-h100-1"}
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"triage-data", "triage-models"}
+    dpo = wait_phase(cluster, "PreferenceAlignment", ns, "triage-llama3-70b-dpo", "Waiting")
+    assert cond(dpo, "DependencyReady")["status"] == "False"
+
+    metrics = {"golden.accuracy": 0.86, "safety.refusal_rate": 0.97, "forgetting.perplexity_increase": 0.08}
+    finish(cluster, ns, pod["metadata"]["name"], "succeeded",
+           result=TrainerResult(outcome="succeeded", metrics=metrics, artifact="/output/adapter"))
+    wait_phase(cluster, "FineTuneJob", ns, "triage-llama3-70b", "Succeeded")
+    wait_phase(cluster, "PreferenceAlignment", ns, "triage-llama3-70b-dpo", "Queued", "Running")
+    (dpo_pod,) = trainer_pods(cluster, ns, "triage-llama3-70b-dpo")
+    assert dpo_pod["spec"]["nodeName"] in {"kwok-h100-0", "kwok-h100-1"}
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
