@@ -85,6 +85,14 @@ def bare(model: str, steps: int, seq: int, out: str, plain: bool) -> None:
 
 
 def run_kubetune(model: str, steps: int, seq: int, work: Path, env: dict) -> tuple[float, float]:
+    cmd, result_path = kubetune_cmd(model, steps, seq, work)
+    t0 = time.monotonic()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.monotonic() - t0
+    return wall, json.loads(result_path.read_text())["metrics"]["train.seconds"]
+
+
+def kubetune_cmd(model: str, steps: int, seq: int, work: Path) -> tuple[list[str], Path]:
     from kubetune.api.resources import parse_resource
     from kubetune.api.trainer_contract import ReportChannel, Sources
     from kubetune.render.trainer_config import build_trainer_config
@@ -94,21 +102,41 @@ def run_kubetune(model: str, steps: int, seq: int, work: Path, env: dict) -> tup
         model=model, dataset=str(DATA), output=str(out)), report=ReportChannel(), device="cpu")
     path = work / "config.json"
     path.write_text(config.to_json())
-    t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "kubetune_trainer", "--config", str(path)], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.monotonic() - t0
-    result = json.loads((out / "kubetune" / "result.json").read_text())
-    return wall, result["metrics"]["train.seconds"]
+    return [sys.executable, "-m", "kubetune_trainer", "--config", str(path)], out / "kubetune" / "result.json"
+
+
+def bare_cmd(model: str, steps: int, seq: int, work: Path, plain: bool) -> list[str]:
+    return [sys.executable, __file__, "--bare", "--plain" if plain else "--trl", "--model-path", model,
+            "--steps", str(steps), "--seq", str(seq), "--out", str(work / ("plain" if plain else "bare"))]
 
 
 def run_bare(model: str, steps: int, seq: int, work: Path, env: dict, plain: bool) -> tuple[float, float]:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, __file__, "--bare", "--plain" if plain else "--trl", "--model-path", model,
-                           "--steps", str(steps), "--seq", str(seq), "--out", str(work / ("plain" if plain else "bare"))],
-                          env=env, check=True, capture_output=True, text=True)
+    proc = subprocess.run(bare_cmd(model, steps, seq, work, plain), env=env, check=True, capture_output=True, text=True)
     wall = time.monotonic() - t0
     return wall, json.loads(proc.stdout.strip().splitlines()[-1])["train_runtime"]
+
+
+def run_pair_concurrently(model: str, steps: int, seq: int, work: Path, env: dict) -> dict[str, float]:
+    """Both at once, so both see the same machine load (a shared CI box drifts minute to minute)."""
+    k_cmd, k_result = kubetune_cmd(model, steps, seq, work)
+    t0 = time.monotonic()
+    k = subprocess.Popen(k_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    b = subprocess.Popen(bare_cmd(model, steps, seq, work, False), env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    walls: dict[str, float] = {}
+    b_out = ""
+    while len(walls) < 2:
+        if "kubetune_wall" not in walls and k.poll() is not None:
+            walls["kubetune_wall"] = time.monotonic() - t0
+        if "bare_wall" not in walls and b.poll() is not None:
+            walls["bare_wall"] = time.monotonic() - t0
+            b_out = b.stdout.read() if b.stdout else ""
+        time.sleep(0.05)
+    if k.returncode or b.returncode:
+        raise RuntimeError(f"a side failed: kubetune {k.returncode}, bare {b.returncode}")
+    return {**walls, "kubetune_train": json.loads(k_result.read_text())["metrics"]["train.seconds"],
+            "bare_train": json.loads(b_out.strip().splitlines()[-1])["train_runtime"]}
 
 
 def main() -> int:
@@ -119,6 +147,8 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-plain", action="store_true", help="skip the plain causal-LM loss variant")
+    p.add_argument("--concurrent", action="store_true",
+                   help="run each kubetune/bare pair at the same time (same load on a shared machine); implies --no-plain")
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--trl", action="store_true", help=argparse.SUPPRESS)
@@ -145,7 +175,16 @@ def main() -> int:
 
             model = str(build_tiny_llama(Path(tmp) / "tiny"))
         rows: list[dict[str, float]] = []
+        if a.concurrent:
+            a.no_plain = True
         for i in range(a.runs):
+            if a.concurrent:
+                work = Path(tmp) / f"run{i}"
+                work.mkdir()
+                rows.append(run_pair_concurrently(model, a.steps, a.seq, work, env))
+                print(f"run {i + 1}/{a.runs}: " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(rows[-1].items())),
+                      flush=True)
+                continue
             order = ["kubetune", "bare"] if i % 2 == 0 else ["bare", "kubetune"]
             if not a.no_plain:
                 order.append("plain")
@@ -169,9 +208,13 @@ def main() -> int:
     lines = [
         "# Trainer overhead: kubetune trainer vs a bare TRL script (CPU)",
         "",
-        f"`python benchmarks/trainer_overhead.py --model {a.model} --steps {a.steps} --seq {a.seq} --runs {a.runs}`"
-        f" — QLoRA (NF4, double quant) r16 all-linear, batch 4, {a.threads} threads, fresh processes, "
-        "alternating order. Machine: shared CPU (other jobs running), so look at the ratios more than the seconds.",
+        f"`python benchmarks/trainer_overhead.py --model {a.model} --steps {a.steps} --seq {a.seq} --runs {a.runs}"
+        + (" --concurrent" if a.concurrent else "") +
+        f"` — QLoRA (NF4, double quant) r16 all-linear, batch 4, {a.threads} threads, fresh processes, "
+        + ("each pair run at the same time" if a.concurrent else "alternating order")
+        + ". Machine: shared 2-core CPU (other jobs running), so look at the ratios more than the seconds. "
+        "The kubetune side also runs the data preflight, writes progress.json, a final full checkpoint "
+        "(optimizer state, for resume), the model card and result.json; the bare side saves only the adapter.",
         "",
         "| | kubetune | bare TRL | ratio (median of per-run ratios) |",
         "|---|---|---|---|",

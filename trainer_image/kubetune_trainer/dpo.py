@@ -2,9 +2,9 @@
 
 The policy is a base model with a new adapter, a base model continuing an existing adapter (a
 FineTuneJob's artifact, ``sources.adapter``), or a full model. The reference is implicit by
-default: for a new adapter, the policy with the adapter disabled (the base); when continuing an
-adapter, a frozen copy of that adapter loaded as "ref" (the SFT policy) — no second copy of the
-base weights either way. ``dpo.referenceModel: base`` loads a second copy explicitly.
+default: TRL copies the starting adapter into a frozen "ref" adapter — for a new adapter that is
+the base itself (LoRA B starts at zero), when continuing an adapter it is the SFT policy — so no
+second copy of the base weights is loaded. ``dpo.referenceModel: base`` loads a second copy explicitly.
 """
 
 from __future__ import annotations
