@@ -171,3 +171,44 @@ def test_judge_score_from_a_local_chat_completions_server(peft_model, tiny, sets
     assert report.metrics["judge.score"] == 6.0
     assert len(seen) == 6 and set(seen) == {"Bearer sk-local"}  # 4 golden + 2 safety
     assert report.details["judge"]["scored"] == 6
+
+
+def test_dequantized_cpu_linears_match_the_4bit_forward(tiny, tmp_path):
+    """The evaluation speed-up for QLoRA on CPU computes exactly what the 4-bit layers compute."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from kubetune_trainer.evaluate import dequantized_cpu_linears
+
+    folder = build_tiny_llama(tmp_path / "tiny4")
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=q, device_map={"": "cpu"},
+                                                 dtype=torch.float32)
+    try:
+        from kubetune_trainer.bnb_guard import guard_bnb_cpu_repack
+
+        guard_bnb_cpu_repack(model)
+    except ImportError:
+        pass
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    lora.eval()
+    ids = torch.tensor([[1, 5, 9, 30, 70, 2]])
+    with torch.no_grad():
+        slow = lora(input_ids=ids).logits
+        with dequantized_cpu_linears(lora) as n:
+            fast = lora(input_ids=ids).logits
+            with lora.disable_adapter():
+                fast_base = lora(input_ids=ids).logits
+        with lora.disable_adapter():
+            slow_base = lora(input_ids=ids).logits
+        again = lora(input_ids=ids).logits
+    assert n == 2 * 7  # 2 layers × (q, k, v, o, gate, up, down)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_base, slow_base, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(fast, fast_base)  # the adapter still counts
+    torch.testing.assert_close(again, slow)  # restored

@@ -31,6 +31,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,9 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
             for batch in _batches(texts, batch_size):
                 enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
                           add_special_tokens=False).to(device)
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                # use_cache: training turns the KV cache off in the model config; without it every new
+                # token recomputes the whole sequence (~10x slower for 24 tokens)
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
                 new = out[:, enc["input_ids"].shape[1]:]
                 outputs += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
@@ -212,6 +215,43 @@ def mean_nll(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], *, max_le
     return (total / count if count else math.nan), count
 
 
+@contextmanager
+def dequantized_cpu_linears(model: Any) -> Iterator[int]:
+    """On CPU, bitsandbytes' Linear4bit dequantizes its whole weight in every forward (its packed
+    inference layout is off on purpose: kubetune_trainer.bnb_guard), and evaluation runs hundreds of
+    forwards. For the duration, each 4-bit weight is dequantized once and multiplied directly: the
+    same values the 4-bit forward uses (the adapter still sits on the quantized base it was trained
+    on), at plain-matmul speed. Yields how many layers were switched; a no-op without CPU 4-bit layers."""
+    try:
+        import bitsandbytes as bnb
+        import torch
+        from bitsandbytes.functional import dequantize_4bit
+    except ImportError:
+        yield 0
+        return
+    patched = []
+    try:
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            state = getattr(weight, "quant_state", None)
+            if (not isinstance(module, bnb.nn.Linear4bit) or weight is None or weight.device.type != "cpu"
+                    or state is None or getattr(state, "packing_format_for_cpu", False)):
+                continue
+            dtype = module.compute_dtype or torch.float32
+            w = dequantize_4bit(weight.data, state).to(dtype)
+            b = None if module.bias is None else module.bias.detach().to(dtype)
+
+            def forward(x: Any, w: Any = w, b: Any = b) -> Any:
+                return torch.nn.functional.linear(x.to(w.dtype), w, b).to(x.dtype)
+
+            module.forward = forward  # an instance attribute shadows Linear4bit.forward
+            patched.append(module)
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
+
+
 def _answer_pairs(tokenizer: Any, examples: Iterable[Example]) -> list[tuple[str, str]]:
     """(rendered prompt, answer + end-of-turn) for loss on assistant tokens only."""
     eos = tokenizer.eos_token or ""
@@ -246,6 +286,7 @@ def evaluate_model(model: Any, tokenizer: Any, *, config: TrainerConfig, validat
             return fn()
         finally:
             timings[name] = round(timings.get(name, 0.0) + time.monotonic() - t0, 3)
+            _say(log, f"evaluation: {name} done in {time.monotonic() - t0:.1f}s")
 
     # What to run on each model: the same list, once tuned, once base.
     golden = [e for e in (to_example(r) for r in read_jsonl(sources.golden)) if e and e.answer is not None] \
@@ -280,10 +321,13 @@ def evaluate_model(model: Any, tokenizer: Any, *, config: TrainerConfig, validat
                 m, tokenizer, _answer_pairs(tokenizer, validation), max_length=max_len)[0])
         return out
 
-    tuned = measure(model, "tuned")
-    _say(log, f"evaluated the tuned model in {time.monotonic() - started:.1f}s; now the base ({details['base']})")
-    with base.base() as base_model:
-        before = measure(base_model, "base")
+    with dequantized_cpu_linears(model) as switched:
+        if switched:
+            _say(log, f"evaluation: {switched} 4-bit layers dequantized once for CPU inference")
+        tuned = measure(model, "tuned")
+        _say(log, f"evaluated the tuned model in {time.monotonic() - started:.1f}s; now the base ({details['base']})")
+        with base.base() as base_model:
+            before = measure(base_model, "base")
 
     def suffix(name: str, value: float, base_value: float) -> None:
         metrics[name] = value
