@@ -75,3 +75,22 @@ def test_sft_trains_and_exports(method: str, tiny_model: Path, tmp_path: Path) -
     assert progress["stage"] == "done" and progress["step"] == 3 and progress["totalSteps"] == 3
     term = (tmp_path / "out" / "termination-log").read_bytes()
     assert len(term) <= 4096 and json.loads(term)["outcome"] == "succeeded"
+
+
+def test_merged_weights_for_lora_match_the_adapter(tiny_model: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    data = write_jsonl(tmp_path / "train.jsonl", instruction_records(40))
+    config = make_config(sft_manifest("lora"), model=tiny_model, dataset=data, output=tmp_path / "out")
+    config.merge_adapter = True
+    captured: dict = {}
+    result = run(config, capture=captured, log=lambda _: None)
+    assert result.outcome == "succeeded", result.message
+    assert result.merged and (Path(result.merged) / "model.safetensors").exists()
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    with_adapter = PeftModel.from_pretrained(base, result.artifact)
+    merged = AutoModelForCausalLM.from_pretrained(result.merged, dtype=torch.float32)
+    torch.testing.assert_close(_logits(merged, captured["tokenizer"]), _logits(with_adapter, captured["tokenizer"]),
+                               rtol=1e-4, atol=1e-4)
