@@ -69,6 +69,12 @@ def install(cluster: Cluster, name: str, values: dict[str, Any]) -> Release:
     return Release(name, ns, values)
 
 
+def install_crds(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "-f", str(REPO / "crds"), check=True)
+    for crd in ("finetunejobs.kubetune.io", "preferencealignments.kubetune.io"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s", check=True)
+
+
 def uninstall(cluster: Cluster, release: Release) -> None:
     helm(cluster, "uninstall", release.name, "--namespace", release.namespace, check=False)
     cluster.kubectl("delete", "namespace", release.namespace, "--wait=false")
@@ -104,6 +110,7 @@ def job_ns(cluster: Cluster) -> Iterator[str]:
 def all_namespaces(cluster: Cluster) -> Iterator[Release]:
     """Watching every namespace; webhook off; CRDs not managed by this release (other tests apply
     crds/ with kubectl, and a CRD can belong to one owner only)."""
+    install_crds(cluster)  # `kubectl auth can-i` resolves kubetune.io resources only once they exist
     release = install(cluster, "ktall", {"webhook": {"enabled": False}, "crds": {"enabled": False}})
     yield release
     uninstall(cluster, release)
