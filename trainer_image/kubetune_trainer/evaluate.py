@@ -40,7 +40,7 @@ from kubetune.api.trainer_contract import TrainerConfig
 from kubetune.evaluation.refusal import classify_refusal
 from kubetune.evaluation.scorers import score as score_text
 
-GEN_BATCH = 8
+GEN_BATCH = 16
 NLL_BATCH = 8
 
 
