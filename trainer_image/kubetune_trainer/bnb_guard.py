@@ -50,9 +50,9 @@ def guard_bnb_cpu_repack(model: Any) -> int:
 
 
 def _unpack(module: Any) -> None:
-    weight = getattr(module, "weight", None)
+    weight: Any = getattr(module, "weight", None)
     state = getattr(weight, "quant_state", None)
-    if state is None or not getattr(state, "packing_format_for_cpu", False):
+    if weight is None or state is None or not getattr(state, "packing_format_for_cpu", False):
         return
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
@@ -64,10 +64,12 @@ def repacked_layers(model: Any) -> int:
     cls = _linear4bit_class()
     if cls is None:
         return 0
-    return sum(
-        1 for m in model.modules()
-        if isinstance(m, cls) and getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)
-    )
+    count = 0
+    for m in model.modules():
+        state = getattr(getattr(m, "weight", None), "quant_state", None)
+        if isinstance(m, cls) and getattr(state, "packing_format_for_cpu", False):
+            count += 1
+    return count
 
 
 __all__ = ["guard_bnb_cpu_repack", "repacked_layers"]

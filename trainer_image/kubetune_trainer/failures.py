@@ -137,8 +137,8 @@ def parse_fault(value: str | None) -> tuple[str, int] | None:
     return kind, int(at or 1)
 
 
-def training_callbacks(stop: StopRequest, state: dict[str, Any]) -> list[Any]:
-    """TrainerCallbacks for divergence, SIGTERM and fault injection. ``state`` collects what
+def training_callbacks(stop: StopRequest, outcome: dict[str, Any]) -> list[Any]:
+    """TrainerCallbacks for divergence, SIGTERM and fault injection. ``outcome`` collects what
     happened: ``diverged`` (step, loss), ``interrupted`` (signal name)."""
     from transformers import TrainerCallback
 
@@ -147,27 +147,28 @@ def training_callbacks(stop: StopRequest, state: dict[str, Any]) -> list[Any]:
     class DivergenceCallback(TrainerCallback):  # type: ignore[misc]
         """Stops at once on a NaN/inf loss (the Trainer's nan filter must be off to see it)."""
 
-        def on_log(self, args: Any, st: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
+        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            logs = kwargs.get("logs")
             if not logs:
                 return
             for key in ("loss", "train_loss"):
                 if key in logs and not is_finite(logs[key]):
-                    state["diverged"] = {"step": st.global_step, "loss": str(logs[key])}
+                    outcome["diverged"] = {"step": state.global_step, "loss": str(logs[key])}
                     control.should_training_stop = True
                     control.should_save = False
                     return
 
-        def on_step_end(self, args: Any, st: Any, control: Any, **_: Any) -> None:
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             # don't write a checkpoint of diverged weights
-            if state.get("diverged"):
+            if outcome.get("diverged"):
                 control.should_save = False
 
     class StopCallback(TrainerCallback):  # type: ignore[misc]
         """On SIGTERM: save a checkpoint at the end of the current step, then stop."""
 
-        def on_step_end(self, args: Any, st: Any, control: Any, **_: Any) -> None:
-            if stop.requested and not state.get("diverged"):
-                state["interrupted"] = stop.signal_name or "SIGTERM"
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if stop.requested and not outcome.get("diverged"):
+                outcome["interrupted"] = stop.signal_name or "SIGTERM"
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -175,11 +176,12 @@ def training_callbacks(stop: StopRequest, state: dict[str, Any]) -> list[Any]:
         def __init__(self, kind: str, at: int) -> None:
             self.kind, self.at, self.done = kind, at, False
 
-        def on_step_begin(self, args: Any, st: Any, control: Any, model: Any = None, **_: Any) -> None:
-            if self.done or st.global_step + 1 < self.at:
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            model = kwargs.get("model")
+            if self.done or state.global_step + 1 < self.at:
                 return
             self.done = True
-            if self.kind == "nan_loss":
+            if self.kind == "nan_loss" and model is not None:
                 import torch
                 with torch.no_grad():
                     for p in model.parameters():

@@ -102,8 +102,8 @@ def load_base(path: Path, *, method: str, quant: Any, device: Device, revision: 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None)
-    elif (device.kind == "cuda" and method == "full") or device.kind == "cuda":
-        model.to("cuda")
+    elif device.kind == "cuda":
+        model.to("cuda")  # type: ignore[arg-type]
     if gradient_checkpointing and method != "full":
         model.enable_input_require_grads()
     model.config.use_cache = False

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.enums import Reason
+from kubetune.api.spec import PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import TrainerConfig, TrainerResult
 from kubetune_trainer.failures import StopRequest, TrainerFailure, classify, training_callbacks
 from kubetune_trainer.reporting import Log, Reporter, stderr_log
@@ -93,7 +94,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         adapter_path = None
         if config.task == "dpo" and config.sources.adapter:
             adapter_path = _resolve(config.sources.adapter, kind="adapter", reason=Reason.MODEL_UNAVAILABLE, config=config)
-        implicit = config.task != "dpo" or str(spec.dpo.reference_model) == "implicit"
+        implicit = not isinstance(spec, PreferenceAlignmentSpec) or str(spec.dpo.reference_model) == "implicit"
         if method in ("lora", "qlora"):
             if adapter_path is not None:
                 # TRL's DPOTrainer adds a frozen copy of this adapter named "ref" as the implicit reference
