@@ -13,4 +13,4 @@ echo "== mypy (strict on the pure core)"
 mypy --strict operator/kubetune/api operator/kubetune/planning operator/kubetune/data \
   operator/kubetune/render operator/kubetune/gates.py operator/kubetune/evaluation
 echo "== pytest"
-python -m pytest -q "$@"
+python -m pytest -q --durations=25 "$@"
