@@ -14,9 +14,9 @@ import argparse
 import os
 import sys
 
+from kubetune.api.enums import ErrorPolicy, PiiPolicy
 from kubetune.data.formats import Format
-from kubetune.data.pii import PiiPolicy
-from kubetune.data.preflight import DEFAULT_MIN_EXAMPLES, ErrorPolicy, preflight
+from kubetune.data.preflight import DEFAULT_MIN_EXAMPLES, preflight
 from kubetune.data.reader import DEFAULT_MAX_LINE_BYTES
 
 

@@ -22,16 +22,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from kubetune.api.enums import DatasetFormat
+
 ROLES = ("system", "user", "assistant")
 
 
-class Format(StrEnum):
-    """Dataset format, as named in the API."""
-
-    INSTRUCTION = "instruction"
-    CHAT = "chat"
-    PROMPT_COMPLETION = "prompt-completion"
-    PREFERENCE = "preference"
+# The dataset format as the API names it (spec.dataset.format): one enum for both.
+Format = DatasetFormat
 
 
 class ErrorClass(StrEnum):

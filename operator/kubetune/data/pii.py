@@ -67,14 +67,6 @@ _PRIORITY = {t: i for i, t in enumerate(PiiType)}
 STRUCTURED_TYPES: tuple[PiiType, ...] = tuple(t for t in PiiType if t is not PiiType.PERSON)
 
 
-class PiiPolicy(StrEnum):
-    """``spec.dataset.pii``: replace with placeholders, fail the run, or do not scan."""
-
-    REDACT = "redact"
-    REJECT = "reject"
-    OFF = "off"
-
-
 @dataclass(frozen=True, slots=True)
 class Finding:
     type: PiiType

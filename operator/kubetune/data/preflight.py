@@ -17,10 +17,10 @@ import json
 import os
 import time
 from collections import Counter
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
+from kubetune.api.enums import ErrorPolicy, PiiPolicy
 from kubetune.data.dedup import Deduplicator, Duplicate
 from kubetune.data.formats import (
     ErrorClass,
@@ -33,7 +33,7 @@ from kubetune.data.formats import (
     validate,
 )
 from kubetune.data.lengths import LengthStats, Tokenizer, count_tokens
-from kubetune.data.pii import Finding, PersonDetector, PiiPolicy, PiiScanner, PiiType
+from kubetune.data.pii import Finding, PersonDetector, PiiScanner, PiiType
 from kubetune.data.reader import DEFAULT_MAX_LINE_BYTES, DataFileError, read_records
 from kubetune.data.report import DataReport, GoldenReport, LineError, Reason, SplitReport
 from kubetune.data.split import GoldenIndex, Splitter
@@ -43,12 +43,6 @@ WARN_BELOW_EXAMPLES = 1000
 DEFAULT_MAX_ERRORS = 50
 TRUNCATION_WARN_SHARE = 0.05
 
-
-class ErrorPolicy(StrEnum):
-    """``spec.dataset.errorPolicy``: any bad line fails the run, or bad lines are dropped and counted."""
-
-    FAIL = "fail"
-    SKIP = "skip"
 
 
 def _enum(cls: Any, value: Any, what: str) -> Any:

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from kubetune.api.enums import PiiPolicy
 from kubetune.data.formats import ErrorClass, Format
-from kubetune.data.pii import PiiPolicy
 
 REPORT_VERSION = 1
 
