@@ -8,10 +8,9 @@ from kubetune.planning.catalog import canonical_name, linear_modules
 from kubetune.planning.planner import resolve_architecture
 
 
-@pytest.mark.parametrize("arch", CATALOG, ids=lambda a: a.name)
+# Entries without a published parameter count are checked against their config.json elsewhere.
+@pytest.mark.parametrize("arch", [a for a in CATALOG if a.published_params is not None], ids=lambda a: a.name)
 def test_structure_reproduces_published_parameter_count(arch) -> None:  # type: ignore[no-untyped-def]
-    if arch.published_params is None:
-        pytest.skip("no published count")
     assert abs(param_count(arch) - arch.published_params) <= 0.01 * arch.published_params
 
 
