@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quickstart: QLoRA SFT of SmolLM2-135M-Instruct on a synthetic medical-triage set, then DPO on
-# its adapter, each evaluated against the base model and gated — on CPU, in under 10 minutes.
+# its adapter, each evaluated against the base model and gated — on CPU (the budget is 10 minutes; see README.md for what was measured).
 #
 #   bash examples/quickstart/run.sh              # extra arguments go to `kubetune run` (e.g. --device cuda)
 #
