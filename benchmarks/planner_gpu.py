@@ -44,22 +44,12 @@ GiB = 2**30
 
 
 def _config(name: str) -> Any:
-    import transformers
+    from kubetune_trainer.tiny import llama_config
 
     arch = lookup(name)
     if arch is None:
         raise SystemExit(f"unknown model {name!r}")
-    return transformers.LlamaConfig(
-        hidden_size=arch.hidden_size,
-        intermediate_size=arch.intermediate_size,
-        num_hidden_layers=arch.num_layers,
-        num_attention_heads=arch.num_heads,
-        num_key_value_heads=arch.num_kv_heads,
-        head_dim=arch.head_dim,
-        vocab_size=arch.vocab_size,
-        tie_word_embeddings=arch.tie_embeddings,
-        max_position_embeddings=8192,
-    )
+    return llama_config(arch, max_position_embeddings=8192)
 
 
 def _request(point: dict[str, Any], gpu_memory: int) -> PlanRequest:

@@ -49,16 +49,9 @@ def _tiny_config(**overrides: Any) -> Any:
 
 
 def _catalog_config(arch: Architecture) -> Any:
-    return transformers.LlamaConfig(
-        hidden_size=arch.hidden_size,
-        intermediate_size=arch.intermediate_size,
-        num_hidden_layers=arch.num_layers,
-        num_attention_heads=arch.num_heads,
-        num_key_value_heads=arch.num_kv_heads,
-        head_dim=arch.head_dim,
-        vocab_size=arch.vocab_size,
-        tie_word_embeddings=arch.tie_embeddings,
-    )
+    from kubetune_trainer.tiny import llama_config
+
+    return llama_config(arch)
 
 
 def _meta_model(config: Any) -> Any:

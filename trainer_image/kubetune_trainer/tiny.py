@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -25,6 +26,25 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 _WORDS = ["patient", "reports", "chest", "pain", "fever", "cough", "headache", "rash", "dizziness", "nausea", "since", "yesterday", "for", "two", "days", "urgency", "emergency", "urgent", "routine", "please", "see", "a", "doctor", "call", "an", "ambulance", "rest", "fluids", "the", "a", "an", "of", "and", "is", "was", "with", "without", "my", "child", "mother", "father", "severe", "mild", "sudden", "weeks", "hours", "what", "should", "i", "do", "can", "you", "tell", "me", "diagnosis", "sorry", "cannot", "diagnose", "answer", "question", "explain", "why", "because", "when", "where", "how", "which", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "yes", "no", "maybe", "good", "bad", "better", "worse"]
+
+
+def llama_config(arch: Any, **overrides: Any) -> Any:
+    """A transformers LlamaConfig with a planner catalog entry's numbers (random-weight models for the
+    planner's accuracy tests and GPU benchmark)."""
+    import transformers
+
+    values: dict[str, Any] = {
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.num_kv_heads,
+        "head_dim": arch.head_dim,
+        "vocab_size": arch.vocab_size,
+        "tie_word_embeddings": arch.tie_embeddings,
+    }
+    values.update(overrides)
+    return transformers.LlamaConfig(**values)
 
 
 def corpus(n: int = 400, seed: int = 0) -> list[str]:
