@@ -12,7 +12,8 @@ The same steps and contracts as in a cluster, with this process as the operator:
 3. render the trainer config (kubetune.render.build_trainer_config — the pod's ConfigMap) into
    `<output>/kubetune/trainer-config.json` and run the trainer as a subprocess
    (`python -m kubetune_trainer --config …`): it preflights the data, trains, evaluates and writes
-   `<output>/kubetune/progress.json` (tailed here for a live progress bar) and `result.json`;
+   `<output>/kubetune/progress.jsonl` (every progress snapshot, tailed here for a live progress bar)
+   and `result.json`;
 4. apply the gates (kubetune.gates.decide — the operator's function) and promote: copy the artifact
    folder to `spec.output.promotedUri` only when every gate passed;
 5. print base vs tuned for every metric and the verdict; write `<output>/kubetune/status.json`
@@ -226,6 +227,35 @@ class ProgressView:
             self.stream.flush()
 
 
+class ProgressTail:
+    """Reads the trainer's progress.jsonl from where it last stopped: every snapshot, in order, so a
+    stage shorter than the poll interval is still shown (progress.json holds only the newest)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def read_new(self, *, final: bool = False) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except OSError:
+            return []
+        # A line still being appended has no newline yet: leave it for the next read (unless the
+        # trainer has exited, when whatever is there is all there will be).
+        end = len(chunk) if final else chunk.rfind(b"\n") + 1
+        self.offset += end
+        snapshots = []
+        for raw in chunk[:end].splitlines():
+            try:
+                item = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                snapshots.append(item)
+        return snapshots
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -359,7 +389,7 @@ class Runner:
             self.say(f"  output {output} holds a finished run; starting afresh")
             shutil.rmtree(output)
         state.mkdir(parents=True, exist_ok=True)
-        for stale in ("progress.json", "status.json", "report.html"):
+        for stale in ("progress.json", "progress.jsonl", "status.json", "report.html"):
             (state / stale).unlink(missing_ok=True)
         config_path = state / "trainer-config.json"
         config_path.write_text(config.to_json() + "\n", encoding="utf-8")
@@ -378,21 +408,13 @@ class Runner:
         with open(log_path, "w", encoding="utf-8") as log:
             proc = subprocess.Popen(cmd, stdout=None if self.verbose else log,
                                     stderr=None if self.verbose else subprocess.STDOUT, env=env, text=True)
+            history = ProgressTail(progress_path.with_suffix(".jsonl"))
             try:
-                last_mtime = 0.0
                 while proc.poll() is None:
                     time.sleep(self.poll_seconds)
-                    try:
-                        mtime = progress_path.stat().st_mtime
-                    except OSError:
-                        continue
-                    if mtime != last_mtime:
-                        last_mtime = mtime
-                        p = _read_json(progress_path)
-                        if p:
-                            view.update(p)
-                p = _read_json(progress_path)
-                if p:
+                    for p in history.read_new():
+                        view.update(p)
+                for p in history.read_new(final=True):
                     view.update(p)
             except KeyboardInterrupt:
                 proc.send_signal(signal.SIGTERM)  # the trainer saves a checkpoint and reports Interrupted

@@ -105,7 +105,12 @@ def test_ftj_then_pa_in_dependency_order_succeeds_and_promotes(workdir):
     html = (workdir / "runs" / "tiny-ok" / "kubetune" / "report.html").read_text()
     assert "<svg" in html and "Gates" in html and "golden.accuracy" in html
     assert "golden.accuracy" in text and "base" in text and "tuned" in text and "after SFT" in text
-    assert "training" in err.getvalue()  # progress lines (not a terminal: plain lines)
+    # progress lines (not a terminal: plain lines): every stage of both jobs, however short it was
+    stages = [line.split()[:2] for line in err.getvalue().splitlines() if line.startswith("[tiny-")]
+    for name in ("[tiny-ok]", "[tiny-dpo]"):
+        assert [s for n, s in stages if n == name][:1] == ["preflight"]
+        assert {"training", "done"} <= {s for n, s in stages if n == name}, err.getvalue()
+    assert ["[tiny-ok]", "evaluating"] in stages  # the FTJ has an evaluation block; the PA has none
 
 
 def test_unmeetable_gates_end_gate_failed_and_the_pa_dependency_failed(workdir):
@@ -189,3 +194,18 @@ def test_missing_dependency_is_named(workdir):
     assert code == 1
     assert outcomes[0].phase == "Failed"
     assert outcomes[0].reason in ("DependencyFailed", "InvalidSpec")
+
+
+def test_progress_tail_reads_every_snapshot_once_and_waits_for_whole_lines(tmp_path):
+    from kubetune.local import ProgressTail
+
+    path = tmp_path / "progress.jsonl"
+    tail = ProgressTail(path)
+    assert tail.read_new() == []  # not written yet
+    path.write_text('{"stage": "preflight"}\n{"stage": "training", "step": 1}\n{"stage": "eval')
+    assert [p["stage"] for p in tail.read_new()] == ["preflight", "training"]
+    with open(path, "a") as fh:
+        fh.write('uating"}\nnot json\n[1]\n{"stage": "done"}\n')
+    # the half line is completed now; a garbled line or a non-object is skipped, not fatal
+    assert [p["stage"] for p in tail.read_new()] == ["evaluating", "done"]
+    assert tail.read_new() == [] and tail.read_new(final=True) == []

@@ -75,6 +75,11 @@ def test_progress_annotation_metrics_and_result(tmp_path: Path) -> None:
             reporter.update(step=step, loss=2.0 / step, learning_rate=1e-4, tokens_per_second=1000.0)
         progress = json.loads((tmp_path / "out" / "kubetune" / "progress.json").read_text())
         assert progress["stage"] == "training" and progress["totalSteps"] == 10
+        # the history beside it holds each written snapshot in order (first: the forced stage change)
+        history = [json.loads(line) for line in
+                   (tmp_path / "out" / "kubetune" / "progress.jsonl").read_text().splitlines()]
+        assert history[0]["stage"] == "training" and history[0]["step"] == 0
+        assert history[-1] == progress and [h["step"] for h in history] == sorted(h["step"] for h in history)
 
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'kubetune_trainer_step{job="j",kind="FineTuneJob",namespace="ns"} 5.0' in metrics

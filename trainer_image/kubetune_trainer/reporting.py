@@ -1,7 +1,9 @@
 """The trainer's side of the operator ↔ trainer channel (docs/trainer-channel.md).
 
 Progress (often, best effort):
-- ``<output>/kubetune/progress.json`` (or ``report.progressFile``), replaced atomically;
+- ``<output>/kubetune/progress.json`` (or ``report.progressFile``), replaced atomically, and the same
+  snapshot appended as one line to ``progress.jsonl`` beside it, so a reader that polls (``kubetune
+  run``) sees every stage even when a stage lasts less than its poll interval;
 - the ``kubetune.io/progress`` annotation on the trainer's own Pod, a JSON merge-patch sent at most
   once per ``report.intervalSeconds`` from a background thread (POD_NAME / POD_NAMESPACE from the
   downward API, the in-cluster service-account token and CA; plain urllib, no client library);
@@ -225,6 +227,7 @@ class Reporter:
         out = Path(config.sources.output)
         self.dir = out / "kubetune"
         self.progress_path = Path(config.report.progress_file) if config.report.progress_file else self.dir / "progress.json"
+        self.history_path = self.progress_path.with_suffix(".jsonl")
         self.result_path = self.dir / "result.json"
         self.progress = ProgressReport()
         self._last_file = 0.0
@@ -266,7 +269,11 @@ class Reporter:
         if self.main_rank and (force or now - self._last_file >= FILE_INTERVAL_S):
             self._last_file = now
             try:
-                write_atomic(self.progress_path, p.to_json() if hasattr(p, "to_json") else self._json(p))
+                write_atomic(self.progress_path, self._json(p))
+                # One whole line per append (O_APPEND): a tailing reader never sees half a snapshot
+                # except at the very end, which it leaves for its next read.
+                with open(self.history_path, "a", encoding="utf-8") as fh:
+                    fh.write(self._compact(p) + "\n")
             except OSError as e:
                 self.log(f"warning: cannot write {self.progress_path}: {e}")
         if self.pump is not None:
