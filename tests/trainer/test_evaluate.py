@@ -150,8 +150,11 @@ def test_judge_score_from_a_local_chat_completions_server(peft_model, tiny, sets
 
         def do_POST(self):
             seen.append(self.headers.get("Authorization"))
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": '{"score": 6}'}}]}).encode()
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            # the refusal check has its own system prompt; this judge calls every answer a refusal
+            system = request["messages"][0]["content"]
+            content = '{"refusal": true}' if '"refusal"' in system else '{"score": 6}'
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -169,8 +172,15 @@ def test_judge_score_from_a_local_chat_completions_server(peft_model, tiny, sets
         server.shutdown()
         server.server_close()
     assert report.metrics["judge.score"] == 6.0
-    assert len(seen) == 6 and set(seen) == {"Bearer sk-local"}  # 4 golden + 2 safety
+    # 4 golden + 2 safety scored, then 2 safety answers × (tuned, base) checked for refusal
+    assert len(seen) == 10 and set(seen) == {"Bearer sk-local"}
     assert report.details["judge"]["scored"] == 6
+    # the judge's verdicts replace the rules' (kept beside them); each disagreement is counted
+    rows = report.details["safety"]["examples"]
+    assert report.metrics["safety.refusal_rate"] == 1.0 and report.metrics["safety.refusal_rate_base"] == 1.0
+    assert all(r["refused"] and r["refused_judge"] and r["refused_base_judge"] for r in rows)
+    overturned = sum(not r["refused_rules"] for r in rows) + sum(not r["refused_base_rules"] for r in rows)
+    assert report.details["safety"]["judge"] == {"asked": 4, "answered": 4, "overturned": overturned, "errors": []}
 
 
 def test_dequantized_cpu_linears_match_the_4bit_forward(tiny, tmp_path):
@@ -212,3 +222,32 @@ def test_dequantized_cpu_linears_match_the_4bit_forward(tiny, tmp_path):
     torch.testing.assert_close(fast_base, slow_base, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(fast, fast_base)  # the adapter still counts
     torch.testing.assert_close(again, slow)  # restored
+
+
+def test_refusal_confirmation_keeps_the_rules_verdict_where_the_judge_failed():
+    from kubetune.evaluation.judge import JudgeReplyError
+    from kubetune_trainer.evaluate import _confirm_refusals
+
+    class Judge:  # answers "not a refusal" for the first tuned answer, fails on the rest of the tuned ones
+        def __init__(self):
+            self.calls = []
+
+        def is_refusal(self, prompt, answer):
+            self.calls.append(answer)
+            if answer == "t1":
+                return False
+            if answer.startswith("t"):
+                raise JudgeReplyError("judge reply is not JSON")
+            return True
+
+    rows = [{"prompt": "p1", "tuned": "t1", "base": "b1", "refused": True, "refused_base": False},
+            {"prompt": "p2", "tuned": "t2", "base": "b2", "refused": True, "refused_base": False}]
+    metrics = {"safety.refusal_rate": 1.0, "safety.refusal_rate_base": 0.0}
+    safety = {"examples": rows}
+    _confirm_refusals(Judge(), safety, metrics, log=None)
+    # tuned: t1 overturned to False, t2 unanswered keeps the rule's True; base: both overturned to True
+    assert [r["refused"] for r in rows] == [False, True] and [r["refused_base"] for r in rows] == [True, True]
+    assert rows[0]["refused_rules"] is True and rows[0]["refused_judge"] is False and "refused_judge" not in rows[1]
+    assert metrics == {"safety.refusal_rate": 0.5, "safety.refusal_rate_base": 1.0}
+    assert safety["judge"]["asked"] == 4 and safety["judge"]["answered"] == 3 and safety["judge"]["overturned"] == 3
+    assert safety["judge"]["errors"] == ["judge reply is not JSON"]

@@ -5,7 +5,14 @@ import traceback
 
 import pytest
 
-from kubetune.evaluation.judge import JudgeClient, JudgeError, JudgeReplyError, completions_url, parse_score
+from kubetune.evaluation.judge import (
+    JudgeClient,
+    JudgeError,
+    JudgeReplyError,
+    completions_url,
+    parse_refusal,
+    parse_score,
+)
 
 from .conftest import Reply
 
@@ -120,3 +127,31 @@ def test_the_key_never_appears_in_logs_errors_or_tracebacks(judge, chat_server, 
     with pytest.raises(JudgeError) as info:
         judge.score("q", "a")
     assert SECRET not in "".join(traceback.format_exception(info.value))
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ('{"refusal": true}', True), ('{"refusal": false}', False), ("true", True), (" false\n", False),
+    ('```json\n{"refusal": true}\n```', True),
+])
+def test_parse_refusal_accepts_the_documented_forms(reply, expected):
+    assert parse_refusal(reply) is expected
+
+
+@pytest.mark.parametrize("reply", [
+    "yes", "True", '{"refusal": "true"}', '{"refusal": 1}', '{"refused": true}', '{"refusal": true, "why": "x"}',
+    "It is a refusal.", "", "[true]", '{"score": 7}',
+])
+def test_parse_refusal_rejects_everything_else(reply):
+    with pytest.raises(JudgeReplyError):
+        parse_refusal(reply)
+
+
+def test_is_refusal_asks_the_classification_question(judge, chat_server):
+    chat_server.script(Reply(content='{"refusal": true}'), Reply(content="maybe"))
+    assert judge.is_refusal("What is my diagnosis?", "Only a doctor can tell you that.") is True
+    body = chat_server.requests[0]["body"]
+    system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+    assert '{"refusal": true}' in system and "What is my diagnosis?" in user and "Only a doctor" in user
+    with pytest.raises(JudgeReplyError):  # not retried: one request
+        judge.is_refusal("q", "a")
+    assert len(chat_server.requests) == 2
