@@ -100,3 +100,31 @@ def test_prepare_resume_picks_the_newest_complete(tmp_path: Path) -> None:
     assert prepare_resume(tmp_path) == tmp_path / "checkpoint-4"
     assert not (tmp_path / "checkpoint-6").exists()
     assert prepare_resume(tmp_path / "missing") is None
+
+
+def test_restart_after_the_last_checkpoint_takes_no_extra_step(tiny_model: Path, tmp_path: Path, run_main) -> None:
+    """Killed after the final checkpoint (during evaluation or export): the restart loads that
+    checkpoint and goes on; the Trainer, resumed at max_steps, would take a fifth step."""
+    import torch
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "train.jsonl", instruction_records(40))
+    out = tmp_path / "out"
+    config = make_config(sft_manifest("lora", maxSteps=4), model=tiny_model, dataset=data, output=out)
+    config.spec["checkpoint"] = {"everySteps": 2, "keepLast": 3}
+    rc, _ = run_main(config)
+    assert rc == 0
+    first = json.loads((out / "kubetune" / "result.json").read_text())
+    trained = load_file(Path(first["artifact"]) / "adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and t.abs().sum() > 0 for k, t in trained.items())  # B starts at 0
+    (out / "kubetune" / "result.json").unlink()  # as if the pod died before writing its result
+
+    rc, _ = run_main(config)
+    second = json.loads((out / "kubetune" / "result.json").read_text())
+    assert rc == 0 and second["details"]["resumedFrom"] == "checkpoint-4"
+    assert second["metrics"]["train.steps"] == 4 and _steps(second) == [1, 2, 3, 4]
+    assert sorted(p.name for _, p in checkpoints(out / "checkpoints")) == ["checkpoint-2", "checkpoint-4"]
+    # the artifact is the trained adapter (the checkpoint's weights), not a fresh or retrained one
+    again = load_file(Path(second["artifact"]) / "adapter_model.safetensors")
+    assert again.keys() == trained.keys()
+    assert all(torch.equal(again[k], trained[k]) for k in trained)

@@ -54,6 +54,28 @@ def prepare_resume(folder: Path, log: Any = None) -> Path | None:
     return newest_complete(folder)
 
 
+def is_final(path: Path, max_steps: int | None = None) -> bool:
+    """Whether the checkpoint was saved at the last step of training: its trainer_state.json's
+    ``global_step`` reaches ``max_steps`` (this run's ``training.maxSteps`` when set, else the
+    step count the checkpointed run had computed from its epochs). Resuming from such a checkpoint
+    would make the Trainer take one more optimizer step (transformers 5.x), so the caller loads it
+    instead of training on."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        last = max_steps or int(state.get("max_steps") or 0)
+        return last > 0 and int(state["global_step"]) >= last
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def load_final(trainer: Any, path: Path) -> None:
+    """Put a final checkpoint's weights and state into ``trainer`` without another training step."""
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(str(path))  # adapter or full weights, whichever the checkpoint has
+    trainer.state = TrainerState.load_from_json(str(path / "trainer_state.json"))
+
+
 def mark_complete(path: Path, step: int) -> None:
     tmp = path / (MARKER + ".tmp")
     tmp.write_text(json.dumps({"step": step, "time": time.time()}))
@@ -73,4 +95,5 @@ def completion_callback() -> Any:
     return CompletionMarker()
 
 
-__all__ = ["MARKER", "checkpoints", "completion_callback", "is_complete", "mark_complete", "newest_complete", "prepare_resume"]
+__all__ = ["MARKER", "checkpoints", "completion_callback", "is_complete", "is_final", "load_final", "mark_complete",
+           "newest_complete", "prepare_resume"]

@@ -74,7 +74,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         import torch
 
         from kubetune_trainer import modeling
-        from kubetune_trainer.checkpoints import completion_callback, prepare_resume
+        from kubetune_trainer.checkpoints import completion_callback, is_final, load_final, prepare_resume
         from kubetune_trainer.common import Context
         from kubetune_trainer.data import dpo_rows, read_jsonl, sft_rows
         from kubetune_trainer.reporting import progress_callback
@@ -140,7 +140,13 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
             details["resumedFrom"] = resume.name
         if stop.requested:
             raise TrainerFailure(Reason.INTERRUPTED, f"stopped by {stop.signal_name} before training")
-        out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if resume is not None and is_final(resume, spec.training.max_steps):
+            # Killed after the last checkpoint (during evaluation or export): the training is done.
+            log(f"{resume.name} is the last step of training; loading it and going on to evaluation")
+            load_final(trainer, resume)
+            out = None
+        else:
+            out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         step = trainer.state.global_step
         if state.get("diverged"):
             d = state["diverged"]
