@@ -58,6 +58,7 @@ def run_preflight(*, dataset: Path, spec: Any, out_dir: Path, golden: Path | Non
         golden_path=golden,
         train_out=train_out,
         validation_out=val_out,
+        near_duplicates=ds.near_duplicates,
     )
     with contextlib.suppress(OSError):
         (out_dir / "report.json").write_text(report.to_json())

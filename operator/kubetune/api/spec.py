@@ -112,6 +112,10 @@ class Dataset(KubeModel):
     error_policy: ErrorPolicy = Field(default=ErrorPolicy.FAIL, description=(
         "fail: any malformed line fails the job (all errors listed); skip: drop bad lines, fail only "
         "when more than 10% are bad."))
+    near_duplicates: bool = Field(default=False, description=(
+        "Also drop near-duplicates: examples whose 3-word shingles overlap an earlier kept example's "
+        "by an estimated Jaccard similarity of 0.8 or more (MinHash; a system turn counts as one "
+        "shingle). Exact and case/whitespace duplicates are always dropped."))
 
 
 class InstructionDataset(Dataset):

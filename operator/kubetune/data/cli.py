@@ -3,6 +3,7 @@
     kubetune check-data train.jsonl --format chat
     kubetune check-data train.jsonl.gz --format preference --pii reject --output json
     kubetune check-data train.jsonl --format instruction --redact clean.jsonl --error-policy skip
+    kubetune check-data train.jsonl --format chat --near-duplicates
 
 Exit 0 when the data is ok, 1 when it is not (the report says why), 2 for bad arguments.
 No traceback reaches the user for any input file.
@@ -66,6 +67,12 @@ def build_parser(prog: str = "kubetune check-data") -> argparse.ArgumentParser:
     p.add_argument(
         "--max-seq-length", type=int, metavar="N", help="report the share of examples longer than N tokens"
     )
+    p.add_argument(
+        "--near-duplicates",
+        action="store_true",
+        help="also drop near-duplicates: examples whose 3-word shingles overlap an earlier kept "
+        "example's by an estimated Jaccard similarity of 0.8 or more (off by default)",
+    )
     p.add_argument("--golden", metavar="FILE", help="golden set; overlap with the training data is an error")
     p.add_argument(
         "--max-line-bytes",
@@ -101,6 +108,7 @@ def check_data_main(argv: list[str]) -> int:
             validation_out=args.validation_out,
             max_bad_fraction=args.max_bad_fraction,
             max_line_bytes=args.max_line_bytes,
+            near_duplicates=args.near_duplicates,
         )
     except ValueError as e:
         print(f"kubetune check-data: error: {e}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Memory does not grow with the size of the examples: records are read one at a time and outputs are
 written as they go; what grows with the *number* of examples is the dedup hash tables (~40 MiB per
-million examples) and a length histogram (one counter per distinct length).
+million examples, plus 200-500 MiB with ``near_duplicates``) and a length histogram (one counter per
+distinct length).
 
 Outputs (``redact_out``, ``train_out``, ``validation_out``) are written to ``<name>.partial`` and
 renamed only when the report is ok; when not ok they are removed, so a half-checked file is never
@@ -33,6 +34,7 @@ from kubetune.data.formats import (
     validate,
 )
 from kubetune.data.lengths import LengthStats, Tokenizer, count_tokens
+from kubetune.data.near_dup import NearDuplicates, fields
 from kubetune.data.pii import Finding, PersonDetector, PiiScanner, PiiType
 from kubetune.data.reader import DEFAULT_MAX_LINE_BYTES, DataFileError, read_records
 from kubetune.data.report import DataReport, GoldenReport, LineError, Reason, SplitReport
@@ -108,8 +110,12 @@ def preflight(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_errors: int = DEFAULT_MAX_ERRORS,
     person_detector: PersonDetector | None = None,
+    near_duplicates: bool = False,
 ) -> DataReport:
     """Check a dataset before any GPU is held; see the module docstring for outputs.
+
+    ``near_duplicates`` also drops examples whose word shingles overlap an earlier kept example's
+    by an estimated Jaccard similarity of 0.8 or more (:mod:`kubetune.data.near_dup`).
 
     Raises ``ValueError`` only for bad arguments (an unknown format or policy); every problem with
     the data itself comes back in the report (``ok=False`` with ``reason`` and line-numbered errors).
@@ -130,7 +136,7 @@ def preflight(
     errors: list[LineError] = []
     error_counts: Counter[str] = Counter()
     omitted = 0
-    records = invalid = examples = dup_exact = dup_norm = 0
+    records = invalid = examples = dup_exact = dup_norm = dup_near = 0
     pii_counts: Counter[str] = Counter()
     pii_lines = leaked = train_n = val_n = 0
     warnings: list[str] = []
@@ -154,7 +160,7 @@ def preflight(
 
     scanner = PiiScanner(person_detector=person_detector) if pii_policy is not PiiPolicy.OFF else None
     lengths = LengthStats(max_seq_length)
-    dedup = Deduplicator()
+    dedup = Deduplicator(NearDuplicates() if near_duplicates else None)
     outputs = _Outputs({"redacted": redact_out, "train": train_out, "validation": validation_out})
     any_output = outputs.has("redacted") or outputs.has("train") or outputs.has("validation")
 
@@ -211,12 +217,14 @@ def preflight(
                             )
                 # Dedup on what will be trained on (after redaction).
                 text = canonical(record, fmt)
-                dup = dedup.check(text)
-                if dup is Duplicate.EXACT:
-                    dup_exact += 1
-                    continue
-                if dup is Duplicate.NORMALIZED:
-                    dup_norm += 1
+                dup = dedup.check(text, fields(record, fmt) if near_duplicates else None)
+                if dup is not None:
+                    if dup is Duplicate.EXACT:
+                        dup_exact += 1
+                    elif dup is Duplicate.NORMALIZED:
+                        dup_norm += 1
+                    else:
+                        dup_near += 1
                     continue
                 examples += 1
                 lengths.add(count_tokens(length_texts(record, fmt), message_count(record, fmt), tokenizer))
@@ -236,7 +244,7 @@ def preflight(
         outputs.finish(commit=False)
         raise
 
-    duplicates = dup_exact + dup_norm
+    duplicates = dup_exact + dup_norm + dup_near
     reason: Reason | None = None
     message = ""
     if fatal is not None:
@@ -283,8 +291,10 @@ def preflight(
     if leaked:
         warnings.append(f"{leaked:,} examples repeat the golden set; they were not used for training")
     if duplicates:
+        near = f", {dup_near:,} near-duplicates" if near_duplicates else ""
         warnings.append(
-            f"dropped {duplicates:,} duplicates ({dup_exact:,} exact, {dup_norm:,} after normalizing case and whitespace)"
+            f"dropped {duplicates:,} duplicates ({dup_exact:,} exact, {dup_norm:,} after normalizing case and "
+            f"whitespace{near})"
         )
     if examples and min_examples <= examples < WARN_BELOW_EXAMPLES:
         warnings.append(
@@ -326,6 +336,7 @@ def preflight(
         duplicates=duplicates,
         duplicates_exact=dup_exact,
         duplicates_normalized=dup_norm,
+        duplicates_near=dup_near if near_duplicates else None,
         error_policy=policy.value,
         errors=errors,
         errors_omitted=omitted,

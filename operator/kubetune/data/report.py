@@ -60,9 +60,16 @@ class DataReport(BaseModel):
     records: int = Field(0, description="Non-blank lines (or array elements) read, good and bad.")
     examples: int = Field(0, description="Valid examples after dedup (and after dropping leaks under skip).")
     invalid: int = 0
-    duplicates: int = 0
+    duplicates: int = Field(
+        0, description="Duplicates dropped, all kinds: the sum of the duplicates_* counts."
+    )
     duplicates_exact: int = 0
-    duplicates_normalized: int = 0
+    duplicates_normalized: int = Field(
+        0, description="Equal after NFKC, case folding and collapsing whitespace."
+    )
+    duplicates_near: int | None = Field(
+        None, description="Near-duplicates of an earlier kept example; null when they were not looked for."
+    )
     error_policy: str
     errors: list[LineError] = Field(default_factory=list)
     errors_omitted: int = Field(0, description="Bad lines beyond the cap on `errors`.")
@@ -116,7 +123,9 @@ class DataReport(BaseModel):
         lines.append(
             f"  records     {self.records:,} read, {self.examples:,} usable, "
             f"{self.invalid:,} invalid, {self.duplicates:,} duplicates "
-            f"({self.duplicates_exact:,} exact, {self.duplicates_normalized:,} normalized)"
+            f"({self.duplicates_exact:,} exact, {self.duplicates_normalized:,} normalized"
+            + (f", {self.duplicates_near:,} near" if self.duplicates_near is not None else "")
+            + ")"
         )
         if self.pii_policy is PiiPolicy.OFF:
             lines.append("  pii         not scanned (pii: off)")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetune.api.spec import InstructionDataset
 from kubetune.api.validate import validate_object
 from kubetune.cli import main
 from kubetune.validation import validate_files
@@ -84,6 +85,7 @@ BAD: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], No
     ("dataset-min-examples", ftj, _set("spec.dataset.minExamples", 0), "spec.dataset.minExamples", "must be ≥ 1"),
     ("dataset-pii", ftj, _set("spec.dataset.pii", "mask"), "spec.dataset.pii", "redact, reject, off"),
     ("dataset-error-policy", ftj, _set("spec.dataset.errorPolicy", "ignore"), "spec.dataset.errorPolicy", "fail, skip"),
+    ("dataset-near-duplicates", ftj, _set("spec.dataset.nearDuplicates", "yes"), "spec.dataset.nearDuplicates", "boolean"),
     ("epochs-zero", ftj, _set("spec.training", {"epochs": 0}), "spec.training.epochs", "must be > 0"),
     ("lr-zero", ftj, _set("spec.training", {"learningRate": 0}), "spec.training.learningRate", "must be > 0"),
     ("lr-above-one", ftj, _set("spec.training", {"learningRate": 2}), "spec.training.learningRate", "must be ≤ 1"),
@@ -162,6 +164,15 @@ def test_immutability_rule_runs_on_update_only() -> None:
     suspended = copy.deepcopy(old)
     suspended["spec"]["suspend"] = True
     assert [p for p in validate_object(suspended, old=old) if p.severity == "error"] == []
+
+
+def test_near_duplicates_is_off_by_default_and_fixed_after_creation() -> None:
+    assert InstructionDataset(uri="pvc://d/train.jsonl", format="chat").near_duplicates is False
+    old = ftj()
+    new = copy.deepcopy(old)
+    new["spec"]["dataset"]["nearDuplicates"] = True
+    assert [p for p in validate_object(new) if p.severity == "error"] == []
+    assert any(p.path == "spec.dataset" and "immutable" in p.message for p in validate_object(new, old=old))
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in EXAMPLES])
