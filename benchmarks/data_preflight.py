@@ -18,7 +18,11 @@ What it does, all on generated data (nothing downloaded):
    NLP-free configuration (``NoOpNlpEngine``, all default recognizers: no spaCy pipeline is installed
    here), with both recalls.
 4. Memory: peak RSS of a preflight subprocess on the ~50 MB file and on a ~500 MB file.
-5. Bad files: empty, binary, one 20 MB line, truncated gzip, through the CLI.
+5. Near-duplicates: the data again with ``--near-planted`` (2 %) edited copies of earlier examples
+   inserted (one or three words changed, sentence punctuation dropped, a short sentence added);
+   MB/s and peak RSS of the preflight with and without ``near_duplicates``, and precision/recall
+   of the ``near`` verdicts against the planted copies, by their true shingle similarity.
+6. Bad files: empty, binary, one 20 MB line, truncated gzip, through the CLI.
 
 Writes ``benchmarks/results/data_preflight.md`` (``--results`` to change).
 """
@@ -31,6 +35,7 @@ import json
 import os
 import platform
 import random
+import re
 import string
 import subprocess
 import sys
@@ -381,6 +386,87 @@ def write_dataset(path: Path, seed: int, n: int, labels: list[Example] | None = 
     return size
 
 
+# --- planted near-duplicates ----------------------------------------------------------------------
+
+NEAR_EDITS = ("one word", "three words", "punctuation", "sentence added", "one word + punctuation")
+_PUNCT = re.compile(r"[.,:;!?]+(?=\s|$)")  # sentence punctuation, not the dots inside 5.4 or v1.2
+
+
+def near_copy(line: str, edit: str, r: random.Random) -> str:
+    """An edited copy of a (good) chat line: what a near-duplicate looks like in scraped data."""
+    msgs = json.loads(line)["messages"]
+    m = msgs[r.randrange(len(msgs))]
+    if "word" in edit:
+        words = m["content"].split(" ")
+        for i in r.sample(range(1, len(words)), 3 if edit == "three words" else 1):
+            words[i] = r.choice([w for w in ("today", "soon", "again", "promptly", "also") if w != words[i]])
+        m["content"] = " ".join(words)
+    if "punctuation" in edit:
+        for msg in msgs:
+            msg["content"] = _PUNCT.sub("", msg["content"])
+    if edit == "sentence added":
+        m["content"] += " " + r.choice(["Thank you.", "Hope this helps!", "Any update?"])
+    return json.dumps({"messages": msgs}, ensure_ascii=False)
+
+
+def write_with_near_duplicates(
+    path: Path, examples: list[Example], seed: int, rate: float
+) -> tuple[int, list[tuple[str, str]]]:
+    """The data again, with an edited copy of an earlier good line after ~``rate`` of the lines.
+
+    Returns the bytes written and, per line, (edit, the line it copies) — ("", "") for an original.
+    """
+    r = random.Random(seed)
+    size, planted = 0, []
+    good: list[str] = []
+    with path.open("w", encoding="utf-8") as f:
+        for ex in examples:
+            lines = [(ex.line, "", "")]
+            if not ex.bad:
+                good.append(ex.line)
+            if good and r.random() < rate:
+                edit, source = NEAR_EDITS[r.randrange(len(NEAR_EDITS))], r.choice(good[-5000:])
+                lines.append((near_copy(source, edit, r), edit, source))
+            for line, edit, source in lines:
+                f.write(line + "\n")
+                size += len(line) + 1
+                planted.append((edit, source))
+    return size, planted
+
+
+def near_verdicts(path: Path) -> tuple[list[str | None], int]:
+    """The dedup verdict per line with near-duplicates on, as the preflight gives it (None: kept,
+    or not a valid example), and the near-duplicate index's bytes per kept example."""
+    from kubetune.data.dedup import Deduplicator
+    from kubetune.data.formats import Format, canonical, validate
+    from kubetune.data.near_dup import NearDuplicates, fields
+
+    near = NearDuplicates()
+    dedup = Deduplicator(near)
+    verdicts: list[str | None] = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if record is None or validate(record, Format.CHAT) is not None:
+                verdicts.append(None)
+                continue
+            dup = dedup.check(canonical(record, Format.CHAT), fields(record, Format.CHAT))
+            verdicts.append(dup.value if dup is not None else None)
+    return verdicts, near.nbytes // max(len(near), 1)
+
+
+def true_jaccard(a: str, b: str) -> float:
+    """Exact Jaccard similarity of two chat lines' shingle sets (no sketch)."""
+    from kubetune.data.formats import Format
+    from kubetune.data.near_dup import fields, shingle_hashes
+
+    sa, sb = (set(shingle_hashes(fields(json.loads(x), Format.CHAT))) for x in (a, b))
+    return len(sa & sb) / len(sa | sb)
+
+
 # --- quality --------------------------------------------------------------------------------------
 
 PRESIDIO_MAP = {
@@ -476,17 +562,18 @@ sys.path.insert(0, sys.argv[1])
 from kubetune.data import preflight
 t = time.perf_counter()
 r = preflight(sys.argv[2], format="chat", pii=sys.argv[3], error_policy="skip", redact_out=sys.argv[4] if sys.argv[4] != "-" else None,
-              min_examples=1)
+              min_examples=1, near_duplicates=sys.argv[5:] == ["near"])
 dt = time.perf_counter() - t
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"ok": r.ok, "examples": r.examples, "invalid": r.invalid, "duplicates": r.duplicates, "pii": r.pii,
-                  "seconds": dt, "bytes": r.bytes, "rss_kib": hwm}))
+                  "duplicates_near": r.duplicates_near, "seconds": dt, "bytes": r.bytes, "rss_kib": hwm}))
 """
 
 
-def run_child(path: Path, pii: str, out: Path | None) -> dict[str, Any]:
+def run_child(path: Path, pii: str, out: Path | None, *, near: bool = False) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-c", RSS_CHILD, str(ROOT / "operator"), str(path), pii, str(out) if out else "-"],
+        [sys.executable, "-c", RSS_CHILD, str(ROOT / "operator"), str(path), pii, str(out) if out else "-"]
+        + (["near"] if near else []),
         capture_output=True,
         text=True,
         check=False,
@@ -561,6 +648,9 @@ def main() -> int:
     )
     ap.add_argument("--big-pii", choices=["off", "redact"], default="off", help="pii policy for the big file")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--near-planted", type=float, default=0.02, help="share of lines followed by a planted near-duplicate"
+    )
     ap.add_argument(
         "--workdir", type=Path, default=None, help="where generated files go (default: a temp dir)"
     )
@@ -720,6 +810,75 @@ def main() -> int:
         big.unlink()
     say()
 
+    # 5. near-duplicates
+    near_data = work / "near.jsonl"
+    near_size, planted = write_with_near_duplicates(near_data, examples, args.seed + 1, args.near_planted)
+    plain = run_child(near_data, "off", None)
+    withn = run_child(near_data, "off", None, near=True)
+    verdicts, per_kept = near_verdicts(near_data)
+    assert verdicts.count("near") == withn["duplicates_near"], (
+        "in-process verdicts differ from the preflight's"
+    )
+    edits = [e for e, _ in planted if e]
+    with near_data.open(encoding="utf-8") as f:
+        sims_in_order = [true_jaccard(line, src) for line, (e, src) in zip(f, planted, strict=True) if e]
+    sims = sorted(sims_in_order)
+    tp = sum(1 for v, (e, _) in zip(verdicts, planted, strict=True) if e and v == "near")
+    fp = sum(1 for v, (e, _) in zip(verdicts, planted, strict=True) if not e and v == "near")
+    other = sum(1 for v, (e, _) in zip(verdicts, planted, strict=True) if e and v in ("exact", "normalized"))
+    near_mb = near_size / 1e6
+    say("## Near-duplicates (`nearDuplicates: true`, `check-data --near-duplicates`)\n")
+    say(
+        f"The generated data ({args.examples:,} examples) with {len(edits):,} edited copies of earlier good lines inserted "
+        f"(`--near-planted {args.near_planted}`: {', '.join(f'{e} {edits.count(e):,}' for e in NEAR_EDITS)}); "
+        f"{len(planted):,} lines, {near_mb:.1f} MB. Exact Jaccard similarity of a copy's 3-word shingles with its "
+        f"original: min {sims[0]:.2f}, median {sims[len(sims) // 2]:.2f}; "
+        f"{sum(x >= 0.8 for x in sims) / len(sims):.1%} are at or above the 0.8 threshold.\n"
+    )
+    say("| whole preflight on that file, `pii: off` | seconds | MB/s | peak RSS | duplicates dropped |")
+    say("|---|---:|---:|---:|---:|")
+    say(
+        f"| without near-duplicates (default) | {plain['seconds']:.1f} | {near_mb / plain['seconds']:.2f} "
+        f"| {plain['rss_kib'] / 1024:.0f} MiB | {plain['duplicates']:,} |"
+    )
+    say(
+        f"| with near-duplicates | {withn['seconds']:.1f} | {near_mb / withn['seconds']:.2f} "
+        f"| {withn['rss_kib'] / 1024:.0f} MiB | {withn['duplicates']:,} ({withn['duplicates_near']:,} near) |"
+    )
+    say()
+    say("| planted edit | planted | caught as near | recall |\n|---|---:|---:|---:|")
+    for e in NEAR_EDITS:
+        n = edits.count(e)
+        hit = sum(1 for v, (pe, _) in zip(verdicts, planted, strict=True) if pe == e and v == "near")
+        say(f"| {e} | {n:,} | {hit:,} | {hit / max(n, 1):.3f} |")
+    say(f"| **all** | {len(edits):,} | {tp:,} | **{tp / max(len(edits), 1):.3f}** |")
+    say()
+    say(
+        "| true Jaccard of the copy with its original | planted | caught as near | recall |\n|---|---:|---:|---:|"
+    )
+    caught = [v == "near" for v, (e, _) in zip(verdicts, planted, strict=True) if e]
+    pairs = list(zip(sims_in_order, caught, strict=True))
+    for lo, hi, label in (
+        (0.9, 1.01, "≥ 0.9"),
+        (0.8, 0.9, "0.8-0.9"),
+        (0.7, 0.8, "0.7-0.8"),
+        (0.0, 0.7, "< 0.7"),
+    ):
+        group = [c for j, c in pairs if lo <= j < hi]
+        if group:
+            say(f"| {label} | {len(group):,} | {sum(group):,} | {sum(group) / len(group):.3f} |")
+    say()
+    say(
+        f"Precision **{tp / max(tp + fp, 1):.3f}**: {fp:,} original (unplanted) lines were also dropped as near-duplicates"
+        + (
+            f"; planted copies caught as exact/normalized duplicates instead (nothing left to edit): {other:,}"
+            if other
+            else ""
+        )
+        + f". Near-duplicate index: {per_kept} bytes per kept example (128-byte signature + band table slots)."
+    )
+    say()
+
     say("## Caveats\n")
     say(
         "- The labelled set is synthetic and was written by the same hands as the detectors: its formats are the "
@@ -735,7 +894,7 @@ def main() -> int:
     )
     say()
 
-    # 5. bad files
+    # 6. bad files
     say("## Bad files (`kubetune check-data FILE --format prompt-completion --pii off`)\n")
     say("| file | exit | first line of output | traceback |\n|---|---:|---|---|")
     for name, code, first, tb in bad_file_cases(work):
