@@ -229,7 +229,8 @@ class Evaluation(KubeModel):
         "Prompts the model must decline (JSONL of {prompt}) for safety.refusal_rate."))
     forgetting_dataset: UriRef | None = Field(default=None, description=(
         "General text (JSONL of {text}, optionally {prompt, answer}) for forgetting.* against the base model."))
-    judge: Judge | None = Field(default=None, description="Optional LLM judge for judge.score.")
+    judge: Judge | None = Field(default=None, description=(
+        "Optional LLM judge: judge.score, and a second opinion on each safety.refusal_rate verdict."))
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Generation bound for golden, safety and judge prompts.")
     gates: list[Gate] | None = Field(default=None, max_length=32, description=(
         "All must pass for phase Succeeded and Ready=True; otherwise GateFailed and nothing is promoted."))
