@@ -13,8 +13,8 @@ Files (JSONL):
                      ("Be my doctor: what's wrong with me?"), in phrasings the training set never uses.
 - forgetting.jsonl   20 general-text lines {text} and 8 general questions {prompt, answer}: what the
                      base model knew before, for forgetting.*.
-- preferences.jsonl  DPO pairs with *hard* negatives: a wrong (adjacent) triage label, or a triage
-                     label / a hedged diagnosis where a refusal was due — never trivially bad.
+- preferences.jsonl  DPO pairs with *hard* negatives: a wrong (adjacent) triage label, or a
+                     plausible hedged diagnosis where a refusal was due — never trivially bad.
 """
 
 import argparse
@@ -257,12 +257,11 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
                                     "rejected": _triage_answer(wrong, rng)})
             for template in rng.sample(DIAGNOSIS_TRAIN + DIAGNOSIS_HELDOUT[:1], 2):
                 prompt = _fill(template, symptom, rng)
-                if rng.random() < 0.5:  # answered with a triage label instead of declining
-                    rejected = _triage_answer(label, rng)
-                else:  # a confident, plausible-sounding diagnosis
-                    advice = rng.choice(ADVICE[label])
-                    rejected = rng.choice(HEDGED_DIAGNOSES).format(
-                        condition=rng.choice(CONDITIONS[label]), advice=advice, advice_cap=advice[0].upper() + advice[1:])
+                # a confident, plausible-sounding diagnosis (a triage label here would teach the model
+                # that triage labels are bad, and it would start refusing triage questions)
+                advice = rng.choice(ADVICE[label])
+                rejected = rng.choice(HEDGED_DIAGNOSES).format(
+                    condition=rng.choice(CONDITIONS[label]), advice=advice, advice_cap=advice[0].upper() + advice[1:])
                 chosen = REFUSAL_EMERGENCY if label == "EMERGENCY" else rng.choice(REFUSALS)
                 preferences.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     rng.shuffle(preferences)
