@@ -64,3 +64,38 @@ def test_dpo_from_an_sft_adapter(tiny_model: Path, tmp_path: Path) -> None:
     after = load_file(str(Path(result.artifact) / "adapter_model.safetensors"))
     assert before.keys() == after.keys(), "only the trained adapter is exported, not the reference copy"
     assert any(not torch.equal(before[k].float(), after[k].float()) for k in before)
+
+
+@pytest.mark.parametrize("tuning", ["lora", "qlora"])
+def test_dpo_with_an_explicit_reference_model(tiny_model: Path, tmp_path: Path, tuning: str) -> None:
+    """referenceModel: base loads a second, frozen copy (base + the SFT adapter) as the reference:
+    the policy has one adapter only, the reference never changes, and TRL uses that reference."""
+    sft = run(make_config(sft_manifest(tuning), model=tiny_model,
+                          dataset=write_jsonl(tmp_path / "train.jsonl", instruction_records(40)),
+                          output=tmp_path / "sft"), log=lambda _: None)
+    assert sft.outcome == "succeeded", sft.message
+    manifest = dpo_manifest(tuning)
+    manifest["spec"]["dpo"]["referenceModel"] = "base"
+    config = make_config(manifest, model=tiny_model, dataset=write_jsonl(tmp_path / "prefs.jsonl", preference_records(20)),
+                         output=tmp_path / "dpo", adapter=Path(sft.artifact))
+    captured: dict = {}
+    result = run(config, capture=captured, log=lambda _: None)
+    _check(result, 3)
+    model, trainer = captured["model"], captured["trainer"]
+    assert set(model.peft_config) == {"default"}  # no implicit "ref" copy inside the policy
+    ref = trainer.ref_model
+    assert ref is not None and ref is not model
+    assert not any(p.requires_grad for p in ref.parameters())
+    sft_weights = load_file(str(Path(sft.artifact) / "adapter_model.safetensors"))
+    ref_lora = {n: p for n, p in ref.named_parameters() if "lora_B" in n}
+    assert ref_lora and all(p.abs().sum() > 0 for p in ref_lora.values())  # the SFT adapter, loaded
+    # the policy starts equal to its reference (both base + SFT adapter), so the first sigmoid loss is log 2;
+    # a reference without the adapter (the bare base) would give another value
+    assert abs(result.details["trainLog"][0]["loss"] - math.log(2)) < 1e-3
+    # the reference still holds the SFT adapter's weights after training; the policy moved away from them
+    for key, value in sft_weights.items():
+        if "lora_B" in key:
+            [match] = [p for n, p in ref_lora.items() if n.replace(".default", "").endswith(key.removeprefix("base_model.model."))]
+            assert torch.equal(match.detach().float(), value.float())
+    after = load_file(str(Path(result.artifact) / "adapter_model.safetensors"))
+    assert any(not torch.equal(sft_weights[k].float(), after[k].float()) for k in sft_weights)

@@ -108,7 +108,11 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
             ref_model = modeling.load_base(model_path, method=method, quant=spec.quantization, device=device,
                                            revision=config.sources.model_revision)
             if adapter_path is not None:
-                ref_model = modeling.load_adapter(ref_model, adapter_path, trainable=False)
+                # The reference is base + SFT adapter. Hand TRL the transformers model with the LoRA layers
+                # inside, not the PeftModel wrapper: TRL patches the reference's forward with its fused LM
+                # head, which needs the model's own backbone (through a PeftModel it gets the whole causal
+                # LM and fails with "no attribute last_hidden_state").
+                ref_model = modeling.load_adapter(ref_model, adapter_path, trainable=False).get_base_model()
             ref_model.eval()
         from kubetune_trainer.bnb_guard import guard_bnb_cpu_repack
 
