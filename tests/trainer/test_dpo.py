@@ -99,3 +99,17 @@ def test_dpo_with_an_explicit_reference_model(tiny_model: Path, tmp_path: Path, 
             assert torch.equal(match.detach().float(), value.float())
     after = load_file(str(Path(result.artifact) / "adapter_model.safetensors"))
     assert any(not torch.equal(sft_weights[k].float(), after[k].float()) for k in sft_weights)
+
+
+def test_dpo_from_the_base_with_an_explicit_reference_model(tiny_model: Path, tmp_path: Path) -> None:
+    manifest = dpo_manifest("lora")
+    manifest["spec"]["dpo"]["referenceModel"] = "base"
+    config = make_config(manifest, model=tiny_model, dataset=write_jsonl(tmp_path / "prefs.jsonl", preference_records(20)),
+                         output=tmp_path / "out")
+    captured: dict = {}
+    result = run(config, capture=captured, log=lambda _: None)
+    _check(result, 3)
+    ref = captured["trainer"].ref_model
+    assert ref is not None and not any(p.requires_grad for p in ref.parameters())
+    assert not any("lora" in n for n, _ in ref.named_parameters())  # the bare base
+    assert abs(result.details["trainLog"][0]["loss"] - math.log(2)) < 1e-3  # a new adapter starts as the base

@@ -113,7 +113,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
                 # head, which needs the model's own backbone (through a PeftModel it gets the whole causal
                 # LM and fails with "no attribute last_hidden_state").
                 ref_model = modeling.load_adapter(ref_model, adapter_path, trainable=False).get_base_model()
-            ref_model.eval()
+            ref_model.eval().requires_grad_(False)  # frozen: no autograd graph, never in the optimizer
         from kubetune_trainer.bnb_guard import guard_bnb_cpu_repack
 
         guard_bnb_cpu_repack(model)
