@@ -24,13 +24,22 @@ def _logits(model, tokenizer) -> torch.Tensor:
         return model(**ids).logits.float()
 
 
-@pytest.mark.parametrize("method", ["qlora", "lora", "full"])
-def test_sft_trains_and_exports(method: str, tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", ["qlora", "qlora-8bit", "lora", "full"])
+def test_sft_trains_and_exports(variant: str, tiny_model: Path, tmp_path: Path) -> None:
+    method, bits = variant.split("-")[0], 8 if variant.endswith("8bit") else 4
     data = write_jsonl(tmp_path / "train.jsonl", instruction_records(40))
-    config = make_config(sft_manifest(method), model=tiny_model, dataset=data, output=tmp_path / "out")
+    manifest = sft_manifest(method)
+    if bits == 8:
+        manifest["spec"]["quantization"] = {"bits": 8, "computeDtype": "float32"}
+    config = make_config(manifest, model=tiny_model, dataset=data, output=tmp_path / "out")
     captured: dict = {}
     result = run(config, capture=captured, log=lambda _: None)
     assert result.outcome == "succeeded", result.message
+    if method == "qlora":  # the frozen base really is stored in 4 or 8 bits
+        import bitsandbytes as bnb
+
+        layer = captured["model"].get_base_model().model.layers[0].self_attn.q_proj.base_layer
+        assert isinstance(layer, bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt)
 
     steps = [h for h in result.details["trainLog"] if "loss" in h]
     assert [h["step"] for h in steps] == [1, 2, 3]
@@ -59,12 +68,18 @@ def test_sft_trains_and_exports(method: str, tiny_model: Path, tmp_path: Path) -
         weights = load_file(str(artifact / "adapter_model.safetensors"))
         lora_b = [v for k, v in weights.items() if "lora_B" in k]
         assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero; training must move it"
-        assert "4-bit quantized base" in (artifact / "README.md").read_text() if method == "qlora" else True
+        if method == "qlora":
+            card = (artifact / "README.md").read_text()
+            assert f"{bits}-bit quantized base" in card and ("(nf4, double quant on)" in card) == (bits == 4)
+            # the card's loading snippet builds the same quantization it was trained on
+            assert (f"load_in_{bits}bit=True" in card) and (f"load_in_{12 - bits}bit" not in card)
+            assert ('bnb_4bit_compute_dtype="float32"' in card) == (bits == 4)
         kwargs = {}
         if method == "qlora":
-            kwargs = {"quantization_config": BitsAndBytesConfig(
+            quant = BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.float32), "device_map": {"": "cpu"}}
+                bnb_4bit_compute_dtype=torch.float32)
+            kwargs = {"quantization_config": quant, "device_map": {"": "cpu"}}
         base_model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32, **kwargs)
         reloaded = PeftModel.from_pretrained(base_model, str(artifact))
     after = _logits(reloaded, captured["tokenizer"])

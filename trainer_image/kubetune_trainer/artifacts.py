@@ -64,9 +64,10 @@ def model_card(*, config: Any, spec: Any, method: str, data: Any, metrics: dict[
     ]
     if method == "qlora":
         q = spec.quantization
+        scheme = (f"{q.type}, double quant {'on' if q.double_quant else 'off'}" if int(q.bits) == 4
+                  else "LLM.int8")  # type and double quant are 4-bit settings
         lines += [
-            f"- **This adapter belongs to the {q.bits}-bit quantized base** ({q.type}, double quant "
-            f"{'on' if q.double_quant else 'off'}) it was trained on. Load the base with the same "
+            f"- **This adapter belongs to the {q.bits}-bit quantized base** ({scheme}) it was trained on. Load the base with the same "
             "`BitsAndBytesConfig` and apply the adapter to it; merged onto the full-precision weights "
             "it loses much of its effect (it learned to compensate the quantization error).",
         ]
@@ -106,9 +107,10 @@ def model_card(*, config: Any, spec: Any, method: str, data: Any, metrics: dict[
         lines += ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer"]
         if method == "qlora":
             q = spec.quantization
-            lines += ["from transformers import BitsAndBytesConfig",
-                      f'bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="{q.type}", '
-                      f"bnb_4bit_use_double_quant={bool(q.double_quant)})",
+            bnb = ("BitsAndBytesConfig(load_in_8bit=True)" if int(q.bits) == 8 else
+                   f'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="{q.type}", '
+                   f'bnb_4bit_use_double_quant={bool(q.double_quant)}, bnb_4bit_compute_dtype="{q.compute_dtype}")')
+            lines += ["from transformers import BitsAndBytesConfig", f"bnb = {bnb}",
                       'base = AutoModelForCausalLM.from_pretrained("BASE", quantization_config=bnb)']
         else:
             lines.append('base = AutoModelForCausalLM.from_pretrained("BASE")')
