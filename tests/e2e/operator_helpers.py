@@ -49,6 +49,7 @@ class OperatorProcess:
             "KUBETUNE_RESYNC_SECONDS": "1",
             "KUBETUNE_PROGRESS_MIN_INTERVAL": "1",
             "KUBETUNE_UNSCHEDULABLE_GRACE": "5",
+            "KUBETUNE_IMAGE_PULL_GRACE": "5",
             "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:e2e",
             **env,
         }

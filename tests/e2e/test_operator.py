@@ -143,6 +143,21 @@ def test_unschedulable(cluster: Cluster, operator: OperatorProcess, namespace: s
     assert cluster.get("job", "huge-ft", "-n", namespace)["spec"]["suspend"] is True
 
 
+def test_image_pull_failure(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    # kwok keeps the trainer pod of a job named "image-pull-fails" Pending in ErrImagePull
+    # (operator/kubetune/devcluster/stages.yaml); the operator's image-pull grace is 5 s here
+    apply(cluster, ftj("image-pull-fails", namespace))
+    wait_until(lambda: get_cr(cluster, "FineTuneJob", namespace, "image-pull-fails").get("status", {}).get("reason")
+               == "ImageUnavailable", timeout=30, what="ImageUnavailable while within the grace period")
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "image-pull-fails", "Failed", timeout=60)
+    assert obj["status"]["reason"] == "ImageUnavailable"
+    assert "cannot pull the trainer image (ErrImagePull)" in obj["status"]["message"]
+    assert "ghcr.io/kubetune/trainer:e2e" in obj["status"]["message"]
+    assert cluster.get("job", "image-pull-fails-ft", "-n", namespace)["spec"]["suspend"] is True
+    pods = cluster.get("pods", "-n", namespace, "-l", "kubetune.io/job=image-pull-fails")["items"]
+    assert all(p["status"].get("phase") != "Running" for p in pods)  # it never started
+
+
 def test_suspend_resume(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("pause", namespace))
     trainer_pods(cluster, namespace, "pause")
