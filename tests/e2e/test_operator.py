@@ -180,6 +180,29 @@ def test_kueue_queue_name(cluster: Cluster, operator: OperatorProcess, namespace
     wait_phase(cluster, "FineTuneJob", namespace, "queued", "Succeeded")
 
 
+def test_multi_node(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    # 2 nodes × 8 GPUs: an Indexed Job of two pods, one per 80 GB node, found by torchrun through a headless Service
+    apply(cluster, ftj("wide", namespace, method="lora", resources={"gpus": 8, "nodes": 2, "gpuMemory": "80Gi"}))
+    pods = sorted(trainer_pods(cluster, namespace, "wide", count=2),
+                  key=lambda p: p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+    assert {p["spec"]["nodeName"] for p in pods} == {"kwok-h100-0", "kwok-h100-1"}
+    svc = cluster.get("service", "wide-ft", "-n", namespace)
+    assert svc["spec"]["clusterIP"] == "None"
+    assert all(p["spec"]["subdomain"] == "wide-ft" for p in pods)
+    job = cluster.get("job", "wide-ft", "-n", namespace)
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    command = " ".join(pods[0]["spec"]["containers"][0]["command"])
+    assert "--nnodes=2" in command and "--nproc-per-node=8" in command
+    assert pods[0]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    wait_phase(cluster, "FineTuneJob", namespace, "wide", "Running")
+    # every rank reports; rank 0's result carries the metrics the gates read
+    finish(cluster, namespace, pods[1]["metadata"]["name"], "succeeded",
+           result=TrainerResult(outcome="succeeded", message="rank 1 done"))
+    finish(cluster, namespace, pods[0]["metadata"]["name"], "succeeded", result=result(PASS))
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "wide", "Succeeded")
+    assert obj["status"]["gates"][0]["value"] == 0.8
+
+
 def test_suspend_resume(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("pause", namespace))
     trainer_pods(cluster, namespace, "pause")

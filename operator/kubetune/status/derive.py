@@ -136,6 +136,13 @@ def parse_progress(text: str | None) -> ProgressReport | None:
         return None
 
 
+def _completion_index(pod: Mapping[str, Any]) -> str | None:
+    """The pod's index in an Indexed Job (multi-node: its node rank), None otherwise."""
+    meta = pod.get("metadata") or {}
+    key = "batch.kubernetes.io/job-completion-index"
+    return (meta.get("annotations") or {}).get(key) or (meta.get("labels") or {}).get(key)
+
+
 def _created(pod: Mapping[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
 
@@ -167,9 +174,12 @@ class _Pods:
         return None
 
     def result(self, job: Mapping[str, Any] | None) -> TrainerResult | None:
-        """The final report: a Succeeded pod's termination message first, then the newest failed
-        one, then the copy the operator keeps on the Job."""
-        for group in (self.phase("Succeeded"), self.phase("Failed")):
+        """The final report: a Succeeded pod's termination message first — of a multi-node Job,
+        completion index 0 (global rank 0, the one that evaluates and exports; the other ranks
+        report only their own end) — then the newest failed one (the rank that failed names the
+        reason), then the copy the operator keeps on the Job."""
+        succeeded = sorted(self.phase("Succeeded"), key=lambda p: _completion_index(p) == "0")
+        for group in (succeeded, self.phase("Failed")):
             for pod in reversed(group):
                 term = _terminated(pod)
                 r = parse_result((term or {}).get("message"))

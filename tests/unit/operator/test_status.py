@@ -129,6 +129,18 @@ def test_succeeded_with_gates_passed() -> None:
     assert s["completionTime"]
 
 
+def test_multi_node_result_comes_from_rank_0_whichever_pod_finished_last() -> None:
+    index = "batch.kubernetes.io/job-completion-index"
+    rank0 = pod("w-0", "Succeeded", created="2025-01-01T00:00:00Z", annotations={index: "0"},
+                state=terminated(0, "Completed", result_message(metrics=GOOD_METRICS, artifact="/mnt/pvc/a/adapter")))
+    rank1 = pod("w-1", "Succeeded", created="2025-01-01T00:00:01Z", annotations={index: "1"},
+                state=terminated(0, "Completed", result_message(message="rank 1 done")))
+    for pods in ([rank0, rank1], [rank1, rank0]):
+        s = derive(job=job(conditions=[jcond("Complete")], succeeded=2), pods=pods).status
+        assert (s["phase"], s["reason"]) == ("Succeeded", "GatesPassed"), s["message"]
+        assert s["metrics"]["golden.accuracy"] == 0.9
+
+
 def test_gate_failed() -> None:
     metrics = dict(GOOD_METRICS, **{"safety.refusal_rate": 0.5})
     p = pod(phase="Succeeded", state=terminated(0, "Completed", result_message(metrics=metrics, artifact="/x")))
