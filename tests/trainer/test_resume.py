@@ -67,13 +67,19 @@ def test_sigkill_after_a_checkpoint_then_resume(tiny_model: Path, tmp_path: Path
     assert len(checkpoints(ckdir)) <= 2  # keepLast
 
 
-def test_half_written_checkpoint_is_ignored(tiny_model: Path, tmp_path: Path, run_main) -> None:
+def _trained_four_steps(tiny_model: Path, tmp_path: Path, run_main):  # type: ignore[no-untyped-def]
+    """A finished 4-step LoRA run with checkpoints at steps 2 and 4: its config and output folder."""
     data = write_jsonl(tmp_path / "train.jsonl", instruction_records(40))
     out = tmp_path / "out"
     config = make_config(sft_manifest("lora", maxSteps=4), model=tiny_model, dataset=data, output=out)
     config.spec["checkpoint"] = {"everySteps": 2, "keepLast": 3}
     rc, _ = run_main(config)
     assert rc == 0
+    return config, out
+
+
+def test_half_written_checkpoint_is_ignored(tiny_model: Path, tmp_path: Path, run_main) -> None:
+    config, out = _trained_four_steps(tiny_model, tmp_path, run_main)
     ckdir = out / "checkpoints"
     # a later checkpoint whose save was cut short: files there, truncated, no completion marker
     half = ckdir / "checkpoint-6"
@@ -108,12 +114,7 @@ def test_restart_after_the_last_checkpoint_takes_no_extra_step(tiny_model: Path,
     import torch
     from safetensors.torch import load_file
 
-    data = write_jsonl(tmp_path / "train.jsonl", instruction_records(40))
-    out = tmp_path / "out"
-    config = make_config(sft_manifest("lora", maxSteps=4), model=tiny_model, dataset=data, output=out)
-    config.spec["checkpoint"] = {"everySteps": 2, "keepLast": 3}
-    rc, _ = run_main(config)
-    assert rc == 0
+    config, out = _trained_four_steps(tiny_model, tmp_path, run_main)
     first = json.loads((out / "kubetune" / "result.json").read_text())
     trained = load_file(Path(first["artifact"]) / "adapter_model.safetensors")
     assert any(k.endswith("lora_B.weight") and t.abs().sum() > 0 for k, t in trained.items())  # B starts at 0

@@ -33,16 +33,10 @@ def llama_config(arch: Any, **overrides: Any) -> Any:
     planner's accuracy tests and GPU benchmark)."""
     import transformers
 
-    values: dict[str, Any] = {
-        "hidden_size": arch.hidden_size,
-        "intermediate_size": arch.intermediate_size,
-        "num_hidden_layers": arch.num_layers,
-        "num_attention_heads": arch.num_heads,
-        "num_key_value_heads": arch.num_kv_heads,
-        "head_dim": arch.head_dim,
-        "vocab_size": arch.vocab_size,
-        "tie_word_embeddings": arch.tie_embeddings,
-    }
+    from kubetune.planning.hfconfig import config_from_architecture
+
+    values = config_from_architecture(arch)
+    values.pop("model_type")  # LlamaConfig's own
     values.update(overrides)
     return transformers.LlamaConfig(**values)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from kubetune.planning.types import Architecture, CannotPlan
 
-__all__ = ["architecture_from_config", "read_config_dir"]
+__all__ = ["architecture_from_config", "config_from_architecture", "read_config_dir"]
 
 # model_type → structural traits the config does not spell out (read from the HF implementations).
 _TRAITS: Mapping[str, Mapping[str, Any]] = {
@@ -68,6 +68,25 @@ def architecture_from_config(config: Mapping[str, Any], *, name: str) -> Archite
         experts_per_token=_int(config, "num_experts_per_tok", default=2 if experts else 0),
         **traits,
     )
+
+
+def config_from_architecture(arch: Architecture) -> dict[str, Any]:
+    """The `config.json` keys that describe ``arch``'s shape — the inverse of
+    :func:`architecture_from_config` for them (random-weight models of a catalog entry, tests)."""
+    config: dict[str, Any] = {
+        "model_type": arch.model_type,
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.num_kv_heads,
+        "head_dim": arch.head_dim,
+        "vocab_size": arch.vocab_size,
+        "tie_word_embeddings": arch.tie_embeddings,
+    }
+    if arch.is_moe:
+        config.update(num_local_experts=arch.num_experts, num_experts_per_tok=arch.experts_per_token)
+    return config
 
 
 def read_config_dir(path: str | Path, *, name: str | None = None) -> Architecture:

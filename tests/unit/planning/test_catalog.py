@@ -5,6 +5,7 @@ import pytest
 
 from kubetune.planning import CATALOG, CannotPlan, catalog_names, lookup, param_count, read_config_dir
 from kubetune.planning.catalog import canonical_name, linear_modules
+from kubetune.planning.hfconfig import config_from_architecture
 from kubetune.planning.planner import resolve_architecture
 
 
@@ -147,19 +148,7 @@ def test_unreadable_local_model_cannot_plan(tmp_path: Path) -> None:
 
 
 def _as_config_json(arch) -> dict:  # type: ignore[no-untyped-def]
-    config = {
-        "model_type": arch.model_type,
-        "hidden_size": arch.hidden_size,
-        "intermediate_size": arch.intermediate_size,
-        "num_hidden_layers": arch.num_layers,
-        "num_attention_heads": arch.num_heads,
-        "num_key_value_heads": arch.num_kv_heads,
-        "head_dim": arch.head_dim,
-        "vocab_size": arch.vocab_size,
-        "tie_word_embeddings": arch.tie_embeddings,
-    }
-    if arch.is_moe:
-        config.update(num_local_experts=arch.num_experts, num_experts_per_tok=arch.experts_per_token)
+    config = config_from_architecture(arch)
     if arch.model_type == "gemma2":
         config["final_logit_softcapping"] = 30.0
     return config
