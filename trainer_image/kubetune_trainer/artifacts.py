@@ -41,6 +41,20 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# On CPUs with AVX512-BF16, bitsandbytes runs an eval-mode, no-grad forward of a 4-bit layer through
+# a fused kernel that rounds activations and block scales to bf16 whatever bnb_4bit_compute_dtype
+# says: outputs differ from the training-time forward by bf16 rounding (tests/trainer/test_sft.py
+# measures it), and training on afterwards gets wrong gradients (bnb_guard.py). The card tells users
+# how to keep the kernel the adapter was trained and evaluated with; the test runs this snippet.
+CPU_KERNEL_PIN = [
+    "# CPUs with AVX512-BF16: keep the fp32 kernel the adapter was trained and evaluated with",
+    "# (bitsandbytes would otherwise compute eval-mode 4-bit layers in bf16). No effect on GPUs.",
+    "for module in base.modules():",
+    '    if hasattr(module, "support_avx512bf16_for_cpu"):',
+    "        module.support_avx512bf16_for_cpu = False",
+]
+
+
 def model_card(*, config: Any, spec: Any, method: str, data: Any, metrics: dict[str, float], adapter_from: str | None) -> str:
     """README.md: base model and which base the adapter belongs to, method, data, hyperparameters, evaluation."""
     base = config.sources.model
@@ -112,6 +126,8 @@ def model_card(*, config: Any, spec: Any, method: str, data: Any, metrics: dict[
                    f'bnb_4bit_use_double_quant={bool(q.double_quant)}, bnb_4bit_compute_dtype="{q.compute_dtype}")')
             lines += ["from transformers import BitsAndBytesConfig", f"bnb = {bnb}",
                       'base = AutoModelForCausalLM.from_pretrained("BASE", quantization_config=bnb)']
+            if int(q.bits) == 4:
+                lines += CPU_KERNEL_PIN
         else:
             lines.append('base = AutoModelForCausalLM.from_pretrained("BASE")')
         lines += ['model = PeftModel.from_pretrained(base, "PATH/adapter")',
