@@ -91,9 +91,10 @@ def derive_status(
         status["jobName"] = job_name
 
     # 4. progress, data, metrics, gates, artifact and the remaining conditions
+    output = spec.get("output") or {}
     status |= outcome_status(
         state, result=result, progress=progress, gates=(spec.get("evaluation") or {}).get("gates"),
-        promoted_uri=(spec.get("output") or {}).get("promotedUri"), conditions=conds,
+        output_uri=output.get("uri"), promoted_uri=output.get("promotedUri"), conditions=conds,
         old_conditions=old.get("conditions") or [], generation=generation, now=now)
     if status["phase"] in TERMINAL_PHASES:
         status["completionTime"] = (

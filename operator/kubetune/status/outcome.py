@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 from kubetune.api.enums import ConditionType, Phase, Reason
 from kubetune.api.spec import Gate
-from kubetune.api.trainer_contract import ProgressReport, TrainerResult
+from kubetune.api.trainer_contract import ProgressReport, TrainerResult, child_uri
 from kubetune.gates import ConditionUpdate, decide
-from kubetune.render.sources import to_uri
 from kubetune.status.conditions import CONDITION_MESSAGE_LIMIT, stamp
 from kubetune.status.events import truncate
 from kubetune.status.pods import progress_summary
@@ -48,6 +48,7 @@ def outcome_status(
     result: TrainerResult | None,
     progress: ProgressReport | None = None,
     gates: Sequence[Gate | Mapping[str, Any]] | None = None,
+    output_uri: str | None = None,
     promoted_uri: str | None = None,
     promoted: bool | None = None,
     conditions: Sequence[ConditionUpdate] = (),
@@ -61,6 +62,7 @@ def outcome_status(
     - `state`: the phase the world is in; Succeeded or GateFailed means the run finished, and the
       gates (spec.evaluation.gates) then decide between Succeeded and GateFailed;
     - `result`, `progress`: the trainer's final report and its newest progress report;
+    - `output_uri` (spec.output.uri): where the artifact is, for a result without `artifactUri`;
     - `promoted_uri` (spec.output.promotedUri): named in the artifact when it was promoted;
       `promoted`: whether the artifact was copied there — None: when the gates passed, unless the
       result's details say `"promoted": false`;
@@ -94,7 +96,7 @@ def outcome_status(
         if result is not None and result.artifact:
             said = promoted if promoted is not None else (result.details or {}).get("promoted", True) is not False
             is_promoted = decision.passed and said
-            artifact: dict[str, Any] = {"uri": to_uri(result.artifact), "promoted": bool(is_promoted)}
+            artifact: dict[str, Any] = {"uri": artifact_uri(result, output_uri), "promoted": bool(is_promoted)}
             if is_promoted and promoted_uri:
                 artifact["promotedUri"] = promoted_uri
             status["artifact"] = artifact
@@ -129,3 +131,14 @@ def outcome_status(
     status["message"] = truncate(state.message, CONDITION_MESSAGE_LIMIT)
     status["conditions"] = stamp(old_conditions, conds, format_time(now), generation)
     return status
+
+
+def artifact_uri(result: TrainerResult, output_uri: str | None) -> str | None:
+    """The artifact as a URI: as the trainer reports it (`artifactUri`), or — from a trainer that
+    predates that field — its folder (adapter/, model/: the trainer writes it straight into its
+    output) below `output_uri`."""
+    if result.artifact_uri:
+        return result.artifact_uri
+    if result.artifact and output_uri:
+        return child_uri(output_uri, PurePosixPath(result.artifact).name)
+    return result.artifact
