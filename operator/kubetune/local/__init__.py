@@ -34,8 +34,8 @@ An output folder holding a finished run (a result.json) is cleared first; an int
 
 By job: jobs.py reads and orders the manifests (step 1), runner.py runs one job (steps 2–4),
 progress.py shows the trainer's progress, promotion.py copies a promoted artifact, report.py writes
-status.json and report.html and prints the table, outcome.py holds how a job ended and the exit
-status.
+status.json (made by kubetune.status.outcome_status, as the operator's status is) and report.html
+and prints the table, outcome.py holds how a job ended and the exit status.
 """
 
 from __future__ import annotations

@@ -53,6 +53,11 @@ def local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
+def file_uri(path: Path) -> str:
+    """An absolute local path as the file:// URI a spec would name it by."""
+    return "file://" + str(path)
+
+
 def _absolutize(obj: dict[str, Any], folder: Path) -> dict[str, Any]:
     obj = json.loads(json.dumps(obj))
     spec = obj.get("spec")

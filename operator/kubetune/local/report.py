@@ -1,38 +1,24 @@
 """What `kubetune run` leaves behind for each job: `<output>/kubetune/status.json` (the status the
-operator would set), `<output>/kubetune/report.html`, and the table printed on the terminal — base
-vs tuned for every metric, with each gate's verdict."""
+operator would set: kubetune.status.outcome_status), `<output>/kubetune/report.html`, and the table
+printed on the terminal — base vs tuned for every metric, with each gate's verdict."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from kubetune.api.enums import ConditionType, Phase
+from kubetune.api.enums import Phase
 from kubetune.api.trainer_contract import TrainerResult
 from kubetune.local.outcome import Outcome
 
 Say = Callable[[str], None]
 
 
-def write_status(outcome: Outcome, result: TrainerResult) -> None:
-    if outcome.output is None:
-        return
-    state = outcome.output / "kubetune"
+def write_status(output: Path, status: Mapping[str, Any]) -> None:
+    state = output / "kubetune"
     state.mkdir(parents=True, exist_ok=True)
-    conditions = [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
-                  for c in (outcome.decision.conditions if outcome.decision else [])]
-    if outcome.phase == Phase.FAILED:
-        conditions = [{"type": ConditionType.READY, "status": "False", "reason": outcome.reason,
-                       "message": outcome.message}]
-    status = {
-        "phase": str(outcome.phase), "reason": outcome.reason, "message": outcome.message,
-        "conditions": conditions, "metrics": outcome.metrics,
-        "gates": [g.as_status().model_dump(by_alias=True, exclude_none=True) for g in
-                  (outcome.decision.gates if outcome.decision else [])],
-        "artifact": {"uri": outcome.artifact, "promoted": outcome.promoted is not None,
-                     "promotedUri": outcome.promoted},
-    }
     (state / "status.json").write_text(json.dumps(status, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

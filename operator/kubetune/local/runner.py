@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -19,11 +21,12 @@ from kubetune.api.resources import AnyJob, PreferenceAlignment
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.trainer_contract import PlanSummary, SecretEnv, Sources, TrainerResult
 from kubetune.gates import decide
-from kubetune.local.jobs import LocalJob, local_path, secret_env_name
+from kubetune.local.jobs import LocalJob, file_uri, local_path, secret_env_name
 from kubetune.local.outcome import Outcome
 from kubetune.local.progress import ProgressTail, ProgressView
 from kubetune.local.promotion import promote
 from kubetune.local.report import write_report, write_status
+from kubetune.status import finished_state, outcome_status
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -38,6 +41,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -57,6 +64,7 @@ class Runner:
     tty: bool | None = None
     verbose: bool = False
     poll_seconds: float = 0.5
+    now: Callable[[], datetime] = _utc_now  # the time status.json is stamped with
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     _view: ProgressView | None = None
 
@@ -141,7 +149,8 @@ class Runner:
         ev = spec.evaluation
         sources = Sources(
             model=local_path(base.uri), model_revision=base.revision, adapter=adapter,
-            dataset=local_path(spec.dataset.uri), output=str(output), promoted=str(promoted) if promoted else None,
+            dataset=local_path(spec.dataset.uri), output=str(output), output_uri=file_uri(output),
+            promoted=str(promoted) if promoted else None,
             golden=local_path(ev.golden_dataset.uri) if ev and ev.golden_dataset else None,
             safety=local_path(ev.safety_dataset.uri) if ev and ev.safety_dataset else None,
             forgetting=local_path(ev.forgetting_dataset.uri) if ev and ev.forgetting_dataset else None,
@@ -223,22 +232,23 @@ class Runner:
 
     def _finish(self, job: AnyJob, lj: LocalJob, result: TrainerResult, *, output: Path,
                 promoted: Path | None) -> Outcome:
-        if result.outcome != "succeeded":
-            message = result.message or "trainer failed"
-            outcome = Outcome(lj.name, lj.kind, Phase.FAILED, result.reason or Reason.TRAINER_ERROR, message,
+        """The gates, promotion, status.json (what the operator's outcome_status makes of this
+        result) and report.html."""
+        state = finished_state(result)
+        gates = job.spec.evaluation.gates if job.spec.evaluation else None
+        if state.phase == Phase.FAILED:
+            outcome = Outcome(lj.name, lj.kind, state.phase, state.reason, state.message,
                               metrics=dict(result.metrics), artifact=result.artifact, output=output)
-            self._record(outcome, result)
-            return outcome
-        ev = job.spec.evaluation
-        decision = decide(result.metrics, ev.gates if ev else None)
-        outcome = Outcome(lj.name, lj.kind, decision.phase, decision.reason, decision.message,
-                          metrics=dict(result.metrics), decision=decision, artifact=result.artifact, output=output)
-        if decision.passed and promoted is not None and result.artifact:
-            promote(result.artifact, promoted)
-            outcome.promoted = str(promoted)
-        self._record(outcome, result)
-        return outcome
-
-    def _record(self, outcome: Outcome, result: TrainerResult) -> None:
-        write_status(outcome, result)
+        else:
+            decision = decide(result.metrics, gates)
+            outcome = Outcome(lj.name, lj.kind, decision.phase, decision.reason, decision.message,
+                              metrics=dict(result.metrics), decision=decision, artifact=result.artifact, output=output)
+            if decision.passed and promoted is not None and result.artifact:
+                promote(result.artifact, promoted)
+                outcome.promoted = str(promoted)
+        write_status(output, outcome_status(
+            state, result=result, gates=gates, output_uri=file_uri(output),
+            promoted_uri=file_uri(promoted) if promoted else None, promoted=outcome.promoted is not None,
+            now=self.now()))
         outcome.report_html = write_report(outcome, result, self._view.history if self._view else {})
+        return outcome
