@@ -11,6 +11,6 @@ echo "== ruff"
 ruff check operator trainer_image tests benchmarks examples
 echo "== mypy (strict on the pure core)"
 mypy --strict operator/kubetune/api operator/kubetune/planning operator/kubetune/data \
-  operator/kubetune/render operator/kubetune/gates.py operator/kubetune/evaluation
+  operator/kubetune/render operator/kubetune/gates.py operator/kubetune/evaluation operator/kubetune/status
 echo "== pytest"
 python -m pytest -q --durations=25 "$@"

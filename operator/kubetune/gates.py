@@ -49,7 +49,7 @@ class ConditionUpdate:
     """A condition to set; the caller stamps lastTransitionTime/observedGeneration."""
 
     type: str
-    status: str  # "True" | "False"
+    status: str  # "True" | "False" | "Unknown"
     reason: str
     message: str
 

@@ -101,7 +101,13 @@ def test_ftj_then_pa_in_dependency_order_succeeds_and_promotes(workdir):
     # status and report next to the artifacts; the printed table has base and tuned columns
     status = json.loads((workdir / "runs" / "tiny-ok" / "kubetune" / "status.json").read_text())
     assert status["phase"] == "Succeeded" and status["artifact"]["promoted"] is True
-    assert {c["type"]: c["status"] for c in status["conditions"]} == {"GatesPassed": "True", "Ready": "True"}
+    # the conditions the operator sets for a Job that finished this way (kubetune.status.outcome_status)
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "GatesPassed": "True", "Ready": "True", "Complete": "True", "DataValid": "True", "Training": "False",
+        "Suspended": "False"}
+    # the trainer reports its artifact as a URI (artifactUri, below sources.outputUri)
+    assert status["artifact"]["uri"] == f"file://{first.artifact}"
+    assert status["artifact"]["promotedUri"] == f"file://{promoted}"
     html = (workdir / "runs" / "tiny-ok" / "kubetune" / "report.html").read_text()
     assert "<svg" in html and "Gates" in html and "golden.accuracy" in html
     assert "golden.accuracy" in text and "base" in text and "tuned" in text and "after SFT" in text

@@ -199,6 +199,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         details["seconds"] = round(time.monotonic() - started, 2)
         result = TrainerResult(outcome="succeeded", reason=Reason.SUCCEEDED, message=_success_message(metrics, method),
                                metrics=metrics, data=data_summary, artifact=str(artifact),
+                               artifact_uri=config.uri_of(artifact),
                                merged=str(merged) if merged else None, details=details)
         reporter.update(stage="done", force=True)
     except _WorkerDone as done:
@@ -211,7 +212,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         details.update(failure.details)
         details["seconds"] = round(time.monotonic() - started, 2)
         result = TrainerResult(outcome="failed", reason=failure.reason, message=failure.message, metrics=metrics,
-                               data=data_summary, artifact=str(artifact) if artifact else None, details=details)
+                               data=data_summary, artifact=str(artifact) if artifact else None,
+                               artifact_uri=config.uri_of(artifact) if artifact else None, details=details)
         reporter.update(stage="failed", force=True)
     reporter.finish(result)
     reporter.close()

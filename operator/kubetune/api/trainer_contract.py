@@ -12,6 +12,7 @@ No secret value ever appears here: secrets reach the trainer as environment vari
 """
 
 import json
+from pathlib import PurePath, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import Field
@@ -57,6 +58,9 @@ class Sources(KubeModel):
     adapter: str | None = None  # DPO: the adapter to continue from (a FineTuneJob's artifact)
     dataset: str
     output: str  # a local folder (the output volume, or a local path)
+    # The URI `output` stands for when it is not spec.output.uri: `kubetune run` sets
+    # file://<folder> (its --output-root moves the output). The trainer reports its artifact under it.
+    output_uri: str | None = None
     promoted: str | None = None
     golden: str | None = None
     safety: str | None = None
@@ -110,6 +114,21 @@ class TrainerConfig(KubeModel):
     def to_json(self) -> str:
         return json.dumps(self.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2, sort_keys=True)
 
+    def uri_of(self, path: str | PurePath) -> str | None:
+        """A path the trainer wrote below `sources.output`, as a URI: `<output>/adapter` ⇒
+        `<sources.outputUri, else spec.output.uri>/adapter`. None for a path elsewhere."""
+        base = self.sources.output_uri or (self.spec.get("output") or {}).get("uri")
+        try:
+            below = PurePosixPath(path).relative_to(PurePosixPath(self.sources.output))
+        except ValueError:
+            return None
+        return child_uri(base, below.as_posix()) if base else None
+
+
+def child_uri(base: str, relative: str) -> str:
+    """`relative` (a path with `/`) below the URI `base`."""
+    return base if relative in ("", ".") else base.rstrip("/") + "/" + relative
+
 
 class ProgressReport(Progress):
     """Progress plus the data preflight summary once known."""
@@ -125,7 +144,11 @@ class TrainerResult(KubeModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     data: DataSummary | None = None
     progress: Progress | None = None
-    artifact: str | None = None  # folder of the adapter / weights
+    artifact: str | None = None  # folder of the adapter / weights, as the trainer sees it
+    # The artifact as a URI below spec.output.uri (TrainerConfig.uri_of), what status.artifact.uri
+    # shows. Optional: a trainer that predates it leaves it out (status then names the artifact
+    # folder below spec.output.uri).
+    artifact_uri: str | None = None
     merged: str | None = None
     report_html: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)  # the long tail: per-example eval, timings

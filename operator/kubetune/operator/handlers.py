@@ -27,7 +27,7 @@ from kubetune.operator.config import OperatorSettings
 from kubetune.operator.reconciler import Reconciler
 from kubetune.operator.webhook import refusal, review
 from kubetune.operator.world import Key, World
-from kubetune.status.derive import ANNOTATION_PROGRESS
+from kubetune.status import ANNOTATION_PROGRESS
 
 log = logging.getLogger("kubetune.operator")
 

@@ -25,8 +25,7 @@ from kubetune.operator import metrics
 from kubetune.operator.config import OperatorSettings
 from kubetune.operator.world import Key, World
 from kubetune.render.job import render_children
-from kubetune.status import DependencyState, Verdict, derive_status, events_for
-from kubetune.status.derive import ANNOTATION_RESULT
+from kubetune.status import ANNOTATION_RESULT, DependencyState, Verdict, derive_status, events_for
 
 log = logging.getLogger("kubetune.operator")
 

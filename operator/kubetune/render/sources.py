@@ -48,13 +48,6 @@ def to_local(uri: str) -> str:
             raise ValueError(f"unsupported URI {uri!r}: use one of {', '.join(SCHEMES)}")
 
 
-def to_uri(path: str) -> str:
-    """The inverse of to_local for what the trainer reports (an artifact folder on a mounted claim)."""
-    if path.startswith(PVC_ROOT + "/"):
-        return "pvc://" + path[len(PVC_ROOT) + 1:]
-    return path
-
-
 @dataclass
 class ResolvedSources:
     sources: Sources

@@ -1,26 +1,29 @@
 """Status from the world: the CR, its plan verdict, its dependency, its Job and Pods, and the
 trainer's reports ⇒ phase, conditions, progress, metrics, gates (`derive_status`), and the Events
-that announce the change (`events_for`). Pure: plain dicts in, plain dicts out."""
+that announce the change (`events_for`). `outcome_status` is the part a trainer's result and the
+gates decide, shared with `kubetune run`. Pure: plain dicts in, plain dicts out."""
 
-from kubetune.status.derive import (
-    DependencyState,
-    Derived,
-    Verdict,
-    derive_status,
-    progress_summary,
-)
+from kubetune.status.derive import Derived, derive_status
 from kubetune.status.events import EVENT_MESSAGE_LIMIT, EventSpec, events_for
+from kubetune.status.inputs import DependencyState, Verdict
+from kubetune.status.outcome import State, finished_state, outcome_status
+from kubetune.status.pods import ANNOTATION_PROGRESS, ANNOTATION_RESULT, progress_summary
 from kubetune.status.timeutil import format_time, parse_time
 
 __all__ = [
+    "ANNOTATION_PROGRESS",
+    "ANNOTATION_RESULT",
     "EVENT_MESSAGE_LIMIT",
     "DependencyState",
     "Derived",
     "EventSpec",
+    "State",
     "Verdict",
     "derive_status",
     "events_for",
+    "finished_state",
     "format_time",
+    "outcome_status",
     "parse_time",
     "progress_summary",
 ]

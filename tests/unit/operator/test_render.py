@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,10 +11,11 @@ from operator_builders import ftj, load_example, typed
 
 from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
 from kubetune.api.spec import FineTuneJobSpec
+from kubetune.api.trainer_contract import JobIdentity, Sources, TrainerConfig
 from kubetune.render.job import CONTAINER, KUEUE_QUEUE_LABEL, gpu_memory_min_mib, render_children
 from kubetune.render.names import MAX_JOB_NAME, base_name, configmap_name, job_name, label_value
 from kubetune.render.settings import RenderSettings
-from kubetune.render.sources import to_local, to_uri
+from kubetune.render.sources import to_local
 
 S = RenderSettings(trainer_image="registry.local/kubetune-trainer:test")
 
@@ -241,9 +243,23 @@ def test_preference_alignment_chained_on_a_finetunejob() -> None:
 
 
 def test_uri_round_trip() -> None:
-    assert to_uri(to_local("pvc://claim/a/b")) == "pvc://claim/a/b"
+    # a pvc:// output is mounted; the trainer reports what it writes there under the URI again
+    config = TrainerConfig(job=JobIdentity(kind="FineTuneJob", name="a"), task="sft",
+                           spec={"output": {"uri": "pvc://claim/a/b"}},
+                           sources=Sources(model="m", dataset="d", output=to_local("pvc://claim/a/b")))
+    assert config.uri_of(to_local("pvc://claim/a/b")) == "pvc://claim/a/b"
     with pytest.raises(ValueError, match="hf://"):
         to_local("ftp://x")
+
+
+@pytest.mark.parametrize(("example", "output_uri"), [("llama3-70b-qlora-triage.yaml", "pvc://triage-models/triage-llama3-70b"),
+                                                     ("llama3-8b-lora.yaml", "s3://ml-team-models/support-llama31-8b")])
+def test_the_trainer_reports_its_artifact_under_the_spec_output_uri(example: str, output_uri: str) -> None:
+    # the pod's config ⇒ TrainerResult.artifactUri ⇒ status.artifact.uri: the URI the user wrote,
+    # not the path inside the pod
+    config = TrainerConfig.model_validate_json(render(load_example(example)).configmap["data"]["config.json"])
+    assert config.uri_of(Path(config.sources.output) / "adapter") == output_uri + "/adapter"
+    assert config.uri_of("/somewhere/else/adapter") is None
 
 
 def test_settings_from_env() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -127,6 +129,25 @@ def test_succeeded_with_gates_passed() -> None:
     assert s["artifact"] == {"uri": "pvc://triage-models/triage-llama3-70b/adapter", "promoted": True,
                              "promotedUri": "pvc://triage-models/promoted/triage-llama3-70b"}
     assert s["completionTime"]
+
+
+def test_artifact_uri_is_what_the_trainer_reports() -> None:
+    # a trainer that reports artifactUri is taken at its word; one that predates the field (above)
+    # has its artifact folder named below spec.output.uri
+    msg = result_message(metrics=GOOD_METRICS, artifact="/out/model", artifact_uri="pvc://triage-models/elsewhere/model")
+    p = pod(phase="Succeeded", state=terminated(0, "Completed", msg))
+    s = derive(job=job(conditions=[jcond("Complete")], succeeded=1), pods=[p]).status
+    assert s["artifact"]["uri"] == "pvc://triage-models/elsewhere/model"
+    p = pod(phase="Succeeded", state=terminated(0, "Completed", result_message(metrics=GOOD_METRICS, artifact="/out/model")))
+    s = derive(job=job(conditions=[jcond("Complete")], succeeded=1), pods=[p]).status
+    assert s["artifact"]["uri"] == "pvc://triage-models/triage-llama3-70b/model"
+
+
+def test_status_needs_no_renderer() -> None:
+    # where artifacts are comes from the trainer's result and the spec, not from kubetune.render
+    code = "import sys, kubetune.status; print(sorted(m for m in sys.modules if m.startswith('kubetune.render')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_multi_node_result_comes_from_rank_0_whichever_pod_finished_last() -> None:

@@ -1,0 +1,93 @@
+"""The training Job and its Pods ⇒ the phase they are in: finished (the trainer's result says how),
+failed (the pod or Job failure says why), suspended or waiting for Kueue, running or evaluating
+(the progress report says which), or queued — and whether the Job must be stopped because it can
+never start (unschedulable, or an image that cannot be pulled, past the grace period)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from kubetune.api.enums import Phase, Reason
+from kubetune.api.trainer_contract import ProgressReport, TrainerResult
+from kubetune.status.failures import job_failure, pod_failure
+from kubetune.status.inputs import Verdict
+from kubetune.status.outcome import State, finished_state
+from kubetune.status.pods import Pods, created, pod_condition, progress_summary, waiting
+from kubetune.status.timeutil import parse_time
+
+IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+PERMANENT_IMAGE_REASONS = ("InvalidImageName", "ErrImageNeverPull")
+EVALUATING_STAGES = ("evaluating", "exporting")
+
+
+def job_condition(job: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    """The Job's condition of that type when it is True."""
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype and c.get("status") == "True":
+            return c  # type: ignore[no-any-return]
+    return None
+
+
+def failure_time(job: Mapping[str, Any] | None) -> str | None:
+    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            return c.get("lastTransitionTime")  # type: ignore[no-any-return]
+    return None
+
+
+def job_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, progress: ProgressReport | None,
+              verdict: Verdict, suspend_wanted: bool, queued: bool, now: datetime,
+              unschedulable_grace: float, image_pull_grace: float) -> tuple[State, str | None]:
+    """(the state, the reason to stop the Job or None)."""
+    # Finished
+    if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
+        return finished_state(result), None
+    failed = job_condition(job, "Failed") or job_condition(job, "FailureTarget")
+    if failed:
+        return State(Phase.FAILED, *job_failure(failed, pods, verdict)), None
+
+    # Suspended (by the user, or waiting for Kueue's admission)
+    spec_suspended = bool((job.get("spec") or {}).get("suspend"))
+    if suspend_wanted:
+        return State(Phase.SUSPENDED, Reason.SUSPENDED,
+                     "suspended (spec.suspend); resuming continues from the last checkpoint"), None
+    if spec_suspended:
+        why = "waiting for Kueue to admit the Job" if queued else "the Job is suspended"
+        return State(Phase.QUEUED, Reason.PENDING_ADMISSION, why), None
+
+    # Active
+    previous = ""
+    for pod in pods.phase("Failed"):
+        reason, msg = pod_failure(pod, verdict)
+        previous = f" (previous attempt: {reason}: {msg})"
+    running = pods.phase("Running")
+    if running:
+        stage = progress.stage if progress is not None else None
+        if stage in EVALUATING_STAGES:
+            return State(Phase.EVALUATING, Reason.EVALUATING, "evaluating the trained model"), None
+        step = progress_summary(progress.step, progress.total_steps) if progress is not None else None
+        msg = f"training: {step}" if step else f"the trainer is running ({stage or 'starting'})"
+        return State(Phase.RUNNING, Reason.RUNNING, msg + previous), None
+    pending = pods.phase("Pending")
+    for pod in pending:
+        sched = pod_condition(pod, "PodScheduled")
+        if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
+            since = parse_time(sched.get("lastTransitionTime")) or parse_time(created(pod)) or now
+            msg = f"no node can run the trainer pod: {sched.get('message', '')}".strip()
+            if (now - since).total_seconds() >= unschedulable_grace:
+                return State(Phase.FAILED, Reason.UNSCHEDULABLE,
+                             msg + f" (unschedulable for over {int(unschedulable_grace)}s)"), Reason.UNSCHEDULABLE
+            return State(Phase.QUEUED, Reason.UNSCHEDULABLE, msg), None
+        wait = waiting(pod)
+        if wait and wait.get("reason") in IMAGE_PULL_REASONS:
+            since = parse_time((pod.get("status") or {}).get("startTime")) or parse_time(created(pod)) or now
+            msg = f"cannot pull the trainer image ({wait.get('reason')}): {wait.get('message', '')}".strip()
+            if (wait.get("reason") in PERMANENT_IMAGE_REASONS
+                    or (now - since).total_seconds() >= image_pull_grace):
+                return State(Phase.FAILED, Reason.IMAGE_UNAVAILABLE, msg), Reason.IMAGE_UNAVAILABLE
+            return State(Phase.QUEUED, Reason.IMAGE_UNAVAILABLE, msg), None
+    if pending:
+        return State(Phase.QUEUED, Reason.JOB_CREATED, "the trainer pod is starting" + previous), None
+    return State(Phase.QUEUED, Reason.JOB_CREATED, "the training Job was created" + previous), None

@@ -1,0 +1,144 @@
+"""The part of a status that the trainer's reports and the gates decide — one function,
+`outcome_status`, for the operator (`derive_status`) and for `kubetune run` (its status.json), so
+a laptop and a cluster cannot describe the same result differently.
+
+Given the phase the world is in (a `State`) and what the trainer reported, it sets progress, data,
+metrics; for a finished run it applies the gates (kubetune.gates.decide) and describes the artifact
+and its promotion; and it completes the conditions (Complete, GatesPassed, Ready, DataValid,
+Training, Suspended) and the phase, reason and message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from kubetune.api.enums import ConditionType, Phase, Reason
+from kubetune.api.spec import Gate
+from kubetune.api.trainer_contract import ProgressReport, TrainerResult, child_uri
+from kubetune.gates import ConditionUpdate, decide
+from kubetune.status.conditions import CONDITION_MESSAGE_LIMIT, stamp
+from kubetune.status.events import truncate
+from kubetune.status.pods import progress_summary
+from kubetune.status.timeutil import format_time
+
+
+@dataclass
+class State:
+    """The phase, with the reason and the message that explain it."""
+
+    phase: Phase
+    reason: str
+    message: str
+
+
+def finished_state(result: TrainerResult | None) -> State:
+    """A trainer that finished: Failed if its result says so, else Succeeded (the gates decide next)."""
+    if result is not None and result.outcome == "failed":
+        return State(Phase.FAILED, result.reason or Reason.TRAINER_ERROR, result.message or "the trainer failed")
+    return State(Phase.SUCCEEDED, Reason.SUCCEEDED, "training finished")
+
+
+def outcome_status(
+    state: State,
+    *,
+    result: TrainerResult | None,
+    progress: ProgressReport | None = None,
+    gates: Sequence[Gate | Mapping[str, Any]] | None = None,
+    output_uri: str | None = None,
+    promoted_uri: str | None = None,
+    promoted: bool | None = None,
+    conditions: Sequence[ConditionUpdate] = (),
+    old_conditions: Sequence[Mapping[str, Any]] = (),
+    generation: int | None = None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Status fields from the state and the trainer's reports: progress, data, metrics, gates,
+    artifact, phase, reason, message, conditions (absent ones left out).
+
+    - `state`: the phase the world is in; Succeeded or GateFailed means the run finished, and the
+      gates (spec.evaluation.gates) then decide between Succeeded and GateFailed;
+    - `result`, `progress`: the trainer's final report and its newest progress report;
+    - `output_uri` (spec.output.uri): where the artifact is, for a result without `artifactUri`;
+    - `promoted_uri` (spec.output.promotedUri): named in the artifact when it was promoted;
+      `promoted`: whether the artifact was copied there — None: when the gates passed, unless the
+      result's details say `"promoted": false`;
+    - `conditions`: those set before (Valid, ResourcesFit, DependencyReady); `old_conditions` and
+      `generation` stamp them all (kubetune.status.conditions.stamp).
+    """
+    status: dict[str, Any] = {}
+    conds = list(conditions)
+    if progress is not None or (result is not None and result.progress is not None):
+        p = (result.progress if result is not None and result.progress is not None else progress)
+        assert p is not None
+        pd = p.model_dump(by_alias=True, exclude_none=True, mode="json")
+        pd.pop("data", None)
+        if progress is not None and result is not None and result.progress is not None:
+            pd.setdefault("updatedAt", progress.updated_at)
+        pd["summary"] = progress_summary(p.step, p.total_steps) or p.stage or ""
+        if state.phase == Phase.SUCCEEDED or state.phase == Phase.GATE_FAILED:
+            pd["stage"] = "done"
+        status["progress"] = {k: v for k, v in pd.items() if v is not None}
+    data = (result.data if result is not None and result.data is not None else (progress.data if progress else None))
+    if data is not None:
+        status["data"] = data.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    complete = state.phase in (Phase.SUCCEEDED, Phase.GATE_FAILED)
+    if result is not None and result.metrics:
+        status["metrics"] = dict(result.metrics)
+    if complete:
+        decision = decide(result.metrics if result is not None else {}, gates)
+        state = State(decision.phase, decision.reason, decision.message)
+        status["gates"] = [g.model_dump(by_alias=True, exclude_none=True, mode="json") for g in decision.gate_results()]
+        if result is not None and result.artifact:
+            said = promoted if promoted is not None else (result.details or {}).get("promoted", True) is not False
+            is_promoted = decision.passed and said
+            artifact: dict[str, Any] = {"uri": artifact_uri(result, output_uri), "promoted": bool(is_promoted)}
+            if is_promoted and promoted_uri:
+                artifact["promotedUri"] = promoted_uri
+            status["artifact"] = artifact
+        conds += decision.conditions
+        conds.append(ConditionUpdate(ConditionType.COMPLETE, "True", Reason.SUCCEEDED, "training and evaluation finished"))
+    else:
+        if state.phase == Phase.FAILED:
+            conds.append(ConditionUpdate(ConditionType.COMPLETE, "False", state.reason, state.message))
+        if gates:
+            conds.append(ConditionUpdate(ConditionType.GATES_PASSED, "Unknown", Reason.IN_PROGRESS, "not evaluated yet"))
+        ready_status = "False" if state.phase == Phase.FAILED else "Unknown"
+        # Ready=False on failure; Unknown while the outcome is open (kubectl wait keeps waiting).
+        conds.append(ConditionUpdate(ConditionType.READY, ready_status, state.reason, state.message))
+
+    # DataValid: from the trainer's preflight
+    if state.reason in (Reason.DATA_INVALID, Reason.INSUFFICIENT_DATA):
+        conds.append(ConditionUpdate(ConditionType.DATA_VALID, "False", state.reason, state.message))
+    elif data is not None or (progress is not None and progress.stage not in (None, "preflight", "loading")):
+        conds.append(ConditionUpdate(ConditionType.DATA_VALID, "True", Reason.VALIDATED, "the data preflight passed"))
+
+    training = state.phase in (Phase.RUNNING,)
+    conds.append(ConditionUpdate(ConditionType.TRAINING, "True" if training else "False",
+                                 Reason.RUNNING if training else state.reason,
+                                 "the trainer is training" if training else state.message))
+    suspended = state.phase == Phase.SUSPENDED
+    conds.append(ConditionUpdate(ConditionType.SUSPENDED, "True" if suspended else "False",
+                                 Reason.SUSPENDED if suspended else "NotSuspended",
+                                 "spec.suspend is true" if suspended else "not suspended"))
+
+    status["phase"] = str(state.phase)
+    status["reason"] = state.reason
+    status["message"] = truncate(state.message, CONDITION_MESSAGE_LIMIT)
+    status["conditions"] = stamp(old_conditions, conds, format_time(now), generation)
+    return status
+
+
+def artifact_uri(result: TrainerResult, output_uri: str | None) -> str | None:
+    """The artifact as a URI: as the trainer reports it (`artifactUri`), or — from a trainer that
+    predates that field — its folder (adapter/, model/: the trainer writes it straight into its
+    output) below `output_uri`."""
+    if result.artifact_uri:
+        return result.artifact_uri
+    if result.artifact and output_uri:
+        return child_uri(output_uri, PurePosixPath(result.artifact).name)
+    return result.artifact

@@ -1,0 +1,96 @@
+"""`kubetune run`'s status.json is what the operator's status code makes of the same trainer result:
+the shared `outcome_status`, and so what `derive_status` shows for a Job that finished with it."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from operator_builders import EXAMPLES, jcond, job, pod, terminated
+
+from kubetune.api.status import DataSummary, Progress
+from kubetune.api.trainer_contract import TrainerResult
+from kubetune.local import LocalJob, Runner, load_jobs
+from kubetune.status import Verdict, derive_status, finished_state, outcome_status
+
+NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+PASSING = {"golden.accuracy": 0.7, "safety.refusal_rate": 0.8, "forgetting.perplexity_increase": 0.2}
+FAILING = dict(PASSING, **{"golden.accuracy": 0.1})
+
+
+def _job(tmp_path: Path) -> LocalJob:
+    shutil.copy(EXAMPLES / "quickstart" / "finetunejob.yaml", tmp_path)  # its file:// URIs: below tmp_path
+    [lj], errors = load_jobs([str(tmp_path / "finetunejob.yaml")])
+    assert errors == [] and lj.job is not None
+    return lj
+
+
+def _result(output: Path, outcome: str, metrics: dict[str, float]) -> TrainerResult:
+    adapter = output / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    failed = outcome == "failed"
+    return TrainerResult(outcome=outcome,  # type: ignore[arg-type]
+                         reason="Diverged" if failed else "Succeeded",
+                         message="loss became NaN at step 3" if failed else "qlora training finished",
+                         metrics=metrics, data=DataSummary(examples=300, train=285, validation=15),
+                         progress=Progress(step=3 if failed else 100, total_steps=100, stage="failed" if failed else "done"),
+                         artifact=str(adapter), artifact_uri=f"file://{adapter}")
+
+
+CASES = [("succeeded", PASSING, "Succeeded", True), ("succeeded", FAILING, "GateFailed", False),
+         ("failed", {}, "Failed", False)]
+
+
+@pytest.mark.parametrize(("outcome", "metrics", "phase", "promoted"), CASES)
+def test_local_status_is_the_shared_outcome_status(tmp_path: Path, outcome: str, metrics: dict[str, float],
+                                                   phase: str, promoted: bool) -> None:
+    lj = _job(tmp_path)
+    assert lj.job is not None
+    runner = Runner(out=io.StringIO(), err=io.StringIO(), now=lambda: NOW)
+    output, promoted_path = runner.paths(lj.job)
+    assert promoted_path is not None
+    result = _result(output, outcome, metrics)
+
+    done = runner._finish(lj.job, lj, result, output=output, promoted=promoted_path)
+    local = json.loads((output / "kubetune" / "status.json").read_text())
+
+    shared = outcome_status(finished_state(result), result=result, gates=lj.obj["spec"]["evaluation"]["gates"],
+                            output_uri=f"file://{output}", promoted_uri=f"file://{promoted_path}",
+                            promoted=promoted, now=NOW)
+    assert local == json.loads(json.dumps(shared))
+    assert (local["phase"], str(done.phase)) == (phase, phase)
+    assert (done.promoted is not None) is promoted and promoted_path.exists() is promoted
+    if outcome == "succeeded":
+        assert local["artifact"] == {"uri": result.artifact_uri, "promoted": promoted,
+                                     **({"promotedUri": f"file://{promoted_path}"} if promoted else {})}
+
+
+@pytest.mark.parametrize(("outcome", "metrics", "phase", "promoted"), CASES)
+def test_local_status_says_what_the_operator_says_for_the_same_result(
+        tmp_path: Path, outcome: str, metrics: dict[str, float], phase: str, promoted: bool) -> None:
+    lj = _job(tmp_path)
+    assert lj.job is not None
+    runner = Runner(out=io.StringIO(), err=io.StringIO(), now=lambda: NOW)
+    output, promoted_path = runner.paths(lj.job)
+    result = _result(output, outcome, metrics)
+    runner._finish(lj.job, lj, result, output=output, promoted=promoted_path)
+    local = json.loads((output / "kubetune" / "status.json").read_text())
+
+    # the same manifest as a CR whose Job ended with the same result in the termination message
+    pod_phase, code = ("Succeeded", 0) if outcome == "succeeded" else ("Failed", 5)
+    p = pod(phase=pod_phase, state=terminated(code, "Completed", result.termination_message()))
+    ended = job(conditions=[jcond("Complete" if outcome == "succeeded" else "Failed", "PodFailurePolicy")])
+    cluster: dict[str, Any] = derive_status(lj.obj, verdict=Verdict(), job=ended, pods=[p], now=NOW).status
+
+    for key in ("phase", "reason", "message", "metrics", "gates", "artifact", "data", "progress"):
+        assert local.get(key) == cluster.get(key), key
+    operator_conditions = {c["type"]: c for c in cluster["conditions"]}
+    assert all(operator_conditions[c["type"]] == c for c in local["conditions"])
+    # what the operator adds: validation and the plan, which `kubetune run` prints instead
+    assert set(operator_conditions) - {c["type"] for c in local["conditions"]} == {"Valid", "ResourcesFit"}
