@@ -118,7 +118,7 @@ def _delegate(argv: list[str]) -> int:
 
         return check_data_main(argv[1:])
     if argv[1:2] == ["cluster"]:
-        from kubetune.devcluster.cli import main as devcluster_main
+        from kubetune_devcluster.cli import main as devcluster_main
 
         return devcluster_main(argv[2:])
     print("usage: kubetune dev cluster {up|down|logs} [--dir DIR]", file=sys.stderr)
