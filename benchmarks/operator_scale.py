@@ -28,6 +28,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
+sys.path.insert(0, str(REPO / "cluster"))
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 MINIMAL_OPERATOR = '''
@@ -173,7 +174,7 @@ def main() -> int:
 
     from operator_helpers import TRAINER_CLUSTER_ROLE, OperatorProcess
 
-    from kubetune.devcluster import Cluster, ensure_binaries, start
+    from kubetune_devcluster import Cluster, ensure_binaries, start
 
     workdir = Path(tempfile.mkdtemp(prefix="kt-bench-"))
     own = not args.cluster_dir

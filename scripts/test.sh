@@ -8,7 +8,7 @@ venv=$(bash scripts/install.sh | tail -n 1)
 export PATH="$venv/bin:$PATH"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 echo "== ruff"
-ruff check operator trainer_image tests benchmarks examples
+ruff check operator trainer_image cluster tests benchmarks examples
 echo "== mypy (strict on the pure core)"
 mypy --strict operator/kubetune/api operator/kubetune/planning operator/kubetune/data \
   operator/kubetune/render operator/kubetune/gates.py operator/kubetune/evaluation operator/kubetune/status

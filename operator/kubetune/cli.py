@@ -108,7 +108,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 # Commands whose own module parses their arguments (one parser each, no second copy here).
 _DELEGATED = {
     "check-data": "check the data preflight alone: format errors by line, too little data, PII, duplicates; exit 0 ok, 1 not",
-    "dev": "developer tools: `kubetune dev cluster up|down|logs [--dir DIR]` runs a local control plane with kwok GPU nodes",
+    "dev": "developer tools: `kubetune dev cluster up|down|logs [--dir DIR]` runs a local control plane with kwok GPU nodes (development package kubetune-devcluster: pip install -e cluster)",
 }
 
 
@@ -118,8 +118,12 @@ def _delegate(argv: list[str]) -> int:
 
         return check_data_main(argv[1:])
     if argv[1:2] == ["cluster"]:
-        from kubetune.devcluster.cli import main as devcluster_main
-
+        try:
+            from kubetune_devcluster.cli import main as devcluster_main
+        except ImportError as exc:
+            print(f"`kubetune dev cluster` needs the development package kubetune-devcluster ({exc}): "
+                  "from a kubetune checkout, pip install -e cluster", file=sys.stderr)
+            return 1
         return devcluster_main(argv[2:])
     print("usage: kubetune dev cluster {up|down|logs} [--dir DIR]", file=sys.stderr)
     return 2

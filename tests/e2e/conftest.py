@@ -3,7 +3,7 @@ scheduler) with kwok fake GPU nodes, shared by the whole session.
 
 The first run on a machine builds the binaries (cluster/build.sh, 10-25 min on 2 cores);
 later runs start the cluster in ~10-20 s. To reuse a cluster that `python -m
-kubetune.devcluster up --dir DIR` left running, set KUBETUNE_E2E_CLUSTER_DIR=DIR (it is
+kubetune_devcluster up --dir DIR` left running, set KUBETUNE_E2E_CLUSTER_DIR=DIR (it is
 then not stopped at the end).
 """
 
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-_OPERATOR = Path(__file__).resolve().parents[2] / "operator"
-if str(_OPERATOR) not in sys.path:  # works without `pip install -e .` too
-    sys.path.insert(0, str(_OPERATOR))
+_ROOT = Path(__file__).resolve().parents[2]
+for _src in (_ROOT / "operator", _ROOT / "cluster"):  # works without `pip install -e . -e cluster` too
+    if str(_src) not in sys.path:
+        sys.path.insert(0, str(_src))
 
-from kubetune.devcluster import Cluster, ensure_binaries, print_logs, start  # noqa: E402
+from kubetune_devcluster import Cluster, ensure_binaries, print_logs, start  # noqa: E402
 
 
 @pytest.fixture(scope="session")

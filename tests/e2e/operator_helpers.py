@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.trainer_contract import TrainerResult
-from kubetune.devcluster import Cluster, finish_pod, wait_for_pods, wait_until
+from kubetune_devcluster import Cluster, finish_pod, wait_for_pods, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINER_CLUSTER_ROLE = {

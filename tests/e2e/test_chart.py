@@ -30,7 +30,7 @@ import pytest
 import yaml
 from operator_helpers import REPO, ftj
 
-from kubetune.devcluster import Cluster, wait_until
+from kubetune_devcluster import Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 

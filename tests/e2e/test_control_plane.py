@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.devcluster import (
+from kubetune_devcluster import (
     GPU_RESOURCE,
     GPU_TOLERATION,
     Cluster,
@@ -279,7 +279,7 @@ def test_running_pods_stay_running_until_deleted(cluster: Cluster, namespace: st
 
 def test_pods_can_finish_on_their_own(cluster: Cluster, namespace: str) -> None:
     """completion_annotations on a pod template: pods finish by themselves after a delay."""
-    from kubetune.devcluster import completion_annotations
+    from kubetune_devcluster import completion_annotations
 
     spec = job("auto", namespace, gpu_pod_spec(1), completions=2, parallelism=2)
     spec["spec"]["template"]["metadata"]["annotations"] = completion_annotations(

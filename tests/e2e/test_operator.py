@@ -29,7 +29,7 @@ from operator_helpers import (
 )
 
 from kubetune.api.trainer_contract import TrainerResult
-from kubetune.devcluster import Cluster, wait_until
+from kubetune_devcluster import Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -145,7 +145,7 @@ def test_unschedulable(cluster: Cluster, operator: OperatorProcess, namespace: s
 
 def test_image_pull_failure(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     # kwok keeps the trainer pod of a job named "image-pull-fails" Pending in ErrImagePull
-    # (operator/kubetune/devcluster/stages.yaml); the operator's image-pull grace is 5 s here
+    # (cluster/kubetune_devcluster/stages.yaml); the operator's image-pull grace is 5 s here
     apply(cluster, ftj("image-pull-fails", namespace))
     wait_until(lambda: get_cr(cluster, "FineTuneJob", namespace, "image-pull-fails").get("status", {}).get("reason")
                == "ImageUnavailable", timeout=30, what="ImageUnavailable while within the grace period")

@@ -1,11 +1,14 @@
 """The pure core imports no kopf, kubernetes or torch stack — not even lazily inside a function."""
 
 import ast
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[2] / "operator" / "kubetune"
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "operator" / "kubetune"
 PURE = ["api", "planning", "data", "render", "evaluation", "status", "gates.py"]
 FORBIDDEN = {"kopf", "kubernetes", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets"}
 
@@ -21,17 +24,22 @@ def _pure_files() -> list[Path]:
     return files
 
 
+def _absolute_imports(node: ast.AST) -> list[str]:
+    """The modules an `import` / `from ... import` statement names (relative imports: none)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [node.module]
+    return []
+
+
 def test_pure_core_files_import_nothing_forbidden() -> None:
     files = _pure_files()
     assert len(files) > 10
     offenders = []
     for file in files:
         for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
+            names = _absolute_imports(node)
             offenders += [f"{file.relative_to(PKG)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
     assert offenders == []
 
@@ -60,3 +68,35 @@ def test_cli_help_is_fast_and_torch_free() -> None:
     code = "import sys; from kubetune.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_product_wheel_carries_no_dev_cluster(tmp_path: Path) -> None:
+    """The local control plane is the development package kubetune-devcluster (cluster/): the
+    `kubetune` wheel, built from a copy of the sources, has none of it."""
+    assert not (PKG / "devcluster").exists()
+    src = tmp_path / "src"
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("operator", "trainer_image"):
+        shutil.copytree(ROOT / name, src / name, ignore=junk)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
+    [wheel] = (tmp_path / "dist").glob("kubetune-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "kubetune/cli.py" in names
+    assert [n for n in names if "devcluster" in n or n.endswith("stages.yaml")] == []
+
+
+def test_only_the_cli_imports_the_dev_package_and_lazily() -> None:
+    """`kubetune dev` is the one way in, so the product imports without kubetune-devcluster."""
+    importers = []
+    for file in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        functions = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)]
+        in_function = {id(node) for f in functions for node in ast.walk(f)}
+        for node in ast.walk(tree):
+            names = _absolute_imports(node)
+            if any(n.split(".")[0] == "kubetune_devcluster" or n.startswith("kubetune.devcluster") for n in names):
+                importers.append((str(file.relative_to(PKG)), "lazy" if id(node) in in_function else "at import"))
+    assert importers == [("cli.py", "lazy")]

@@ -28,7 +28,7 @@ Render = Callable[..., list[dict[str, Any]]]
 
 def _cluster_helm() -> Path | None:
     try:
-        from kubetune.devcluster.binaries import expected_bin_dir
+        from kubetune_devcluster.binaries import expected_bin_dir
     except ImportError:
         return None
     override = os.environ.get("KUBETUNE_CLUSTER_BIN")

@@ -1,10 +1,11 @@
 """kubetune's local Kubernetes control plane for tests, e2e and demos.
 
-Real etcd, kube-apiserver, kube-controller-manager and kube-scheduler (built from
+A development package (distribution `kubetune-devcluster`, `pip install -e cluster`), not part
+of the kubetune product: neither the wheel nor the images carry it. Real etcd, kube-apiserver, kube-controller-manager and kube-scheduler (built from
 source at the versions pinned in cluster/versions.env) plus kwok for fake GPU nodes
 and pods. Nothing here imports torch.
 
-    from kubetune.devcluster import start, finish_pod
+    from kubetune_devcluster import start, finish_pod
     c = start("/tmp/kt")            # ~10-20 s once the binaries are cached
     c.kubectl("get", "nodes")
     finish_pod(c.kubeconfig, "default", "mypod", "oomkilled")

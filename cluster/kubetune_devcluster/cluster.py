@@ -323,7 +323,26 @@ def start(
     killed test run leaves no orphans. detach=True: they outlive it (`up`/`down`).
     """
     bins = binaries or ensure_binaries()
-    workdir = Path(workdir).resolve()
+    workdir = _clear_workdir(Path(workdir).resolve())
+    t0 = time.monotonic()
+    boot = _Boot.prepare(workdir, bins, detach=detach, timeout=timeout, verbosity=verbosity)
+    try:
+        boot.etcd()
+        boot.kube_apiserver()
+        boot.kube_controller_manager()
+        boot.kube_scheduler()
+        boot.kwok()
+        names = boot.register_nodes(default_nodes() if nodes is None else nodes)
+        boot.wait_ready(names)
+        boot.cluster.startup_seconds = time.monotonic() - t0
+        return boot.cluster
+    except BaseException:
+        boot.cluster.stop()
+        raise
+
+
+def _clear_workdir(workdir: Path) -> Path:
+    """Create `workdir`, refuse one whose cluster still runs, drop what an earlier one left."""
     workdir.mkdir(parents=True, exist_ok=True)
     if (workdir / STATE_FILE).exists():
         old = Cluster.attach(workdir)
@@ -336,27 +355,47 @@ def start(
             (workdir / f).unlink()
     (workdir / "logs").mkdir()
     (workdir / "config").mkdir()
+    return workdir
 
-    t0 = time.monotonic()
-    pki = pki_mod.generate(workdir / "pki")
-    etcd_client, etcd_peer, api_port, kcm_port, sched_port = _free_ports(5)
-    server = f"https://127.0.0.1:{api_port}"
-    ports = {
-        "etcd": etcd_client,
-        "etcd-peer": etcd_peer,
-        "kube-apiserver": api_port,
-        "kube-controller-manager": kcm_port,
-        "kube-scheduler": sched_port,
-    }
-    cluster = Cluster(workdir=workdir, server=server, ports=ports, pids={}, bin_dir=bins.bin_dir)
 
-    cfg = workdir / "config"
-    _write_kubeconfig(workdir / "kubeconfig", server, pki, "admin", embed=True)
-    for client in ("kube-controller-manager", "kube-scheduler", "kwok"):
-        _write_kubeconfig(cfg / f"{client}.kubeconfig", server, pki, client, embed=False)
-    shutil.copyfile(STAGES_FILE, cfg / "kwok-stages.yaml")
+@dataclass
+class _Boot:
+    """One start(): the cluster being brought up, one method per step."""
 
-    def spawn(name: str, argv: Sequence[str]) -> None:
+    cluster: Cluster
+    bins: Binaries
+    pki: pki_mod.Pki
+    detach: bool
+    timeout: float
+    verbosity: int
+
+    @classmethod
+    def prepare(cls, workdir: Path, bins: Binaries, *, detach: bool, timeout: float, verbosity: int) -> _Boot:
+        """Certificates, free ports, kubeconfigs (admin + one per component) and kwok's stages."""
+        pki = pki_mod.generate(workdir / "pki")
+        etcd_client, etcd_peer, api_port, kcm_port, sched_port = _free_ports(5)
+        server = f"https://127.0.0.1:{api_port}"
+        ports = {
+            "etcd": etcd_client,
+            "etcd-peer": etcd_peer,
+            "kube-apiserver": api_port,
+            "kube-controller-manager": kcm_port,
+            "kube-scheduler": sched_port,
+        }
+        cluster = Cluster(workdir=workdir, server=server, ports=ports, pids={}, bin_dir=bins.bin_dir)
+        cfg = workdir / "config"
+        _write_kubeconfig(workdir / "kubeconfig", server, pki, "admin", embed=True)
+        for client in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            _write_kubeconfig(cfg / f"{client}.kubeconfig", server, pki, client, embed=False)
+        shutil.copyfile(STAGES_FILE, cfg / "kwok-stages.yaml")
+        return cls(cluster, bins, pki, detach, timeout, verbosity)
+
+    def _config(self, name: str) -> Path:
+        return self.cluster.workdir / "config" / name
+
+    def _spawn(self, name: str, argv: Sequence[str]) -> None:
+        """Start one component (its own session, output to logs/NAME.log) and record its pid."""
+        cluster = self.cluster
         log = open(cluster.log_path(name), "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
@@ -364,45 +403,58 @@ def start(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=workdir,
+                cwd=cluster.workdir,
                 start_new_session=True,
-                preexec_fn=None if detach else _die_with_parent,
+                preexec_fn=None if self.detach else _die_with_parent,
             )
         finally:
             log.close()
         cluster.pids[name] = proc.pid
-        if not detach:
+        if not self.detach:
             cluster._procs[name] = proc
         cluster._save()
 
-    try:
-        spawn(
+    def _until(self, what: str, probe: Any, timeout: float | None = None) -> None:
+        _wait(what, probe, self.timeout if timeout is None else timeout, self.cluster)
+
+    def _wait_healthz(self, component: str) -> None:
+        url = f"https://127.0.0.1:{self.cluster.ports[component]}/healthz"
+        insecure = _insecure_ctx()
+        self._until(f"{component} /healthz", lambda: _http_ok(url, b"ok", insecure))
+
+    def _common(self) -> list[str]:
+        """Flags that kube-controller-manager and kube-scheduler share."""
+        return ["--bind-address=127.0.0.1", "--leader-elect=false", f"--v={self.verbosity}"]
+
+    def etcd(self) -> None:
+        client, peer = self.cluster.ports["etcd"], self.cluster.ports["etcd-peer"]
+        self._spawn(
             "etcd",
             [
-                str(bins.etcd),
+                str(self.bins.etcd),
                 "--name=kubetune-dev",
-                f"--data-dir={workdir / 'etcd'}",
-                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
-                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
-                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
-                f"--initial-cluster=kubetune-dev=http://127.0.0.1:{etcd_peer}",
+                f"--data-dir={self.cluster.workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{client}",
+                f"--advertise-client-urls=http://127.0.0.1:{client}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=kubetune-dev=http://127.0.0.1:{peer}",
                 "--unsafe-no-fsync",
                 "--quota-backend-bytes=4294967296",
                 "--log-level=warn",
             ],
         )
-        _wait(
-            "etcd /health", lambda: _http_ok(f"http://127.0.0.1:{etcd_client}/health", b'"true"'), 30, cluster
-        )
+        self._until("etcd /health", lambda: _http_ok(f"http://127.0.0.1:{client}/health", b'"true"'), 30)
 
-        spawn(
+    def kube_apiserver(self) -> None:
+        pki = self.pki
+        self._spawn(
             "kube-apiserver",
             [
-                str(bins.kube_apiserver),
-                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                str(self.bins.kube_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{self.cluster.ports['etcd']}",
                 "--bind-address=127.0.0.1",
-                f"--secure-port={api_port}",
+                f"--secure-port={self.cluster.ports['kube-apiserver']}",
                 "--advertise-address=127.0.0.1",
                 "--endpoint-reconciler-type=none",
                 f"--tls-cert-file={pki.cert('apiserver')}",
@@ -426,26 +478,22 @@ def start(
                 f"--proxy-client-cert-file={pki.cert('front-proxy-client')}",
                 f"--proxy-client-key-file={pki.key('front-proxy-client')}",
                 "--profiling=false",
-                f"--v={verbosity}",
+                f"--v={self.verbosity}",
             ],
         )
-        _wait("kube-apiserver /readyz", lambda: cluster.api_get("/readyz")[0] == 200, timeout, cluster)
+        self._until("kube-apiserver /readyz", lambda: self.cluster.api_get("/readyz")[0] == 200)
 
-        common = [
-            "--bind-address=127.0.0.1",
-            "--leader-elect=false",
-            f"--v={verbosity}",
-        ]
-        kcm_kc = cfg / "kube-controller-manager.kubeconfig"
-        spawn(
+    def kube_controller_manager(self) -> None:
+        pki, kubeconfig = self.pki, self._config("kube-controller-manager.kubeconfig")
+        self._spawn(
             "kube-controller-manager",
             [
-                str(bins.kube_controller_manager),
-                *common,
-                f"--secure-port={kcm_port}",
-                f"--kubeconfig={kcm_kc}",
-                f"--authentication-kubeconfig={kcm_kc}",
-                f"--authorization-kubeconfig={kcm_kc}",
+                str(self.bins.kube_controller_manager),
+                *self._common(),
+                f"--secure-port={self.cluster.ports['kube-controller-manager']}",
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
                 "--controllers=*",
                 "--use-service-account-credentials=true",
                 f"--root-ca-file={pki.ca_crt}",
@@ -456,24 +504,28 @@ def start(
                 "--cluster-name=kubetune-dev",
             ],
         )
-        sched_kc = cfg / "kube-scheduler.kubeconfig"
-        spawn(
+
+    def kube_scheduler(self) -> None:
+        kubeconfig = self._config("kube-scheduler.kubeconfig")
+        self._spawn(
             "kube-scheduler",
             [
-                str(bins.kube_scheduler),
-                *common,
-                f"--secure-port={sched_port}",
-                f"--kubeconfig={sched_kc}",
-                f"--authentication-kubeconfig={sched_kc}",
-                f"--authorization-kubeconfig={sched_kc}",
+                str(self.bins.kube_scheduler),
+                *self._common(),
+                f"--secure-port={self.cluster.ports['kube-scheduler']}",
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
             ],
         )
-        spawn(
+
+    def kwok(self) -> None:
+        self._spawn(
             "kwok",
             [
-                str(bins.kwok),
-                f"--kubeconfig={cfg / 'kwok.kubeconfig'}",
-                f"--config={cfg / 'kwok-stages.yaml'}",
+                str(self.bins.kwok),
+                f"--kubeconfig={self._config('kwok.kubeconfig')}",
+                f"--config={self._config('kwok-stages.yaml')}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_ANNOTATION_VALUE}",
                 "--node-lease-duration-seconds=40",
@@ -482,55 +534,38 @@ def start(
             ],
         )
 
-        node_objs = list(default_nodes() if nodes is None else nodes)
+    def register_nodes(self, nodes: Iterable[dict[str, Any]]) -> list[str]:
+        """Create the fake nodes (kwok takes over those annotated for it); returns their names."""
+        node_objs = list(nodes)
         if node_objs:
-            cluster.apply(*node_objs)
-        names = [n["metadata"]["name"] for n in node_objs]
+            self.cluster.apply(*node_objs)
+        return [n["metadata"]["name"] for n in node_objs]
 
-        def nodes_ready() -> bool:
-            items = {
-                n["metadata"]["name"]: n for n in json.loads(cluster.api_get("/api/v1/nodes")[1])["items"]
-            }
-            for name in names:
-                n = items.get(name)
-                if n is None:
-                    return False
-                ready = any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in n.get("status", {}).get("conditions", [])
-                )
-                tainted = any(
-                    t["key"].startswith("node.kubernetes.io/") for t in n.get("spec", {}).get("taints", [])
-                )
-                if not ready or tainted:
-                    return False
-            return True
-
-        insecure = _insecure_ctx()
-        _wait(
-            "kube-controller-manager /healthz",
-            lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", b"ok", insecure),
-            timeout,
-            cluster,
-        )
-        _wait(
-            "kube-scheduler /healthz",
-            lambda: _http_ok(f"https://127.0.0.1:{sched_port}/healthz", b"ok", insecure),
-            timeout,
-            cluster,
-        )
-        _wait(
+    def wait_ready(self, names: list[str]) -> None:
+        """Controller-manager and scheduler healthy, the default service account, nodes Ready."""
+        self._wait_healthz("kube-controller-manager")
+        self._wait_healthz("kube-scheduler")
+        self._until(
             "the default service account",
-            lambda: cluster.api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
-            timeout,
-            cluster,
+            lambda: self.cluster.api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
         )
-        _wait(f"nodes {names} Ready and untainted", nodes_ready, timeout, cluster)
-        cluster.startup_seconds = time.monotonic() - t0
-        return cluster
-    except BaseException:
-        cluster.stop()
-        raise
+        self._until(f"nodes {names} Ready and untainted", lambda: _nodes_ready(self.cluster, names))
+
+
+def _nodes_ready(cluster: Cluster, names: list[str]) -> bool:
+    """Every named node exists, is Ready and carries no node.kubernetes.io/ taint."""
+    items = {n["metadata"]["name"]: n for n in json.loads(cluster.api_get("/api/v1/nodes")[1])["items"]}
+    for name in names:
+        n = items.get(name)
+        if n is None:
+            return False
+        ready = any(
+            c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", [])
+        )
+        tainted = any(t["key"].startswith("node.kubernetes.io/") for t in n.get("spec", {}).get("taints", []))
+        if not ready or tainted:
+            return False
+    return True
 
 
 def print_logs(cluster: Cluster, n: int = 40, file: Any = sys.stderr) -> None:

@@ -58,11 +58,15 @@ class Binaries:
 
 
 def cluster_dir() -> Path:
-    """The repository's `cluster/` folder (versions.env, go.mod, build.sh)."""
+    """The repository's `cluster/` folder (versions.env, go.mod, build.sh).
+
+    KUBETUNE_CLUSTER_DIR, else the folder this package sits in: a checkout on PYTHONPATH and an
+    editable install (`pip install -e cluster`) both import it from there.
+    """
     env = os.environ.get("KUBETUNE_CLUSTER_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "cluster"
+    return Path(__file__).resolve().parents[1]
 
 
 def cache_root() -> Path:
@@ -71,7 +75,13 @@ def cache_root() -> Path:
 
 def read_versions(path: Path | None = None) -> dict[str, str]:
     """Parse cluster/versions.env (KEY=VALUE lines, # comments)."""
-    path = path or cluster_dir() / "versions.env"
+    if path is None:
+        path = cluster_dir() / "versions.env"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: install kubetune-devcluster editable (pip install -e cluster) "
+                "or set KUBETUNE_CLUSTER_DIR to a kubetune checkout's cluster/ folder"
+            )
     out: dict[str, str] = {}
     for raw in path.read_text().splitlines():
         line = raw.strip()

@@ -1,4 +1,4 @@
-"""`kubetune dev cluster up|down` (also `python -m kubetune.devcluster up|down --dir DIR`)."""
+"""`kubetune dev cluster up|down` (also `python -m kubetune_devcluster up|down --dir DIR`)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"up": main_up, "down": main_down, "logs": main_logs}
     if not argv or argv[0] not in commands:
-        print("usage: python -m kubetune.devcluster {up|down|logs} [--dir DIR]", file=sys.stderr)
+        print("usage: python -m kubetune_devcluster {up|down|logs} [--dir DIR]", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
