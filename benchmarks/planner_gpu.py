@@ -14,11 +14,13 @@ Target (issue #3): within ±10% of the measured peak, never under-predicting by 
 Each point runs in a fresh subprocess so allocator state never leaks between points. Results go to
 benchmarks/results/planner_gpu.md and .json. Without CUDA it prints why and exits with status 2.
 
-How each method is prepared (mirrors kubetune_trainer + TRL 1.16 + HF Trainer with bf16=True):
+How each method is prepared: the trainer's own `kubetune_trainer.modeling.load_base` loads a saved
+random checkpoint (the spec's default quantization: NF4 + double quant, compute bf16) and `add_adapter`
+adds LoRA r=16 alpha 32 all-linear dropout 0.05; then what TRL 1.16 + HF Trainer with bf16=True do:
 - full: model in fp32, bf16 autocast, torch AdamW (foreach);
-- lora: model in bf16, peft LoRA r=16 all-linear dropout 0.05 (adapters fp32), bf16 autocast;
-- qlora: bitsandbytes NF4 + double quant (compute bf16) loaded with `from_pretrained` from a saved
-  random checkpoint, `prepare_model_for_kbit_training`, peft LoRA as above, adapters cast to bf16 (TRL).
+- lora: model in bf16, adapters fp32 (peft), bf16 autocast;
+- qlora: 4-bit base after `prepare_model_for_kbit_training`, adapters cast to bf16 (TRL);
+- checkpointing on: `gradient_checkpointing_enable(use_reentrant=False)`, as the trainer configures it.
 Inputs are random token ids without padding (so the plan uses packing=True: no attention-mask tensor).
 """
 
@@ -36,6 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT / "trainer_image"))
 
 from kubetune.planning import PlanRequest, estimate, format_bytes, lookup  # noqa: E402
 
@@ -68,7 +71,7 @@ def _request(point: dict[str, Any], gpu_memory: int) -> PlanRequest:
 
 
 def _checkpoint_dir(name: str, cache: Path) -> Path:
-    """A saved random-weight checkpoint (bf16) for bitsandbytes to quantize at load time."""
+    """A saved random-weight checkpoint (bf16) for the trainer's loader (bitsandbytes quantizes it for qlora)."""
     import torch
     import transformers
 
@@ -82,46 +85,28 @@ def _checkpoint_dir(name: str, cache: Path) -> Path:
 
 
 def _build(point: dict[str, Any], cache: Path) -> Any:
-    import peft
     import torch
-    import transformers
 
-    name, method, ckpt = point["model"], point["method"], point["checkpointing"]
-    lora = peft.LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
+    from kubetune.api.spec import LoraConfig, Quantization
+    from kubetune_trainer import modeling
+
+    method, ckpt = point["method"], point["checkpointing"]
     torch.manual_seed(0)
+    model = modeling.load_base(
+        _checkpoint_dir(point["model"], cache),
+        method=method,
+        quant=Quantization(),
+        device=modeling.pick_device("cuda"),
+        gradient_checkpointing=ckpt,
+    )
+    if method != "full":
+        model = modeling.add_adapter(model, LoraConfig(r=16, alpha=32, dropout=0.05))
     if method == "qlora":
-        quant = transformers.BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            _checkpoint_dir(name, cache),
-            quantization_config=quant,
-            device_map={"": 0},
-            dtype=torch.bfloat16,
-            attn_implementation="sdpa",
-        )
-        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=ckpt)
-        model = peft.get_peft_model(model, lora)
         for param in model.parameters():  # what TRL does for a quantized base
             if param.requires_grad:
                 param.data = param.data.to(torch.bfloat16)
-        return model
-    config = _config(name)
-    config._attn_implementation = "sdpa"
-    dtype = torch.float32 if method == "full" else torch.bfloat16
-    with torch.device("cuda"):
-        model = transformers.LlamaForCausalLM(config).to(dtype)
-    if method == "lora":
-        model = peft.get_peft_model(model, lora)
-    if ckpt:
+    if ckpt:  # what HF Trainer does with gradient_checkpointing=True and the trainer's kwargs
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if method != "full":
-            model.enable_input_require_grads()
     return model
 
 
@@ -261,8 +246,7 @@ def main() -> int:
         arch = lookup(point["model"])
         assert arch is not None
         est = estimate(_request(point, gpu_memory), arch)
-        if point["method"] == "qlora":
-            _checkpoint_dir(point["model"], cache)  # build once, outside the measured process
+        _checkpoint_dir(point["model"], cache)  # build once, outside the measured process
         out = subprocess.run(
             [sys.executable, __file__, "--point", json.dumps(point), "--cache", str(cache.parent)],
             capture_output=True,

@@ -6,7 +6,7 @@ measured against.
     python benchmarks/trainer_gpu.py --sizes llama-8b --steps 20 --seq 2048
 
 Per size: a random LlamaForCausalLM (Llama 3 shapes) is written once in bf16 to a temp folder,
-loaded 4-bit (NF4, double quant, bf16 compute) as the trainer does (kubetune_trainer.modeling),
+loaded 4-bit (NF4, double quant, bf16 compute) by the trainer's own loader (kubetune_trainer.modeling),
 with LoRA r16 on all linear layers, gradient checkpointing, batch 4, paged AdamW 8-bit, and trained
 with TRL's SFTTrainer on random token sequences whose lengths are spread over [seq/8, seq] (like
 real instruction data), once padded per batch and once packed into full seq-length rows.
@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "operator"))
+sys.path.insert(0, str(REPO / "trainer_image"))
 RESULTS = REPO / "benchmarks" / "results" / "trainer_gpu.md"
 
 # Llama 3 shapes (vocab 128256, GQA 8 KV heads)
@@ -62,29 +64,18 @@ def rows(n: int, seq: int, seed: int = 0) -> list[dict]:
 def bench(folder: Path, *, packing: bool, steps: int, seq: int, batch: int, warmup: int) -> dict:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (
-        AutoModelForCausalLM,
-        BitsAndBytesConfig,
-        PreTrainedTokenizerFast,
-        TrainerCallback,
-    )
+    from transformers import PreTrainedTokenizerFast, TrainerCallback
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.utils import compute_flops_per_token, get_peak_flops
 
-    from kubetune_trainer.bnb_guard import guard_bnb_cpu_repack
+    from kubetune.api.spec import LoraConfig, Quantization
+    from kubetune_trainer import modeling
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), quantization_config=q, device_map={"": 0},
-                                                 dtype=torch.bfloat16)
-    guard_bnb_cpu_repack(model)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    model = modeling.load_base(folder, method="qlora", quant=Quantization(), device=modeling.pick_device("cuda"),
+                               gradient_checkpointing=True)
+    model = modeling.add_adapter(model, LoraConfig(r=16, alpha=32, dropout=0.0))
     # a minimal tokenizer object: data is pre-tokenized, TRL only needs pad/eos ids
     from tokenizers import Tokenizer, models
 

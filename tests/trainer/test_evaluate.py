@@ -186,21 +186,12 @@ def test_judge_score_from_a_local_chat_completions_server(peft_model, tiny, sets
 def test_dequantized_cpu_linears_match_the_4bit_forward(tiny, tmp_path):
     """The evaluation speed-up for QLoRA on CPU computes exactly what the 4-bit layers compute."""
     pytest.importorskip("bitsandbytes")
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
+    from kubetune.api.spec import Quantization
+    from kubetune_trainer import modeling
     from kubetune_trainer.evaluate import dequantized_cpu_linears
 
     folder = build_tiny_llama(tmp_path / "tiny4")
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=q, device_map={"": "cpu"},
-                                                 dtype=torch.float32)
-    try:
-        from kubetune_trainer.bnb_guard import guard_bnb_cpu_repack
-
-        guard_bnb_cpu_repack(model)
-    except ImportError:
-        pass
+    model = modeling.load_base(folder, method="qlora", quant=Quantization(), device=modeling.pick_device("cpu"))
     lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     with torch.no_grad():
         for name, p in lora.named_parameters():

@@ -6,7 +6,9 @@
 - optimizer state bytes: one real AdamW / Adafactor step on a tiny model, summing the state tensors;
 - 4-bit weight bytes: a tiny model quantized by bitsandbytes (NF4 + double quant) on CPU, summing the
   packed weights and every quant-state tensor.
-Within 1% (counts) and a few % (4-bit storage), as issue #3 requires.
+Within 1% (counts) and a few % (4-bit storage), as issue #3 requires. Models load and get their adapters
+through the trainer's own `kubetune_trainer.modeling` (`load_base`, `add_adapter`), so the planner is checked
+against the path the trainer takes, not a copy of it.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+pytest.importorskip("peft")
 
+from kubetune.api.spec import LoraConfig, Quantization  # noqa: E402
 from kubetune.planning import PlanRequest, architecture_from_config, estimate, lookup, param_count  # noqa: E402
 from kubetune.planning.catalog import unquantized_param_count  # noqa: E402
 from kubetune.planning.memory import base_weight_bytes  # noqa: E402
 from kubetune.planning.types import Architecture  # noqa: E402
+from kubetune_trainer import modeling  # noqa: E402
 
 pytestmark = pytest.mark.trainer
 
@@ -59,9 +63,15 @@ def _meta_model(config: Any) -> Any:
         return transformers.LlamaForCausalLM(config)
 
 
-def _lora(model: Any, r: int = 16) -> Any:
-    config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", lora_dropout=0.05)
-    return peft.get_peft_model(model, config)
+def _lora(model: Any, r: int = 16, dropout: float = 0.05) -> Any:
+    """The trainer's adapter (`spec.lora` with all-linear targets)."""
+    return modeling.add_adapter(model, LoraConfig(r=r, alpha=2 * r, dropout=dropout))
+
+
+def _gpu_precision_on_cpu() -> Any:
+    """HF Trainer's dtypes on a GPU with bf16 (a bf16 base for LoRA/QLoRA, bf16 4-bit matmuls), on the CPU:
+    what the planner models, which `pick_device("cpu")` (all fp32) would not show."""
+    return modeling.Device("cpu", torch.bfloat16, bf16=True, fp16=False)
 
 
 def _within(planned: float, actual: float, tolerance: float = TOLERANCE) -> bool:
@@ -242,16 +252,8 @@ def test_4bit_weight_bytes_match_bitsandbytes_on_cpu(tmp_path: Path, double_quan
     config = _tiny_config(hidden_size=128, intermediate_size=352, num_hidden_layers=2)
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
-    quant = transformers.BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=double_quant,
-        bnb_4bit_compute_dtype=torch.float32,
-    )
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path, quantization_config=quant, device_map={"": "cpu"}, dtype=torch.float32
-    )
-    model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    quant = Quantization(double_quant=double_quant, compute_dtype="float32")
+    model = modeling.load_base(tmp_path, method="qlora", quant=quant, device=modeling.pick_device("cpu"))
     quantized, other = _quantized_storage_bytes(model)
     arch = _arch_of(config, "tiny")
     request = PlanRequest(model="tiny", method="qlora", double_quant=double_quant, compute_dtype="float32")
@@ -290,33 +292,17 @@ def test_saved_activations_match_the_model(tmp_path: Path, method: str, attentio
     """Per-layer saved tensors (norms, attention, MLP, LoRA copies, autocast weight copies, the loss's
     log-softmax) against the planner, no checkpointing. LoRA dropout 0: on CPU dropout is not the fused
     CUDA kernel and keeps an fp32 noise tensor instead of CUDA's 1-byte mask."""
-    config = _tiny_config(hidden_size=256, intermediate_size=704)
-    config._attn_implementation = attention
-    torch.manual_seed(0)
-    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
-    if method == "full":
-        model = transformers.LlamaForCausalLM(config)
-    elif method == "lora":
-        model = peft.get_peft_model(transformers.LlamaForCausalLM(config).to(torch.bfloat16), lora)
-    else:
+    if method == "qlora":
         pytest.importorskip("bitsandbytes")
-        transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
-        quant = transformers.BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            tmp_path,
-            quantization_config=quant,
-            device_map={"": "cpu"},
-            dtype=torch.bfloat16,
-            attn_implementation=attention,
-        )
-        model = peft.get_peft_model(
-            peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), lora
-        )
+    config = _tiny_config(hidden_size=256, intermediate_size=704)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+    model = modeling.load_base(tmp_path, method=method, quant=Quantization(), device=_gpu_precision_on_cpu())
+    model.set_attn_implementation(attention)  # the trainer keeps transformers' default, sdpa
+    assert model.config._attn_implementation == attention
+    if method != "full":
+        model = _lora(model, dropout=0.0)
+    if method == "qlora":
         for param in model.parameters():  # TRL casts a quantized model's adapters to bf16
             if param.requires_grad:
                 param.data = param.data.to(torch.bfloat16)

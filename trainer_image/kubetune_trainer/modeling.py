@@ -1,6 +1,7 @@
 """Loading the tokenizer and the model for a method: qlora (bitsandbytes 4/8-bit base + LoRA), lora
 (16/32-bit base + LoRA) or full. Precision: bf16 on GPUs that have it (fp16 otherwise), fp32 on CPU
-(4-bit compute dtype included: bf16 matmuls are slow or unsupported on most CPUs)."""
+(4-bit compute dtype included: bf16 matmuls are slow or unsupported on most CPUs). `pick_device` makes
+that choice; the loaders follow `Device.dtype`."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_ada
 @dataclass
 class Device:
     kind: str  # "cuda" | "cpu"
-    dtype: Any  # torch dtype of the trainable weights' compute
+    dtype: Any  # torch dtype of the compute: a LoRA/QLoRA base loads in it; fp32 makes 4-bit matmuls fp32 too
     bf16: bool
     fp16: bool
 
@@ -62,13 +63,15 @@ def load_tokenizer(path: Path, revision: str | None = None) -> Any:
 
 
 def quantization_config(quant: Any, device: Device) -> Any:
+    """bitsandbytes settings for the spec's quantization; 4-bit matmuls compute in its computeDtype, or in
+    fp32 on a device that computes in fp32 (CPU)."""
     import torch
     from transformers import BitsAndBytesConfig
 
     if quant is None:
         return None
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[str(quant.compute_dtype)]
-    if device.cpu:
+    if device.dtype == torch.float32:
         dtype = torch.float32
     if int(quant.bits) == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -82,15 +85,11 @@ def load_base(path: Path, *, method: str, quant: Any, device: Device, revision: 
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"revision": revision}
+    # full: fp32 master weights (mixed precision on GPU); lora/qlora: the frozen base in the compute dtype
+    kwargs: dict[str, Any] = {"revision": revision, "dtype": torch.float32 if method == "full" else device.dtype}
     if method == "qlora":
         kwargs["quantization_config"] = quantization_config(quant, device)
         kwargs["device_map"] = {"": 0 if device.kind == "cuda" else "cpu"}
-        kwargs["dtype"] = device.dtype if not device.cpu else torch.float32
-    elif method == "lora":
-        kwargs["dtype"] = device.dtype
-    else:  # full: fp32 master weights; mixed precision on GPU
-        kwargs["dtype"] = torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except Exception as e:

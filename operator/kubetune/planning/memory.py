@@ -16,6 +16,10 @@ What the trainer does (and so what this models; `docs/memory-planner.md` has the
 The peak is the larger of two moments: the start of backward (all activations saved by the forward, the
 loss's vocab-sized tensors) and the optimizer step (all gradients plus the optimizer's temporaries). The
 breakdown lists what is resident at that moment and sums to the peak.
+
+Each term has its own function (`base_weight_bytes`, `gradient_bytes`, `activation_bytes`, ...);
+`memory_terms` evaluates them for one request, `forward_backward_moment` / `optimizer_step_moment` pick what
+is resident at each moment, and `estimate` takes the larger and adds `runtime_overhead_bytes`.
 """
 
 from __future__ import annotations
@@ -33,10 +37,32 @@ __all__ = [
     "CUDA_CONTEXT_BYTES",
     "FRAGMENTATION_FRACTION",
     "NCCL_BYTES",
+    "TRAINABLE_PARAM_BYTES",
     "Estimate",
+    "MemoryTerms",
+    "activation_bytes",
+    "adapter_bytes",
+    "autocast_copy_bytes",
+    "base_weight_bytes",
+    "ddp_bucket_bytes",
+    "dequantization_buffer_bytes",
+    "dpo_reference_bytes",
     "estimate",
+    "forward_backward_moment",
+    "fragmentation_bytes",
+    "fsdp_shards",
+    "fsdp_unsharded_bytes",
+    "gradient_bytes",
+    "gradients_at_backward_bytes",
+    "logits_bytes",
+    "memory_terms",
+    "nccl_bytes",
+    "optimizer_state_bytes",
+    "optimizer_step_moment",
+    "optimizer_step_transient_bytes",
     "quantized_linear_bytes",
     "resolve_target_modules",
+    "runtime_overhead_bytes",
     "trainable_tensor_shapes",
 ]
 
@@ -231,6 +257,36 @@ def trainable_tensor_shapes(
 def _elements(shape: tuple[int, int, int]) -> int:
     rows, cols, count = shape
     return rows * (cols or 1) * count
+
+
+TRAINABLE_PARAM_BYTES: Mapping[str, int] = {
+    "full": FULL_PARAM_BYTES,
+    "lora": ADAPTER_BYTES_LORA,
+    "qlora": ADAPTER_BYTES_QLORA,
+}
+"""Bytes of one trainable parameter by method, and so of its gradient (a gradient has its parameter's dtype)."""
+
+
+def adapter_bytes(req: PlanRequest, trainable: int) -> int:
+    """The LoRA A/B weights of `trainable` parameters (fp32 for LoRA, bf16 for QLoRA); 0 for a full
+    fine-tune, whose trainable parameters are the base weights themselves."""
+    return 0 if req.method == "full" else trainable * TRAINABLE_PARAM_BYTES[req.method]
+
+
+def gradient_bytes(req: PlanRequest, trainable: int) -> int:
+    """All gradients of `trainable` parameters, as at the optimizer step (before FSDP sharding)."""
+    return trainable * TRAINABLE_PARAM_BYTES[req.method]
+
+
+def gradients_at_backward_bytes(arch: Architecture, req: PlanRequest, trainable: int) -> int:
+    """Gradients already present at the start of backward (before FSDP sharding).
+
+    All of them when earlier micro-batches accumulated into them (and LoRA's, which are tiny, always); for a
+    full fine-tune's first micro-batch only lm_head's, which backward computes first.
+    """
+    if req.method != "full" or req.gradient_accumulation_steps > 1:
+        return gradient_bytes(req, trainable)
+    return arch.vocab_size * arch.hidden_size * TRAINABLE_PARAM_BYTES[req.method]
 
 
 def optimizer_state_bytes(optimizer: str, shapes: list[tuple[int, int, int]], param_bytes: int) -> int:
@@ -430,12 +486,47 @@ def activation_bytes(
 
 
 def logits_bytes(arch: Architecture, req: PlanRequest) -> int:
+    """The loss's vocabulary-sized tensors at the start of backward (`LOSS_BYTES_PER_LOGIT` per token × vocab
+    entry, + `SOFTCAP_BYTES_PER_LOGIT` for a soft-capped model)."""
     tokens = _sequences(req) * req.max_seq_length
     per = LOSS_BYTES_PER_LOGIT + (SOFTCAP_BYTES_PER_LOGIT if arch.logit_softcapping else 0)
     return tokens * arch.vocab_size * per
 
 
-# ---- the estimate ---------------------------------------------------------------------------------
+# ---- what precision, parallelism and DPO add -------------------------------------------------------
+
+
+def autocast_copy_bytes(arch: Architecture, req: PlanRequest, trainable: int) -> int:
+    """Autocast's compute-dtype copies of fp32 weights (0 when computing in fp32).
+
+    Autocast casts fp32 weights once per forward and caches the copies until the forward (which computes the
+    loss) returns; the matmuls keep them for backward. Full fine-tune on one GPU: every linear and lm_head;
+    QLoRA: lm_head (upcast to fp32 by `prepare_model_for_kbit_training`); LoRA: the `trainable` fp32 adapter
+    parameters. FSDP gathers its blocks in bf16 already (`fsdp_unsharded_bytes`).
+    """
+    compute = DTYPE_BYTES[req.compute_dtype]
+    if compute >= 4:
+        return 0
+    lm_head = arch.vocab_size * arch.hidden_size
+    if req.method == "full":
+        return 0 if fsdp_shards(req) > 1 else (_linear_elements(arch) + lm_head) * compute
+    if req.method == "qlora":
+        return lm_head * compute
+    return trainable * compute
+
+
+def dequantization_buffer_bytes(arch: Architecture, req: PlanRequest) -> int:
+    """QLoRA: `MatMul4Bit`/8-bit matmuls dequantize one weight at a time to the compute dtype — the largest
+    linear's worth."""
+    if req.method != "qlora":
+        return 0
+    return max(m.weight_elements for m in linear_modules(arch)) * DTYPE_BYTES[req.compute_dtype]
+
+
+def fsdp_shards(req: PlanRequest) -> int:
+    """How many ways weights, gradients and optimizer states are split: FSDP full-shard over every GPU for a
+    multi-GPU full fine-tune; 1 otherwise (LoRA/QLoRA run data parallel, each GPU holding all of them)."""
+    return req.world_size if req.method == "full" and req.world_size > 1 else 1
 
 
 def _layer_params(arch: Architecture) -> int:
@@ -443,8 +534,64 @@ def _layer_params(arch: Architecture) -> int:
     return per + arch.norms_per_layer * arch.hidden_size
 
 
+def fsdp_unsharded_bytes(arch: Architecture, req: PlanRequest) -> int:
+    """FSDP full-shard: what is gathered unsharded in the compute dtype — the root unit (embeddings, lm_head)
+    with its gradient, two blocks (current + prefetched) and one block's gradient before reduce-scatter."""
+    if fsdp_shards(req) == 1:
+        return 0
+    h = arch.hidden_size
+    root = arch.vocab_size * h * (1 if arch.tie_embeddings else 2) + h
+    return (2 * root + 3 * _layer_params(arch)) * DTYPE_BYTES[req.compute_dtype]
+
+
+def ddp_bucket_bytes(req: PlanRequest, gradients: int) -> int:
+    """LoRA/QLoRA on more than one GPU (data parallel): DDP's gradient buckets, a copy of the gradients."""
+    return gradients if req.world_size > 1 and fsdp_shards(req) == 1 else 0
+
+
+def dpo_reference_bytes(req: PlanRequest, base_weights: int) -> int:
+    """DPO's reference model (before FSDP sharding): a frozen second copy of the base weights for
+    `dpo_reference="base"` and for every full fine-tune (no adapter to disable); 0 for the implicit
+    reference (the policy with its adapter disabled) and for SFT."""
+    if req.kind == "dpo" and (req.method == "full" or req.dpo_reference == "base"):
+        return base_weights
+    return 0
+
+
+# ---- runtime overhead: outside `torch.cuda.max_memory_allocated` ----------------------------------
+
+
+def nccl_bytes(req: PlanRequest) -> int:
+    """NCCL's communicator buffers, when more than one GPU takes part."""
+    return NCCL_BYTES if req.world_size > 1 else 0
+
+
+def fragmentation_bytes(allocated: int) -> int:
+    """The caching allocator's slack on top of the `allocated` peak."""
+    return int(FRAGMENTATION_FRACTION * allocated)
+
+
+def runtime_overhead_bytes(req: PlanRequest, allocated: int) -> int:
+    """CUDA context + NCCL + allocator slack: what a GPU loses besides the tensors of the `allocated` peak."""
+    return CUDA_CONTEXT_BYTES + nccl_bytes(req) + fragmentation_bytes(allocated)
+
+
+# ---- the estimate ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ParamTerms:
+    """What depends only on the model, the method and the optimizer (before FSDP sharding)."""
+
+    params_total: int
+    trainable: int
+    base_weights: int
+    optimizer_states: int
+    step_temporaries: int
+
+
 @lru_cache(maxsize=1024)
-def _static_terms(
+def _param_terms(
     arch: Architecture,
     method: Method,
     targets: tuple[LinearModule, ...],
@@ -453,9 +600,8 @@ def _static_terms(
     bits: int,
     double_quant: bool,
     compute_dtype: ComputeDtype,
-) -> tuple[int, int, int, int, int, int]:
-    """Terms that do not depend on batch, sequence or GPUs (cached: suggestions re-plan many variants):
-    total params, trainable params, weight bytes, gradient bytes, optimizer bytes, step temporaries."""
+) -> _ParamTerms:
+    """Cached on the fields they read: the suggestion search re-plans variants that differ in batch or GPUs."""
     req = PlanRequest(
         model=arch.name,
         method=method,
@@ -466,39 +612,41 @@ def _static_terms(
         compute_dtype=compute_dtype,
     )
     shapes = trainable_tensor_shapes(arch, req, targets)
-    trainable = sum(_elements(s) for s in shapes)
-    param_bytes = {"full": FULL_PARAM_BYTES, "lora": ADAPTER_BYTES_LORA, "qlora": ADAPTER_BYTES_QLORA}[method]
-    return (
-        param_count(arch),
-        trainable,
-        base_weight_bytes(arch, req),
-        trainable * param_bytes,
-        optimizer_state_bytes(optimizer, shapes, param_bytes),
-        optimizer_step_transient_bytes(optimizer, shapes, param_bytes),
+    param_bytes = TRAINABLE_PARAM_BYTES[method]
+    return _ParamTerms(
+        params_total=param_count(arch),
+        trainable=sum(_elements(s) for s in shapes),
+        base_weights=base_weight_bytes(arch, req),
+        optimizer_states=optimizer_state_bytes(optimizer, shapes, param_bytes),
+        step_temporaries=optimizer_step_transient_bytes(optimizer, shapes, param_bytes),
     )
 
 
-def estimate(req: PlanRequest, arch: Architecture, *, detail: bool = True) -> Estimate:
-    """Per-GPU peak memory of `req` on `arch` (no suggestions).
+@dataclass(frozen=True)
+class MemoryTerms:
+    """Every term of one request, in bytes per GPU (FSDP's share of what it shards)."""
 
-    `detail=False` skips the notes and `components` (the suggestion search needs only the peak).
-    """
-    notes: list[str] = []
-    compute = DTYPE_BYTES[req.compute_dtype]
-    world = req.world_size
-    fsdp = req.method == "full" and world > 1
-    targets: tuple[LinearModule, ...] = ()
-    if req.method != "full":
-        targets, unknown = resolve_target_modules(arch, req.target_modules)
-        if unknown:
-            notes.append(
-                f"target modules {', '.join(unknown)} are not linear layers of {arch.name} "
-                f"(it has {', '.join(m.name for m in linear_modules(arch))}); ignored"
-            )
-        if not targets:
-            notes.append("no LoRA target matched: nothing would train")
+    params_total: int
+    params_trainable: int
+    weights: int
+    trainable_params: int
+    gradients: int
+    gradients_at_backward: int
+    optimizer_states: int
+    optimizer_step_temporaries: int
+    activations: int
+    activation_parts: Mapping[str, float]
+    logits: int
+    autocast_weight_copies: int
+    dequantization_buffer: int
+    fsdp_unsharded_params: int
+    ddp_gradient_buckets: int
+    reference_model: int
 
-    total_params, trainable, full_weights, grads, optimizer, step_transient = _static_terms(
+
+def memory_terms(req: PlanRequest, arch: Architecture, targets: tuple[LinearModule, ...]) -> MemoryTerms:
+    """Each term from its function; FSDP divides weights, gradients, optimizer states and the reference."""
+    p = _param_terms(
         arch,
         req.method,
         targets,
@@ -508,137 +656,96 @@ def estimate(req: PlanRequest, arch: Architecture, *, detail: bool = True) -> Es
         req.double_quant,
         req.compute_dtype,
     )
-    param_bytes = {"full": FULL_PARAM_BYTES, "lora": ADAPTER_BYTES_LORA, "qlora": ADAPTER_BYTES_QLORA}[
-        req.method
-    ]
-    shard = world if fsdp else 1
-    weights = full_weights // shard
-    adapters = 0 if req.method == "full" else grads
-    grads //= shard
-    optimizer //= shard
-    step_transient //= shard
-    acts = activation_bytes(arch, req, targets)
-    activations = int(sum(acts.values()))
-    logits = logits_bytes(arch, req)
+    shards = fsdp_shards(req)
+    gradients = gradient_bytes(req, p.trainable) // shards
+    parts = activation_bytes(arch, req, targets)
+    return MemoryTerms(
+        params_total=p.params_total,
+        params_trainable=p.trainable,
+        weights=p.base_weights // shards,
+        trainable_params=adapter_bytes(req, p.trainable),
+        gradients=gradients,
+        gradients_at_backward=gradients_at_backward_bytes(arch, req, p.trainable) // shards,
+        optimizer_states=p.optimizer_states // shards,
+        optimizer_step_temporaries=p.step_temporaries // shards,
+        activations=int(sum(parts.values())),
+        activation_parts=parts,
+        logits=logits_bytes(arch, req),
+        autocast_weight_copies=autocast_copy_bytes(arch, req, p.trainable),
+        dequantization_buffer=dequantization_buffer_bytes(arch, req),
+        fsdp_unsharded_params=fsdp_unsharded_bytes(arch, req),
+        ddp_gradient_buckets=ddp_bucket_bytes(req, gradients),
+        reference_model=dpo_reference_bytes(req, p.base_weights) // shards,
+    )
 
-    h, v = arch.hidden_size, arch.vocab_size
-    # gradients already present at the start of backward: all of them when earlier micro-batches
-    # accumulated into them (and LoRA's, which are tiny, always); for a full fine-tune's first micro-batch,
-    # lm_head's (computed first).
-    if req.method != "full" or req.gradient_accumulation_steps > 1:
-        grads_at_backward = grads
-    else:
-        grads_at_backward = v * h * param_bytes // shard
-    # autocast casts fp32 weights to the compute dtype once per forward, caches the copies until the
-    # forward (which computes the loss) returns, and the matmuls keep them for backward
-    autocast_copies = 0
-    if compute < 4:
-        if req.method == "full" and not fsdp:
-            autocast_copies = (_linear_elements(arch) + v * h) * compute  # every linear and lm_head
-        elif req.method == "qlora":
-            autocast_copies = v * h * compute  # lm_head, upcast to fp32 by prepare_model_for_kbit_training
-        elif req.method == "lora":
-            autocast_copies = trainable * compute  # the fp32 adapters
-    dequant = 0
-    if req.method == "qlora":
-        # MatMul4Bit/8bit dequantize the weight to the compute dtype for each matmul (one at a time)
-        dequant = max(m.weight_elements for m in linear_modules(arch)) * compute
-    fsdp_unsharded = 0
-    if fsdp:
-        root = v * h * (1 if arch.tie_embeddings else 2) + h
-        # the root unit (embeddings, lm_head) stays gathered with its gradient; two blocks gathered
-        # (current + prefetched) and one block's unsharded gradient before reduce-scatter
-        fsdp_unsharded = (2 * root + 3 * _layer_params(arch)) * compute
-    ddp_buckets = grads if world > 1 and not fsdp else 0
 
-    reference = 0
+def forward_backward_moment(t: MemoryTerms) -> dict[str, int]:
+    """What is resident at the start of backward; terms that are 0 for this request are left out unless
+    every request has them."""
+    moment = {
+        "weights": t.weights,
+        "trainable_params": t.trainable_params,
+        "gradients": t.gradients_at_backward,
+        "optimizer_states": t.optimizer_states,
+        "activations": t.activations,
+        "logits": t.logits,
+        "reference_model": t.reference_model,
+    }
+    optional = {
+        "autocast_weight_copies": t.autocast_weight_copies,
+        "dequantization_buffer": t.dequantization_buffer,
+        "fsdp_unsharded_params": t.fsdp_unsharded_params,
+        "ddp_gradient_buckets": t.ddp_gradient_buckets,
+    }
+    moment.update((name, value) for name, value in optional.items() if value)
+    return moment
+
+
+def optimizer_step_moment(t: MemoryTerms) -> dict[str, int]:
+    """What is resident during `optimizer.step()`: every gradient and the optimizer's temporaries, no
+    activations."""
+    moment = {
+        "weights": t.weights,
+        "trainable_params": t.trainable_params,
+        "gradients": t.gradients,
+        "optimizer_states": t.optimizer_states,
+        "optimizer_step_temporaries": t.optimizer_step_temporaries,
+        "activations": 0,
+        "logits": 0,
+        "reference_model": t.reference_model,
+    }
+    if t.ddp_gradient_buckets:
+        moment["ddp_gradient_buckets"] = t.ddp_gradient_buckets
+    return moment
+
+
+def _notes(
+    req: PlanRequest,
+    arch: Architecture,
+    targets: tuple[LinearModule, ...],
+    unknown: tuple[str, ...],
+    phase: str,
+) -> tuple[str, ...]:
+    """The assumptions that shaped this estimate, for the user."""
+    notes: list[str] = []
+    if req.method != "full":
+        if unknown:
+            notes.append(
+                f"target modules {', '.join(unknown)} are not linear layers of {arch.name} "
+                f"(it has {', '.join(m.name for m in linear_modules(arch))}); ignored"
+            )
+        if not targets:
+            notes.append("no LoRA target matched: nothing would train")
     if req.kind == "dpo":
-        if req.method == "full" or req.dpo_reference == "base":
-            reference = full_weights // shard
-            if req.method == "full" and req.dpo_reference == "implicit":
-                notes.append("a full fine-tune has no adapter to disable: DPO's reference is a frozen copy")
-            else:
-                notes.append("DPO reference: a second copy of the base weights")
+        if req.method == "full" and req.dpo_reference == "implicit":
+            notes.append("a full fine-tune has no adapter to disable: DPO's reference is a frozen copy")
+        elif req.method == "full" or req.dpo_reference == "base":
+            notes.append("DPO reference: a second copy of the base weights")
         else:
             notes.append(
                 "DPO reference: the policy with its adapter disabled (no extra weights; its no-grad forward "
                 "runs before the policy's and stays below this peak)"
             )
-
-    persistent = weights + adapters + optimizer + reference
-    forward_backward = {
-        "weights": weights,
-        "trainable_params": adapters,
-        "gradients": grads_at_backward,
-        "optimizer_states": optimizer,
-        "activations": activations,
-        "logits": logits,
-        "reference_model": reference,
-    }
-    if autocast_copies:
-        forward_backward["autocast_weight_copies"] = autocast_copies
-    if dequant:
-        forward_backward["dequantization_buffer"] = dequant
-    if fsdp_unsharded:
-        forward_backward["fsdp_unsharded_params"] = fsdp_unsharded
-    if ddp_buckets:
-        forward_backward["ddp_gradient_buckets"] = ddp_buckets
-    step = {
-        "weights": weights,
-        "trainable_params": adapters,
-        "gradients": grads,
-        "optimizer_states": optimizer,
-        "optimizer_step_temporaries": step_transient,
-        "activations": 0,
-        "logits": 0,
-        "reference_model": reference,
-    }
-    if ddp_buckets:
-        step["ddp_gradient_buckets"] = ddp_buckets
-    fb_total = sum(forward_backward.values())
-    step_total = sum(step.values())
-    if step_total > fb_total:
-        phase, chosen = "optimizer step", step
-    else:
-        phase, chosen = "forward/backward", forward_backward
-    allocated = max(fb_total, step_total)
-    assert persistent <= allocated
-    overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if world > 1 else 0) + int(FRAGMENTATION_FRACTION * allocated)
-    breakdown = {k: int(val) for k, val in chosen.items()}
-    breakdown["runtime_overhead"] = overhead
-    peak = sum(breakdown.values())
-
-    if not detail:
-        return Estimate(
-            peak_bytes=peak,
-            breakdown=breakdown,
-            peak_phase=phase,
-            params_total=total_params,
-            params_trainable=trainable,
-            notes=(),
-        )
-    components = {
-        "weights": weights,
-        "trainable_params": adapters,
-        "gradients": grads,
-        "optimizer_states": optimizer,
-        "optimizer_step_temporaries": step_transient,
-        "activations": activations,
-        "activations_blocks": int(acts["blocks"]),
-        "activations_outside_blocks": int(acts["outside"]),
-        "attention_mask": int(acts["mask"]),
-        "backward_workspace": int(acts["workspace"]),
-        "logits": logits,
-        "autocast_weight_copies": autocast_copies,
-        "dequantization_buffer": dequant,
-        "fsdp_unsharded_params": fsdp_unsharded,
-        "ddp_gradient_buckets": ddp_buckets,
-        "reference_model": reference,
-        "runtime_overhead": overhead,
-        "forward_backward_total": int(fb_total),
-        "optimizer_step_total": int(step_total),
-    }
-
     if req.method == "qlora":
         notes.append(
             f"{req.quantization_bits}-bit base: embeddings, lm_head and norms stay unquantized, in fp32 "
@@ -647,10 +754,11 @@ def estimate(req: PlanRequest, arch: Architecture, *, detail: bool = True) -> Es
     if req.method == "full":
         notes.append(
             "full fine-tune: fp32 weights, gradients and optimizer states with bf16 autocast"
-            if compute < 4
+            if DTYPE_BYTES[req.compute_dtype] < 4
             else "full fine-tune in fp32"
         )
-        if fsdp:
+        if fsdp_shards(req) > 1:
+            world = req.world_size
             notes.append(
                 f"FSDP full-shard over {world} GPUs: weights, gradients and optimizer states ÷ {world}"
             )
@@ -664,12 +772,59 @@ def estimate(req: PlanRequest, arch: Architecture, *, detail: bool = True) -> Es
         + LOGITS_NOTE
     )
     notes.append(f"peak at the {phase}")
+    return tuple(notes)
+
+
+def _components(t: MemoryTerms, overhead: int, fb_total: int, step_total: int) -> dict[str, int]:
+    """Every term regardless of phase (`Estimate.components`)."""
+    return {
+        "weights": t.weights,
+        "trainable_params": t.trainable_params,
+        "gradients": t.gradients,
+        "optimizer_states": t.optimizer_states,
+        "optimizer_step_temporaries": t.optimizer_step_temporaries,
+        "activations": t.activations,
+        "activations_blocks": int(t.activation_parts["blocks"]),
+        "activations_outside_blocks": int(t.activation_parts["outside"]),
+        "attention_mask": int(t.activation_parts["mask"]),
+        "backward_workspace": int(t.activation_parts["workspace"]),
+        "logits": t.logits,
+        "autocast_weight_copies": t.autocast_weight_copies,
+        "dequantization_buffer": t.dequantization_buffer,
+        "fsdp_unsharded_params": t.fsdp_unsharded_params,
+        "ddp_gradient_buckets": t.ddp_gradient_buckets,
+        "reference_model": t.reference_model,
+        "runtime_overhead": overhead,
+        "forward_backward_total": fb_total,
+        "optimizer_step_total": step_total,
+    }
+
+
+def estimate(req: PlanRequest, arch: Architecture, *, detail: bool = True) -> Estimate:
+    """Per-GPU peak memory of `req` on `arch` (no suggestions): the larger of the two moments, plus the
+    runtime overhead.
+
+    `detail=False` skips the notes and `components` (the suggestion search needs only the peak).
+    """
+    targets, unknown = resolve_target_modules(arch, req.target_modules) if req.method != "full" else ((), ())
+    terms = memory_terms(req, arch, targets)
+    forward_backward, step = forward_backward_moment(terms), optimizer_step_moment(terms)
+    fb_total, step_total = sum(forward_backward.values()), sum(step.values())
+    if step_total > fb_total:
+        phase, chosen = "optimizer step", step
+    else:
+        phase, chosen = "forward/backward", forward_backward
+    allocated = max(fb_total, step_total)
+    persistent = terms.weights + terms.trainable_params + terms.optimizer_states + terms.reference_model
+    assert persistent <= allocated
+    overhead = runtime_overhead_bytes(req, allocated)
+    breakdown = {**chosen, "runtime_overhead": overhead}
     return Estimate(
-        peak_bytes=peak,
+        peak_bytes=sum(breakdown.values()),
         breakdown=breakdown,
         peak_phase=phase,
-        params_total=total_params,
-        params_trainable=trainable,
-        notes=tuple(notes),
-        components=components,
+        params_total=terms.params_total,
+        params_trainable=terms.params_trainable,
+        notes=_notes(req, arch, targets, unknown, phase) if detail else (),
+        components=_components(terms, overhead, fb_total, step_total) if detail else {},
     )
