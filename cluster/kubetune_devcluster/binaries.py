@@ -9,7 +9,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl", "helm")
+NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl", "helm",
+         "kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "runc", "pause",
+         "cni/bridge", "cni/host-local", "cni/loopback")
 
 
 class BinariesError(RuntimeError):
@@ -52,6 +54,27 @@ class Binaries:
     @property
     def helm(self) -> Path:
         return self["helm"]
+
+    # the real node's
+    @property
+    def kubelet(self) -> Path:
+        return self["kubelet"]
+
+    @property
+    def kube_proxy(self) -> Path:
+        return self["kube-proxy"]
+
+    @property
+    def containerd(self) -> Path:
+        return self["containerd"]
+
+    @property
+    def ctr(self) -> Path:
+        return self["ctr"]
+
+    @property
+    def pause(self) -> Path:
+        return self["pause"]
 
     def missing(self) -> list[str]:
         return [n for n in NAMES if not os.access(self[n], os.X_OK)]

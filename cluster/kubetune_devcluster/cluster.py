@@ -1,5 +1,9 @@
 """Start / stop the local control plane: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and kwok (fake GPU nodes), all on loopback, all real Kubernetes code."""
+kube-scheduler and kwok (fake GPU nodes), all on loopback, all real Kubernetes code.
+
+With `real_node=True` the cluster also gets a real node (containerd + runc, a CNI bridge, kubelet,
+kube-proxy) and then runs, whole, inside a network namespace of its own (netns.py explains why);
+a forwarder makes its API server reachable on this namespace's 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -23,13 +27,16 @@ from typing import Any
 
 import yaml
 
+from . import node as node_mod
 from . import pki as pki_mod
-from .binaries import Binaries, ensure_binaries
+from .binaries import Binaries, ensure_binaries, read_versions
+from .netns import Netns
 from .nodes import KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE, default_nodes
 
 STATE_FILE = "cluster.json"
-# Start order; stop() goes the other way round.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Start order; stop() goes the other way round. The last five only with a real node.
+COMPONENTS = ("etcd", "kube-apiserver", "apiserver-forwarder", "kube-controller-manager", "kube-scheduler",
+              "kwok", "containerd", "kubelet", "kube-proxy")
 STAGES_FILE = Path(__file__).with_name("stages.yaml")
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 CONTEXT = "kubetune-dev"
@@ -60,6 +67,22 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
+def _preexec(die_with_parent: bool, netns: Netns | None) -> Any:
+    """What runs in a component's child between fork and exec: join the cluster's network
+    namespace (real node) and/or die with the parent."""
+    enter = netns.preexec() if netns is not None else None
+    if not die_with_parent and enter is None:
+        return None
+
+    def run() -> None:
+        if enter is not None:
+            enter()
+        if die_with_parent:
+            _die_with_parent()
+
+    return run
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -72,6 +95,11 @@ def _pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def _executable(component: str) -> str:
+    """The program a component's pid runs (the forwarder is this Python)."""
+    return os.path.realpath(sys.executable) if component == "apiserver-forwarder" else component
 
 
 def _pid_runs(pid: int, binary: str) -> bool:
@@ -121,6 +149,7 @@ class Cluster:
     pids: dict[str, int]
     bin_dir: Path
     startup_seconds: float = 0.0
+    netns: Netns | None = None  # set when the cluster has a real node (and lives in this namespace)
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     # ---- paths -------------------------------------------------------------------------
@@ -143,6 +172,20 @@ class Cluster:
     @property
     def pki(self) -> pki_mod.Pki:
         return pki_mod.Pki(self.workdir / "pki")
+
+    @property
+    def real_node(self) -> bool:
+        return self.netns is not None
+
+    @property
+    def node_paths(self) -> node_mod.NodePaths:
+        return node_mod.NodePaths.for_workdir(self.workdir)
+
+    def load_image(self, archive: str | os.PathLike[str]) -> None:
+        """Load an image archive (docker-archive or OCI) into the real node's containerd."""
+        if not self.real_node:
+            raise ClusterError("this cluster has no real node to load images into (start it with real_node=True)")
+        node_mod.import_image(self.binaries.ctr, self.node_paths.containerd_socket, Path(archive))
 
     def log_path(self, component: str) -> Path:
         return self.workdir / "logs" / f"{component}.log"
@@ -191,7 +234,7 @@ class Cluster:
             return e.code, e.read()
 
     def running(self) -> dict[str, bool]:
-        return {n: _pid_runs(pid, n) for n, pid in self.pids.items()}
+        return {n: _pid_runs(pid, _executable(n)) for n, pid in self.pids.items()}
 
     def check_alive(self) -> None:
         dead = [n for n, ok in self.running().items() if not ok]
@@ -208,6 +251,10 @@ class Cluster:
             "bin_dir": str(self.bin_dir),
             "kubeconfig": str(self.kubeconfig),
         }
+        if self.netns is not None:
+            state["netns"] = {"name": self.netns.name, "node_ip": self.netns.node_ip}
+            state["containerd_socket"] = str(self.node_paths.containerd_socket)
+            state["node_name"] = node_mod.NODE_NAME
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
         piddir = self.workdir / "pids"
         piddir.mkdir(exist_ok=True)
@@ -219,22 +266,27 @@ class Cluster:
         """The cluster recorded in workdir (started by another process, e.g. `up`)."""
         workdir = Path(workdir).resolve()
         state = json.loads((workdir / STATE_FILE).read_text())
+        ns = state.get("netns")
         return cls(
             workdir=workdir,
             server=state["server"],
             ports=state["ports"],
             pids={k: int(v) for k, v in state["pids"].items()},
             bin_dir=Path(state["bin_dir"]),
+            netns=Netns(ns["name"], ns["node_ip"]) if ns else None,
         )
 
     def stop(self, timeout: float = 15) -> None:
-        """Stop every component (SIGTERM to its process group, SIGKILL after `timeout`)."""
+        """Stop every component (SIGTERM to its process group, SIGKILL after `timeout`); with a
+        real node, also its pods, their mounts and the network namespace."""
+        if self.netns is not None:
+            node_mod.kill_pods(self.netns)
         for name in reversed(COMPONENTS):
             pid = self.pids.get(name)
             if pid is None:
                 continue
             proc = self._procs.get(name)
-            if proc is None and not _pid_runs(pid, name):
+            if proc is None and not _pid_runs(pid, _executable(name)):
                 continue
             _kill_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + (timeout if name in ("etcd", "kube-apiserver") else 5)
@@ -249,6 +301,8 @@ class Cluster:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
         self._procs.clear()
+        if self.netns is not None:
+            node_mod.clean_up(self.netns, self.node_paths)
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / STATE_FILE).unlink()
         shutil.rmtree(self.workdir / "pids", ignore_errors=True)
@@ -313,11 +367,15 @@ def start(
     detach: bool = False,
     timeout: float = 120,
     verbosity: int = 1,
+    real_node: bool = False,
 ) -> Cluster:
     """Start a fresh control plane in `workdir` and return once it is usable.
 
     Usable means: /readyz OK, the fake nodes Ready and schedulable (no not-ready taint),
     the `default` service account exists, controller-manager and scheduler healthy.
+
+    real_node=True adds a real kubelet node (containerd, CNI, kube-proxy) in the cluster's own
+    network namespace; the fake CPU node is then left out, so CPU pods land on the real node.
 
     detach=False: components die with the calling process (PR_SET_PDEATHSIG), so a
     killed test run leaves no orphans. detach=True: they outlive it (`up`/`down`).
@@ -325,14 +383,21 @@ def start(
     bins = binaries or ensure_binaries()
     workdir = _clear_workdir(Path(workdir).resolve())
     t0 = time.monotonic()
-    boot = _Boot.prepare(workdir, bins, detach=detach, timeout=timeout, verbosity=verbosity)
+    boot = _Boot.prepare(workdir, bins, detach=detach, timeout=timeout, verbosity=verbosity, real_node=real_node)
     try:
         boot.etcd()
         boot.kube_apiserver()
         boot.kube_controller_manager()
         boot.kube_scheduler()
         boot.kwok()
-        names = boot.register_nodes(default_nodes() if nodes is None else nodes)
+        if nodes is None:
+            nodes = default_nodes(cpu_node=not real_node)
+        names = boot.register_nodes(nodes)
+        if real_node:
+            boot.containerd()
+            boot.kubelet()
+            boot.kube_proxy()
+            names.append(node_mod.NODE_NAME)
         boot.wait_ready(names)
         boot.cluster.startup_seconds = time.monotonic() - t0
         return boot.cluster
@@ -348,7 +413,7 @@ def _clear_workdir(workdir: Path) -> Path:
         old = Cluster.attach(workdir)
         if any(old.running().values()):
             raise ClusterError(f"a cluster is already running in {workdir} (pids {old.pids}); stop it first")
-    for sub in ("pki", "etcd", "logs", "pids", "config"):
+    for sub in ("pki", "etcd", "logs", "pids", "config", "node"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     for f in ("kubeconfig", STATE_FILE):
         with contextlib.suppress(FileNotFoundError):
@@ -370,22 +435,28 @@ class _Boot:
     verbosity: int
 
     @classmethod
-    def prepare(cls, workdir: Path, bins: Binaries, *, detach: bool, timeout: float, verbosity: int) -> _Boot:
-        """Certificates, free ports, kubeconfigs (admin + one per component) and kwok's stages."""
-        pki = pki_mod.generate(workdir / "pki")
-        etcd_client, etcd_peer, api_port, kcm_port, sched_port = _free_ports(5)
-        server = f"https://127.0.0.1:{api_port}"
-        ports = {
-            "etcd": etcd_client,
-            "etcd-peer": etcd_peer,
-            "kube-apiserver": api_port,
-            "kube-controller-manager": kcm_port,
-            "kube-scheduler": sched_port,
-        }
-        cluster = Cluster(workdir=workdir, server=server, ports=ports, pids={}, bin_dir=bins.bin_dir)
+    def prepare(cls, workdir: Path, bins: Binaries, *, detach: bool, timeout: float, verbosity: int,
+                real_node: bool = False) -> _Boot:
+        """Certificates, free ports, kubeconfigs (admin + one per component) and kwok's stages;
+        with a real node, its network namespace too."""
+        netns = None
+        if real_node:
+            netns = Netns(f"kubetune-{node_mod.NodePaths.for_workdir(workdir).run.name[9:]}", node_mod.NODE_IP)
+            netns.create()
+        pki = pki_mod.generate(workdir / "pki", node_ip=netns.node_ip if netns else None,
+                               node_name=node_mod.NODE_NAME if netns else None)
+        names = ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+        if real_node:
+            names += ["kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics"]
+        ports = dict(zip(names, _free_ports(len(names)), strict=True))
+        # With a real node this is the forwarder's address; inside the namespace the same
+        # address reaches the API server itself.
+        server = f"https://127.0.0.1:{ports['kube-apiserver']}"
+        cluster = Cluster(workdir=workdir, server=server, ports=ports, pids={}, bin_dir=bins.bin_dir, netns=netns)
         cfg = workdir / "config"
         _write_kubeconfig(workdir / "kubeconfig", server, pki, "admin", embed=True)
-        for client in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        clients = ["kube-controller-manager", "kube-scheduler", "kwok"] + (["kubelet", "kube-proxy"] if real_node else [])
+        for client in clients:
             _write_kubeconfig(cfg / f"{client}.kubeconfig", server, pki, client, embed=False)
         shutil.copyfile(STAGES_FILE, cfg / "kwok-stages.yaml")
         return cls(cluster, bins, pki, detach, timeout, verbosity)
@@ -393,9 +464,14 @@ class _Boot:
     def _config(self, name: str) -> Path:
         return self.cluster.workdir / "config" / name
 
-    def _spawn(self, name: str, argv: Sequence[str]) -> None:
-        """Start one component (its own session, output to logs/NAME.log) and record its pid."""
+    def _spawn(self, name: str, argv: Sequence[str], *, in_netns: bool = True) -> None:
+        """Start one component (its own session, output to logs/NAME.log) and record its pid;
+        with a real node, inside the cluster's network namespace (unless `in_netns` is False)."""
         cluster = self.cluster
+        # The node's tools (iptables, the containerd shim, runc, mount helpers) are found on PATH.
+        env = dict(os.environ, PATH=f"{self.bins.bin_dir}{os.pathsep}/usr/sbin{os.pathsep}/sbin{os.pathsep}"
+                   f"{os.environ.get('PATH', '')}")
+        netns = cluster.netns if in_netns else None
         log = open(cluster.log_path(name), "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
@@ -405,7 +481,8 @@ class _Boot:
                 stderr=subprocess.STDOUT,
                 cwd=cluster.workdir,
                 start_new_session=True,
-                preexec_fn=None if self.detach else _die_with_parent,
+                preexec_fn=_preexec(not self.detach, netns),
+                env=env,
             )
         finally:
             log.close()
@@ -417,10 +494,15 @@ class _Boot:
     def _until(self, what: str, probe: Any, timeout: float | None = None) -> None:
         _wait(what, probe, self.timeout if timeout is None else timeout, self.cluster)
 
-    def _wait_healthz(self, component: str) -> None:
-        url = f"https://127.0.0.1:{self.cluster.ports[component]}/healthz"
-        insecure = _insecure_ctx()
-        self._until(f"{component} /healthz", lambda: _http_ok(url, b"ok", insecure))
+    def _probe(self, fn: Any) -> Any:
+        """`fn()` where the components listen: inside the cluster's namespace with a real node."""
+        netns = self.cluster.netns
+        return (lambda: netns.call(fn)) if netns is not None else fn
+
+    def _wait_healthz(self, component: str, port_name: str | None = None, scheme: str = "https") -> None:
+        url = f"{scheme}://127.0.0.1:{self.cluster.ports[port_name or component]}/healthz"
+        insecure = _insecure_ctx() if scheme == "https" else None
+        self._until(f"{component} /healthz", self._probe(lambda: _http_ok(url, b"ok", insecure)))
 
     def _common(self) -> list[str]:
         """Flags that kube-controller-manager and kube-scheduler share."""
@@ -444,7 +526,20 @@ class _Boot:
                 "--log-level=warn",
             ],
         )
-        self._until("etcd /health", lambda: _http_ok(f"http://127.0.0.1:{client}/health", b'"true"'), 30)
+        self._until("etcd /health", self._probe(lambda: _http_ok(f"http://127.0.0.1:{client}/health", b'"true"')), 30)
+
+    def _apiserver_network(self) -> list[str]:
+        """Loopback only; with a real node, every address of the cluster's namespace, advertised
+        at the node's address so the `kubernetes` Service leads pods to it."""
+        netns = self.cluster.netns
+        if netns is None:
+            return ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
+        pki = self.pki
+        return ["--bind-address=0.0.0.0", f"--advertise-address={netns.node_ip}",
+                f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",
+                f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
+                f"--kubelet-certificate-authority={pki.ca_crt}",
+                "--kubelet-preferred-address-types=InternalIP"]
 
     def kube_apiserver(self) -> None:
         pki = self.pki
@@ -453,10 +548,8 @@ class _Boot:
             [
                 str(self.bins.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{self.cluster.ports['etcd']}",
-                "--bind-address=127.0.0.1",
                 f"--secure-port={self.cluster.ports['kube-apiserver']}",
-                "--advertise-address=127.0.0.1",
-                "--endpoint-reconciler-type=none",
+                *self._apiserver_network(),
                 f"--tls-cert-file={pki.cert('apiserver')}",
                 f"--tls-private-key-file={pki.key('apiserver')}",
                 f"--client-ca-file={pki.ca_crt}",
@@ -481,6 +574,11 @@ class _Boot:
                 f"--v={self.verbosity}",
             ],
         )
+        if self.cluster.netns is not None:
+            port = self.cluster.ports["kube-apiserver"]
+            self._spawn("apiserver-forwarder", [
+                sys.executable, "-m", "kubetune_devcluster.netns", f"--netns={self.cluster.netns.path}",
+                f"--listen=127.0.0.1:{port}", f"--target=127.0.0.1:{port}"], in_netns=False)
         self._until("kube-apiserver /readyz", lambda: self.cluster.api_get("/readyz")[0] == 200)
 
     def kube_controller_manager(self) -> None:
@@ -533,6 +631,47 @@ class _Boot:
                 "--node-ip=10.0.0.1",
             ],
         )
+
+    # ---- the real node ----------------------------------------------------------------------
+    def containerd(self) -> None:
+        """containerd (CRI) with runc and the CNI bridge; the pause image imported and pinned."""
+        paths, bins = self.cluster.node_paths, self.bins
+        paths.make()
+        versions = read_versions()
+        sandbox = node_mod.pause_image_ref(versions["PAUSE_VERSION"])
+        paths.containerd_config.write_text(node_mod.containerd_toml(paths, bins.bin_dir, sandbox))
+        (paths.cni_conf_dir / "10-kubetune.conflist").write_text(json.dumps(node_mod.cni_conflist(), indent=2))
+        self._spawn("containerd", [str(bins.containerd), f"--config={paths.containerd_config}",
+                                   f"--log-level={'debug' if self.verbosity > 2 else 'warn'}"])
+        self._until("containerd's socket", lambda: paths.containerd_socket.exists(), 30)
+        archive = node_mod.pause_archive(bins.pause, paths.images / "pause.tar", sandbox)
+        self._until("the pause image imported", lambda: node_mod.import_image(bins.ctr, paths.containerd_socket,
+                                                                              archive) is None, 30)
+
+    def kubelet(self) -> None:
+        paths, pki, c = self.cluster.node_paths, self.pki, self.cluster
+        config = node_mod.kubelet_configuration(paths, pki.ca_crt, pki.cert("kubelet-serving"),
+                                                pki.key("kubelet-serving"), c.ports["kubelet-healthz"])
+        paths.kubelet_config.write_text(yaml.safe_dump(config, sort_keys=False))
+        self._spawn("kubelet", [
+            str(self.bins.kubelet),
+            f"--config={paths.kubelet_config}",
+            f"--kubeconfig={self._config('kubelet.kubeconfig')}",
+            f"--root-dir={paths.kubelet_root}",
+            f"--hostname-override={node_mod.NODE_NAME}",
+            f"--node-ip={node_mod.NODE_IP}",
+            f"--node-labels={node_mod.NODE_LABEL}=true",
+            f"--v={self.verbosity}",
+        ])
+        self._wait_healthz("kubelet", "kubelet-healthz", scheme="http")
+
+    def kube_proxy(self) -> None:
+        paths, c = self.cluster.node_paths, self.cluster
+        config = node_mod.kube_proxy_configuration(self._config("kube-proxy.kubeconfig"),
+                                                   c.ports["kube-proxy-healthz"], c.ports["kube-proxy-metrics"])
+        paths.kube_proxy_config.write_text(yaml.safe_dump(config, sort_keys=False))
+        self._spawn("kube-proxy", [str(self.bins.kube_proxy), f"--config={paths.kube_proxy_config}",
+                                   f"--v={self.verbosity}"])
 
     def register_nodes(self, nodes: Iterable[dict[str, Any]]) -> list[str]:
         """Create the fake nodes (kwok takes over those annotated for it); returns their names."""

@@ -3,8 +3,9 @@
 Why a namespace: the kubelet refuses a loopback node IP, pods need addresses, and the API server must
 reach pods (admission webhooks behind a Service). Giving the whole cluster (etcd, API server,
 controllers, kubelet, containerd, kube-proxy and the pods' bridge) one namespace of its own keeps every
-packet inside it: the namespace has a loopback, a dummy interface holding the node's address and a
-default route into that dummy (which drops what it is sent), and no link to any other namespace. The
+packet inside it: the namespace has a loopback, a veth pair whose both ends stay inside it (one holds the node's address
+and the default route; what it sends reaches the other end, which drops it: this kernel has no
+dummy device), and no link to any other namespace. The
 only way in is :class:`Forwarder`, which accepts on 127.0.0.1 of the caller's namespace and connects
 to 127.0.0.1 inside the cluster's (for kubectl, helm and the tests).
 
@@ -30,6 +31,7 @@ from typing import TypeVar
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 NODE_DEVICE = "kt-node"
+SINK_DEVICE = "kt-sink"  # NODE_DEVICE's peer: where packets for no known address end
 
 T = TypeVar("T")
 
@@ -58,7 +60,7 @@ def enter(path: str | os.PathLike[str]) -> None:
 
 @dataclass(frozen=True)
 class Netns:
-    """A named network namespace (``ip netns``) with the node's address on a dummy device."""
+    """A named network namespace (``ip netns``) with the node's address on a device of its own."""
 
     name: str
     node_ip: str
@@ -75,10 +77,11 @@ class Netns:
         self.delete()
         _ip("netns", "add", self.name)
         _ip("-n", self.name, "link", "set", "lo", "up")
-        _ip("-n", self.name, "link", "add", NODE_DEVICE, "type", "dummy")
+        _ip("-n", self.name, "link", "add", NODE_DEVICE, "type", "veth", "peer", "name", SINK_DEVICE)
         _ip("-n", self.name, "addr", "add", f"{self.node_ip}/32", "dev", NODE_DEVICE)
+        _ip("-n", self.name, "link", "set", SINK_DEVICE, "up")
         _ip("-n", self.name, "link", "set", NODE_DEVICE, "up")
-        # Service VIPs need a route to be DNAT-ed at all; this one ends in the dummy device.
+        # Service VIPs need a route to be DNAT-ed at all; this one ends at the sink.
         _ip("-n", self.name, "route", "add", "default", "dev", NODE_DEVICE)
 
     def delete(self) -> None:

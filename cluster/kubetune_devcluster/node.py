@@ -12,17 +12,23 @@ driver and ``failCgroupV1: false`` (Kubernetes >= 1.35 refuses v1 otherwise), co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
+import signal
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .netns import Netns
+
 NODE_NAME = "kubetune-node-0"
-NODE_IP = "10.213.0.1"  # on a dummy device inside the cluster's own network namespace
+NODE_IP = "10.213.0.1"  # on a device inside the cluster's own network namespace
 POD_SUBNET = "10.88.0.0/24"  # the CNI bridge's addresses (kwok's fake pods use 10.244.0.0/16)
 CLUSTER_CIDR = "10.88.0.0/16"
 NODE_LABEL = "kubetune.io/real-node"  # the real node carries it ("true"): tests pin pods with it
@@ -102,6 +108,7 @@ state = "{paths.containerd_state}"
 
 [plugins."io.containerd.cri.v1.runtime"]
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   enable_unprivileged_ports = true
   enable_unprivileged_icmp = true
   [plugins."io.containerd.cri.v1.runtime".containerd]
@@ -224,3 +231,59 @@ def import_image(ctr: Path, socket: Path, archive: Path) -> None:
                            str(archive)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ctr images import {archive}: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _pod_cgroups() -> list[Path]:
+    """Every cgroup the kubelet made for pods (cgroupfs driver: `kubepods` under each hierarchy),
+    deepest first."""
+    found: list[Path] = []
+    for hierarchy in CGROUP_ROOT.iterdir():
+        top = hierarchy / "kubepods"
+        if top.is_dir():
+            found += [Path(d) for d, _, _ in os.walk(top)]
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def kill_pods(netns: Netns) -> None:
+    """SIGKILL every pod process (by the kubelet's cgroups) and every process in the cluster's
+    namespace other than the control plane's own (containerd shims)."""
+    for cg in _pod_cgroups():
+        with contextlib.suppress(OSError):
+            for pid in (cg / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+    if netns.exists():
+        out = subprocess.run(["ip", "netns", "pids", netns.name], capture_output=True, text=True).stdout
+        for pid in out.split():
+            with contextlib.suppress(OSError, ValueError):
+                if "containerd-shim" in os.readlink(f"/proc/{pid}/exe"):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def clean_up(netns: Netns, paths: NodePaths) -> None:
+    """After the node's processes are gone: unmount what the kubelet and containerd mounted
+    (volumes, rootfs overlays, pod network namespaces), remove the pods' cgroups and the network
+    namespace. Best effort; nothing here may fail a stop."""
+    for _ in range(50):  # killed processes leave their cgroups a moment later
+        if not any((cg / "cgroup.procs").read_text().strip() for cg in _pod_cgroups()
+                   if (cg / "cgroup.procs").exists()):
+            break
+        time.sleep(0.1)
+    roots = (str(paths.root) + "/", str(paths.run) + "/")
+    mounts = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point.startswith(roots):
+                mounts.append(point)
+    for point in sorted(set(mounts), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    for cg in _pod_cgroups():
+        with contextlib.suppress(OSError):
+            cg.rmdir()
+    with contextlib.suppress(Exception):
+        netns.delete()
+    subprocess.run(["rm", "-rf", str(paths.run)], capture_output=True)

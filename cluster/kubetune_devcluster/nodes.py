@@ -91,11 +91,10 @@ def l4_node(name: str) -> dict[str, Any]:
     )
 
 
-def default_nodes() -> list[dict[str, Any]]:
-    """Two 8x H100 80GB nodes, one 4x L4 24GB node and one CPU-only node (untainted)."""
-    return [
-        h100_node("kwok-h100-0"),
-        h100_node("kwok-h100-1"),
-        l4_node("kwok-l4-0"),
-        node("kwok-cpu-0", cpu="32", memory="128Gi", instance_type="m7i.8xlarge"),
-    ]
+def default_nodes(cpu_node: bool = True) -> list[dict[str, Any]]:
+    """Two 8x H100 80GB nodes, one 4x L4 24GB node and (unless `cpu_node` is False: a cluster
+    with a real node, where CPU pods must run for real) one CPU-only node (untainted)."""
+    nodes = [h100_node("kwok-h100-0"), h100_node("kwok-h100-1"), l4_node("kwok-l4-0")]
+    if cpu_node:
+        nodes.append(node("kwok-cpu-0", cpu="32", memory="128Gi", instance_type="m7i.8xlarge"))
+    return nodes

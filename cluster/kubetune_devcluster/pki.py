@@ -20,6 +20,11 @@ CLIENTS: dict[str, tuple[str, list[str]]] = {
     "kube-scheduler": ("system:kube-scheduler", []),
     # kwok patches node/pod status of many nodes and manages leases: give it full rights.
     "kwok": ("kwok-controller", ["system:masters"]),
+    # The real node: the kubelet (Node authorizer + NodeRestriction), kube-proxy (bound to
+    # system:node-proxier by the default policy), and the API server's client for kubelets.
+    "kubelet": ("system:node:kubetune-node-0", ["system:nodes"]),
+    "kube-proxy": ("system:kube-proxy", []),
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ["system:masters"]),
 }
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
@@ -156,8 +161,10 @@ def _issue(
     return b.sign(ca_key, hashes.SHA256()), key
 
 
-def generate(directory: Path) -> Pki:
-    """Write a fresh CA, serving/client certificates and the service-account key pair."""
+def generate(directory: Path, node_ip: str | None = None, node_name: str | None = None) -> Pki:
+    """Write a fresh CA, serving/client certificates and the service-account key pair. With a
+    real node (`node_ip`), the API server's certificate also names that address and the kubelet
+    gets a serving certificate."""
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     pki = Pki(directory)
@@ -178,10 +185,15 @@ def generate(directory: Path) -> Pki:
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ],
-        ips=["127.0.0.1", "::1", KUBERNETES_SERVICE_IP],
+        ips=["127.0.0.1", "::1", KUBERNETES_SERVICE_IP, *([node_ip] if node_ip else [])],
     )
     _write_cert(pki.cert("apiserver"), serving)
     _write_key(pki.key("apiserver"), serving_key)
+    if node_ip:
+        c, k = _issue(ca, ca_key, node_name or node_ip, server=True, dns=[node_name] if node_name else [],
+                      ips=[node_ip])
+        _write_cert(pki.cert("kubelet-serving"), c)
+        _write_key(pki.key("kubelet-serving"), k)
 
     for name, (cn, orgs) in CLIENTS.items():
         c, k = _issue(ca, ca_key, cn, orgs)
