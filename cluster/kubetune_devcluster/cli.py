@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir", type=Path, default=None, help=f"cluster state folder (default {default_dir()})"
     )
+    parser.add_argument(
+        "--real-node", action="store_true",
+        help="add a real kubelet node (containerd, CNI, kube-proxy); the cluster then runs in a "
+        "network namespace of its own (needs root)",
+    )
 
 
 def _namespace(args: argparse.Namespace | Sequence[str] | None, prog: str) -> argparse.Namespace:
@@ -44,7 +49,7 @@ def main_up(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     ensure_binaries()
     try:
-        c = start(workdir, detach=True)
+        c = start(workdir, detach=True, real_node=bool(getattr(ns, "real_node", False)))
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -53,6 +58,8 @@ def main_up(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     print(f"# kubectl: {c.kubectl_path}  helm: {c.helm}", file=sys.stderr)
+    if c.real_node:
+        print(f"# real node: containerd socket {c.node_paths.containerd_socket}", file=sys.stderr)
     print(f"export KUBECONFIG={c.kubeconfig}")
     return 0
 
