@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.defaults import tuning_method
 from kubetune.api.enums import Reason
 from kubetune.api.spec import PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import TrainerConfig, TrainerResult
@@ -26,10 +27,6 @@ def _resolve(uri: str, *, kind: str, reason: str, config: TrainerConfig, revisio
         return resolve(uri, kind=kind, revision=revision, token_env=config.secret_env.hf_token)
     except SourceError as e:
         raise TrainerFailure(reason, str(e)) from e
-
-
-def _method(config: TrainerConfig, spec: Any) -> str:
-    return str(spec.method if config.task == "sft" else (spec.tuning or ("qlora" if spec.quantization else "lora")))
 
 
 def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | None = None,
@@ -49,8 +46,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
     details: dict[str, Any] = {}
     trainer: Any = None
     try:
-        spec = config.typed_spec()
-        method = _method(config, spec)
+        spec = config.spec
+        method = str(tuning_method(spec))
         # 1. data preflight, before any model is loaded
         reporter.update(stage="preflight", force=True)
         from kubetune_trainer.data import run_preflight, summary
