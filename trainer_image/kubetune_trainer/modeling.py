@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.spec import LoraConfig as LoraSpec
+from kubetune.api.spec import Quantization
 from kubetune_trainer.bnb_guard import guard_bnb_cpu_repack
 from kubetune_trainer.failures import model_unavailable
 
@@ -61,7 +63,7 @@ def load_tokenizer(path: Path, revision: str | None = None) -> Any:
     return tok
 
 
-def quantization_config(quant: Any, device: Device) -> Any:
+def quantization_config(quant: Quantization | None, device: Device) -> Any:
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -76,7 +78,7 @@ def quantization_config(quant: Any, device: Device) -> Any:
                               bnb_4bit_use_double_quant=bool(quant.double_quant), bnb_4bit_compute_dtype=dtype)
 
 
-def load_base(path: Path, *, method: str, quant: Any, device: Device, revision: str | None = None,
+def load_base(path: Path, *, method: str, quant: Quantization | None, device: Device, revision: str | None = None,
               gradient_checkpointing: bool = False) -> Any:
     """The base model, ready for adapters (qlora: 4-bit + prepare_model_for_kbit_training)."""
     import torch
@@ -110,16 +112,17 @@ def load_base(path: Path, *, method: str, quant: Any, device: Device, revision: 
     return model
 
 
-def lora_config(lora: Any) -> Any:
+def lora_config(lora: LoraSpec) -> Any:
     from peft import LoraConfig
 
     targets = list(lora.target_modules)
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    # PEFT annotates lora_alpha as int but scales by lora_alpha / r: spec.lora.alpha may be fractional
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,  # type: ignore[arg-type]
                       target_modules="all-linear" if targets == ["all-linear"] else targets,
                       bias="none", task_type="CAUSAL_LM")
 
 
-def add_adapter(model: Any, lora: Any) -> Any:
+def add_adapter(model: Any, lora: LoraSpec) -> Any:
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(lora))

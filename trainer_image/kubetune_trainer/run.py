@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune.api.defaults import tuning_method
 from kubetune.api.enums import Reason
@@ -18,6 +19,9 @@ from kubetune.api.spec import PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import TrainerConfig, TrainerResult
 from kubetune_trainer.failures import StopRequest, TrainerFailure, classify, training_callbacks
 from kubetune_trainer.reporting import Log, Reporter, stderr_log
+
+if TYPE_CHECKING:
+    from kubetune_trainer.common import Context
 
 
 def _resolve(uri: str, *, kind: str, reason: str, config: TrainerConfig, revision: str | None = None) -> Path:
@@ -96,6 +100,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
             if adapter_path is not None:
                 # TRL's DPOTrainer adds a frozen copy of this adapter named "ref" as the implicit reference
                 model = modeling.load_adapter(model, adapter_path, trainable=True)
+            elif spec.lora is None:  # resolve() sets it for lora and qlora
+                raise TrainerFailure(Reason.TRAINER_ERROR, f"{method} needs spec.lora; the config's spec is not resolved")
             else:
                 model = modeling.add_adapter(model, spec.lora)
         elif adapter_path is not None:
@@ -243,7 +249,8 @@ def _train_metrics(trainer: Any, out: Any) -> dict[str, float]:
     return {k: v for k, v in m.items() if math.isfinite(v)}
 
 
-def _evaluate(ctx: Any, validation_path: Path | None, load_base: Any, details: dict[str, Any]) -> dict[str, float]:
+def _evaluate(ctx: Context, validation_path: Path | None, load_base: Callable[[], Any],
+              details: dict[str, Any]) -> dict[str, float]:
     try:
         from kubetune_trainer.evaluate import evaluate_model  # issue #6
     except ImportError:
