@@ -64,18 +64,16 @@ def load_tokenizer(path: Path, revision: str | None = None) -> Any:
 
 
 def quantization_config(quant: Quantization | None, device: Device) -> Any:
-    import torch
-    from transformers import BitsAndBytesConfig
+    """The BitsAndBytesConfig for `quant` (None without), built by TRL's get_quantization_config."""
+    from trl import ModelConfig, get_quantization_config
 
     if quant is None:
         return None
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[str(quant.compute_dtype)]
-    if device.cpu:
-        dtype = torch.float32
-    if int(quant.bits) == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=str(quant.type),
-                              bnb_4bit_use_double_quant=bool(quant.double_quant), bnb_4bit_compute_dtype=dtype)
+    eight = int(quant.bits) == 8
+    return get_quantization_config(ModelConfig(
+        load_in_8bit=eight, load_in_4bit=not eight, bnb_4bit_quant_type=str(quant.type),
+        use_bnb_nested_quant=bool(quant.double_quant),
+        dtype="float32" if device.cpu else str(quant.compute_dtype)))  # TRL's 4-bit compute dtype
 
 
 def load_base(path: Path, *, method: str, quant: Quantization | None, device: Device, revision: str | None = None,
