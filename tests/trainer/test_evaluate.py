@@ -12,6 +12,8 @@ pytestmark = pytest.mark.trainer
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
+from conftest import sft_manifest  # noqa: E402
+
 from kubetune.api.trainer_contract import JobIdentity, SecretEnv, Sources, TrainerConfig  # noqa: E402
 from kubetune_trainer.base_access import AdapterBase  # noqa: E402
 from kubetune_trainer.evaluate import evaluate_model, generate, mean_nll, to_example  # noqa: E402
@@ -59,8 +61,9 @@ def sets(tmp_path):
 
 
 def config(sets, tmp_path, **evaluation):
-    spec = {"evaluation": {"goldenDataset": {"uri": "file://g", "scorer": "contains"}, "maxNewTokens": 6, **evaluation},
-            "training": {"maxSeqLength": 64}}
+    spec = sft_manifest("lora")["spec"]
+    spec["evaluation"] = {"goldenDataset": {"uri": "file://g", "scorer": "contains"}, "maxNewTokens": 6, **evaluation}
+    spec["training"]["maxSeqLength"] = 64
     return TrainerConfig(job=JobIdentity(kind="FineTuneJob", name="t"), task="sft", spec=spec,
                          sources=Sources(model="m", dataset="d", output=str(tmp_path), golden=sets["golden"],
                                          safety=sets["safety"], forgetting=sets["forgetting"]),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import instruction_records, make_config, sft_manifest, write_jsonl
 
+from kubetune.api.spec import Checkpoint
 from kubetune.api.trainer_contract import EXIT_CODES, PlanSummary, TrainerResult
 from kubetune_trainer import modeling
 from kubetune_trainer.checkpoints import is_complete
@@ -65,7 +66,7 @@ def test_nan_loss_is_diverged_and_stops_early(tiny_model: Path, tmp_path: Path, 
     monkeypatch.setenv(FAULT_ENV, "nan_loss@2")
     data = write_jsonl(tmp_path / "train.jsonl", instruction_records(40))
     config = make_config(sft_manifest("lora", maxSteps=6), model=tiny_model, dataset=data, output=tmp_path / "out")
-    config.spec["checkpoint"] = {"everySteps": 2, "keepLast": 5}
+    config.spec.checkpoint = Checkpoint(every_steps=2, keep_last=5)
     rc, result = run_main(config)
     assert (result["reason"], rc) == ("Diverged", 5), result["message"]
     assert "at step 2" in result["message"] and "learningRate" in result["message"]

@@ -11,7 +11,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import sft_manifest
 
+from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.trainer_contract import (
     JobIdentity,
     ReportChannel,
@@ -25,7 +27,8 @@ pytestmark = pytest.mark.trainer
 
 
 def _config(tmp_path: Path, **report: object) -> TrainerConfig:
-    return TrainerConfig(job=JobIdentity(kind="FineTuneJob", name="j", namespace="ns"), task="sft", spec={},
+    return TrainerConfig(job=JobIdentity(kind="FineTuneJob", name="j", namespace="ns"), task="sft",
+                         spec=FineTuneJobSpec.model_validate(sft_manifest("lora")["spec"]),
                          sources=Sources(model="m", dataset="d", output=str(tmp_path / "out")),
                          report=ReportChannel(**report))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import instruction_records, make_config, sft_manifest, write_config, write_jsonl
 
+from kubetune.api.spec import Checkpoint
 from kubetune_trainer.checkpoints import MARKER, checkpoints, prepare_resume
 
 pytestmark = pytest.mark.trainer
@@ -36,7 +37,7 @@ def test_sigkill_after_a_checkpoint_then_resume(tiny_model: Path, tmp_path: Path
     data = write_jsonl(tmp_path / "train.jsonl", instruction_records(80))
     out = tmp_path / "out"
     config = make_config(sft_manifest("lora", maxSteps=total), model=tiny_model, dataset=data, output=out)
-    config.spec["checkpoint"] = {"everySteps": 2, "keepLast": 2}
+    config.spec.checkpoint = Checkpoint(every_steps=2, keep_last=2)
     path = write_config(config, tmp_path / "config.json")
     cmd = [sys.executable, "-m", "kubetune_trainer", "--config", str(path)]
 
@@ -72,7 +73,7 @@ def _trained_four_steps(tiny_model: Path, tmp_path: Path, run_main):  # type: ig
     data = write_jsonl(tmp_path / "train.jsonl", instruction_records(40))
     out = tmp_path / "out"
     config = make_config(sft_manifest("lora", maxSteps=4), model=tiny_model, dataset=data, output=out)
-    config.spec["checkpoint"] = {"everySteps": 2, "keepLast": 3}
+    config.spec.checkpoint = Checkpoint(every_steps=2, keep_last=3)
     rc, _ = run_main(config)
     assert rc == 0
     return config, out
@@ -88,7 +89,7 @@ def test_half_written_checkpoint_is_ignored(tiny_model: Path, tmp_path: Path, ru
     (half / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
     (half / "optimizer.pt").unlink()
 
-    config.spec["training"]["maxSteps"] = 8
+    config.spec.training.max_steps = 8
     rc, result = run_main(config)
     assert rc == 0, result["message"]
     assert result["details"]["resumedFrom"] == "checkpoint-4"

@@ -14,6 +14,7 @@ import yaml
 from conftest import REPO
 
 from kubetune.api.resources import parse_resource
+from kubetune.api.spec import PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import ReportChannel, Sources
 from kubetune.render.trainer_config import build_trainer_config
 
@@ -76,7 +77,8 @@ def test_quickstart_qlora_sft_then_dpo(smollm2: Path, tmp_path: Path) -> None:
     dpo_config = build_trainer_config(parse_resource(dpo_manifest), referenced=sft_job.spec, sources=Sources(
         model=str(smollm2), adapter=str(adapter), dataset=str(data / "preferences.jsonl"),
         output=str(tmp_path / "dpo")), device="cpu")
-    assert dpo_config.typed_spec().tuning == "qlora"  # inherited from the FineTuneJob
+    assert isinstance(dpo_config.spec, PreferenceAlignmentSpec)
+    assert dpo_config.spec.tuning == "qlora"  # inherited from the FineTuneJob
     dpo = _run(dpo_config, tmp_path, "dpo")
     assert dpo["metrics"]["train.steps"] == 2 and math.isfinite(dpo["metrics"]["train.loss"])
     assert "train.rewards_accuracies" in dpo["metrics"]

@@ -14,6 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
+from kubetune.api.status import DataSummary
+from kubetune.api.trainer_contract import TrainerConfig
+
 
 def publish(tmp: Path, final: Path) -> Path:
     """Rename a finished folder into place, replacing an older one."""
@@ -55,7 +59,8 @@ CPU_KERNEL_PIN = [
 ]
 
 
-def model_card(*, config: Any, spec: Any, method: str, data: Any, metrics: dict[str, float], adapter_from: str | None) -> str:
+def model_card(*, config: TrainerConfig, spec: FineTuneJobSpec | PreferenceAlignmentSpec, method: str,
+               data: DataSummary | None, metrics: dict[str, float], adapter_from: str | None) -> str:
     """README.md: base model and which base the adapter belongs to, method, data, hyperparameters, evaluation."""
     base = config.sources.model
     kind = config.job.kind
@@ -76,8 +81,8 @@ def model_card(*, config: Any, spec: Any, method: str, data: Any, metrics: dict[
         f"- Base: `{spec.base_model.uri if spec.base_model else base}`"
         + (f" (revision `{config.sources.model_revision}`)" if config.sources.model_revision else ""),
     ]
-    if method == "qlora":
-        q = spec.quantization
+    q = spec.quantization if method == "qlora" else None  # resolve() sets it for qlora
+    if q is not None:
         scheme = (f"{q.type}, double quant {'on' if q.double_quant else 'off'}" if int(q.bits) == 4
                   else "LLM.int8")  # type and double quant are 4-bit settings
         lines += [
@@ -104,7 +109,7 @@ def model_card(*, config: Any, spec: Any, method: str, data: Any, metrics: dict[
     if method == "qlora" and spec.quantization is not None:
         for k, v in spec.quantization.model_dump(mode="json").items():
             lines.append(f"| quantization.{k} | {_fmt(v)} |")
-    if config.task == "dpo":
+    if isinstance(spec, PreferenceAlignmentSpec):  # the dpo task
         for k, v in spec.dpo.model_dump(mode="json").items():
             lines.append(f"| dpo.{k} | {_fmt(v)} |")
     lines += ["", "## Results", ""]
@@ -119,8 +124,7 @@ def model_card(*, config: Any, spec: Any, method: str, data: Any, metrics: dict[
                   'tokenizer = AutoTokenizer.from_pretrained("PATH/model")']
     else:
         lines += ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer"]
-        if method == "qlora":
-            q = spec.quantization
+        if q is not None:
             bnb = ("BitsAndBytesConfig(load_in_8bit=True)" if int(q.bits) == 8 else
                    f'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="{q.type}", '
                    f'bnb_4bit_use_double_quant={bool(q.double_quant)}, bnb_4bit_compute_dtype="{q.compute_dtype}")')

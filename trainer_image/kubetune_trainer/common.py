@@ -6,17 +6,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
+from kubetune.api.trainer_contract import TrainerConfig
 from kubetune_trainer.modeling import Device, optimizer_name
+from kubetune_trainer.reporting import Log
 
 
 @dataclass
 class Context:
-    config: Any  # TrainerConfig
-    spec: Any  # FineTuneJobSpec | PreferenceAlignmentSpec (resolved)
+    config: TrainerConfig
+    spec: FineTuneJobSpec | PreferenceAlignmentSpec  # config.spec (resolved)
     method: str  # qlora | lora | full
     device: Device
     output: Path
-    log: Any
+    log: Log
+    # torch-side objects (transformers / PEFT / TRL classes, imported lazily because they are heavy):
+    # a PreTrainedModel or PeftModel, a tokenizer, TrainerCallbacks
     model: Any = None
     tokenizer: Any = None
     ref_model: Any = None
@@ -73,7 +78,7 @@ def adapter_precision(ctx: Context, trainer: Any) -> Any:
     bf16, and the adapter should compute in the precision it is later loaded in."""
     import torch
 
-    quant = getattr(ctx.spec, "quantization", None)
+    quant = ctx.spec.quantization
     if ctx.method != "qlora" or not (ctx.device.cpu or (quant is not None and str(quant.compute_dtype) == "float32")):
         return trainer
     for param in trainer.model.parameters():

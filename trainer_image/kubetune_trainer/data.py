@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.enums import Reason
+from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.status import DataSummary
 from kubetune_trainer.failures import TrainerFailure
+from kubetune_trainer.reporting import Log
 
 
 def summary(report: Any) -> DataSummary:
@@ -38,7 +40,8 @@ def summary(report: Any) -> DataSummary:
     )
 
 
-def run_preflight(*, dataset: Path, spec: Any, out_dir: Path, golden: Path | None, log: Any) -> tuple[Any, Path, Path | None]:
+def run_preflight(*, dataset: Path, spec: FineTuneJobSpec | PreferenceAlignmentSpec, out_dir: Path, golden: Path | None,
+                  log: Log) -> tuple[Any, Path, Path | None]:
     """Check the data; raise TrainerFailure(DataInvalid|InsufficientData) when it fails. Returns the
     report and the cleaned train / validation files."""
     from kubetune.data import preflight

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetune.api.spec import PreferenceAlignmentSpec
 from kubetune_trainer.common import Context, adapter_precision, common_args, dataset_from_rows
 
 
 def build_dpo_trainer(ctx: Context, rows: list[dict[str, Any]]) -> Any:
     from trl import DPOConfig, DPOTrainer
 
+    if not isinstance(ctx.spec, PreferenceAlignmentSpec):
+        raise TypeError(f"DPO trains a PreferenceAlignment, not a {type(ctx.spec).__name__}")
     dpo = ctx.spec.dpo
     args = DPOConfig(
         **common_args(ctx),

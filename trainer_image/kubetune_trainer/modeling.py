@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.spec import LoraConfig as LoraSpec
+from kubetune.api.spec import Quantization
 from kubetune_trainer.bnb_guard import guard_bnb_cpu_repack
 from kubetune_trainer.failures import model_unavailable
 
@@ -62,24 +64,23 @@ def load_tokenizer(path: Path, revision: str | None = None) -> Any:
     return tok
 
 
-def quantization_config(quant: Any, device: Device) -> Any:
-    """bitsandbytes settings for the spec's quantization; 4-bit matmuls compute in its computeDtype, or in
-    fp32 on a device that computes in fp32 (CPU)."""
+def quantization_config(quant: Quantization | None, device: Device) -> Any:
+    """The BitsAndBytesConfig for `quant` (None without), built by TRL's get_quantization_config; 4-bit
+    matmuls compute in its computeDtype, or in fp32 on a device that computes in fp32 (CPU)."""
     import torch
-    from transformers import BitsAndBytesConfig
+    from trl import ModelConfig, get_quantization_config
 
     if quant is None:
         return None
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[str(quant.compute_dtype)]
-    if device.dtype == torch.float32:
-        dtype = torch.float32
-    if int(quant.bits) == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=str(quant.type),
-                              bnb_4bit_use_double_quant=bool(quant.double_quant), bnb_4bit_compute_dtype=dtype)
+    eight = int(quant.bits) == 8
+    fp32 = device.dtype == torch.float32
+    return get_quantization_config(ModelConfig(
+        load_in_8bit=eight, load_in_4bit=not eight, bnb_4bit_quant_type=str(quant.type),
+        use_bnb_nested_quant=bool(quant.double_quant),
+        dtype="float32" if fp32 else str(quant.compute_dtype)))  # TRL's 4-bit compute dtype
 
 
-def load_base(path: Path, *, method: str, quant: Any, device: Device, revision: str | None = None,
+def load_base(path: Path, *, method: str, quant: Quantization | None, device: Device, revision: str | None = None,
               gradient_checkpointing: bool = False) -> Any:
     """The base model, ready for adapters (qlora: 4-bit + prepare_model_for_kbit_training)."""
     import torch
@@ -109,16 +110,17 @@ def load_base(path: Path, *, method: str, quant: Any, device: Device, revision: 
     return model
 
 
-def lora_config(lora: Any) -> Any:
+def lora_config(lora: LoraSpec) -> Any:
     from peft import LoraConfig
 
     targets = list(lora.target_modules)
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    # PEFT annotates lora_alpha as int but scales by lora_alpha / r: spec.lora.alpha may be fractional
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,  # type: ignore[arg-type]
                       target_modules="all-linear" if targets == ["all-linear"] else targets,
                       bias="none", task_type="CAUSAL_LM")
 
 
-def add_adapter(model: Any, lora: Any) -> Any:
+def add_adapter(model: Any, lora: LoraSpec) -> Any:
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(lora))

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kubetune.api.defaults import tuning_method
 from kubetune.api.enums import Reason
 from kubetune.api.spec import PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import TrainerConfig, TrainerResult
 from kubetune_trainer.failures import StopRequest, TrainerFailure, classify, training_callbacks
 from kubetune_trainer.reporting import Log, Reporter, stderr_log
+
+if TYPE_CHECKING:
+    from kubetune_trainer.common import Context
 
 
 def _resolve(uri: str, *, kind: str, reason: str, config: TrainerConfig, revision: str | None = None) -> Path:
@@ -26,10 +31,6 @@ def _resolve(uri: str, *, kind: str, reason: str, config: TrainerConfig, revisio
         return resolve(uri, kind=kind, revision=revision, token_env=config.secret_env.hf_token)
     except SourceError as e:
         raise TrainerFailure(reason, str(e)) from e
-
-
-def _method(config: TrainerConfig, spec: Any) -> str:
-    return str(spec.method if config.task == "sft" else (spec.tuning or ("qlora" if spec.quantization else "lora")))
 
 
 def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | None = None,
@@ -49,8 +50,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
     details: dict[str, Any] = {}
     trainer: Any = None
     try:
-        spec = config.typed_spec()
-        method = _method(config, spec)
+        spec = config.spec
+        method = str(tuning_method(spec))
         # 1. data preflight, before any model is loaded
         reporter.update(stage="preflight", force=True)
         from kubetune_trainer.data import run_preflight, summary
@@ -99,6 +100,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
             if adapter_path is not None:
                 # TRL's DPOTrainer adds a frozen copy of this adapter named "ref" as the implicit reference
                 model = modeling.load_adapter(model, adapter_path, trainable=True)
+            elif spec.lora is None:  # resolve() sets it for lora and qlora
+                raise TrainerFailure(Reason.TRAINER_ERROR, f"{method} needs spec.lora; the config's spec is not resolved")
             else:
                 model = modeling.add_adapter(model, spec.lora)
         elif adapter_path is not None:
@@ -248,7 +251,8 @@ def _train_metrics(trainer: Any, out: Any) -> dict[str, float]:
     return {k: v for k, v in m.items() if math.isfinite(v)}
 
 
-def _evaluate(ctx: Any, validation_path: Path | None, load_base: Any, details: dict[str, Any]) -> dict[str, float]:
+def _evaluate(ctx: Context, validation_path: Path | None, load_base: Callable[[], Any],
+              details: dict[str, Any]) -> dict[str, float]:
     try:
         from kubetune_trainer.evaluate import evaluate_model  # issue #6
     except ImportError:

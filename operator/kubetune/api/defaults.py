@@ -54,9 +54,10 @@ def resolve(spec: SpecT, referenced: FineTuneJobSpec | None = None) -> SpecT:
     spec = spec.model_copy(deep=True)
     dpo = isinstance(spec, PreferenceAlignmentSpec)
     if isinstance(spec, PreferenceAlignmentSpec) and referenced is not None:
-        spec.base_model = spec.base_model or referenced.base_model.model_copy(deep=True)
-        spec.quantization = spec.quantization or referenced.quantization
-        spec.lora = spec.lora or referenced.lora
+        inherited = referenced.model_copy(deep=True)  # the result shares no object with `referenced`
+        spec.base_model = spec.base_model or inherited.base_model
+        spec.quantization = spec.quantization or inherited.quantization
+        spec.lora = spec.lora or inherited.lora
     method = tuning_method(spec, referenced)
     if isinstance(spec, PreferenceAlignmentSpec):
         spec.tuning = method

@@ -15,9 +15,10 @@ import json
 from pathlib import PurePath, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, ValidatorFunctionWrapHandler, field_validator, model_validator
 
 from kubetune.api.base import KubeModel
+from kubetune.api.resources import SPEC_MODELS
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.status import DataSummary, Progress
 
@@ -93,10 +94,14 @@ class SecretEnv(KubeModel):
 
 
 class TrainerConfig(KubeModel):
+    """Everything the trainer needs to run one job; `spec` is the resolved spec of `job.kind`."""
+
     api_version: Literal["kubetune.io/trainer-config/v1"] = Field(default="kubetune.io/trainer-config/v1", alias="apiVersion")
     job: JobIdentity
     task: Task
-    spec: dict[str, Any] = Field(description="The resolved spec (kubetune.api.defaults.resolve) in wire form.")
+    spec: FineTuneJobSpec | PreferenceAlignmentSpec = Field(description=(
+        "The resolved spec (kubetune.api.defaults.resolve): a FineTuneJobSpec or a PreferenceAlignmentSpec, "
+        "as job.kind says."))
     sources: Sources
     plan: PlanSummary = Field(default_factory=PlanSummary)
     report: ReportChannel = Field(default_factory=ReportChannel)
@@ -107,9 +112,21 @@ class TrainerConfig(KubeModel):
         "Also write merged weights next to the adapter (LoRA on a 16/32-bit base only; never for "
         "QLoRA, whose adapter belongs to the 4-bit base it was trained on)."))
 
-    def typed_spec(self) -> FineTuneJobSpec | PreferenceAlignmentSpec:
-        model = FineTuneJobSpec if self.job.kind == "FineTuneJob" else PreferenceAlignmentSpec
-        return model.model_validate(self.spec)
+    @field_validator("spec", mode="wrap")
+    @classmethod
+    def _spec_of_the_job_kind(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        """The wire form carries no tag of its own: `job.kind` (validated before `spec`) picks the model,
+        so errors name that kind's fields."""
+        job = info.data.get("job")
+        if isinstance(value, dict) and isinstance(job, JobIdentity):
+            return SPEC_MODELS[job.kind].model_validate(value)
+        return handler(value)
+
+    @model_validator(mode="after")
+    def _spec_matches_the_job_kind(self) -> "TrainerConfig":
+        if not isinstance(self.spec, SPEC_MODELS[self.job.kind]):
+            raise ValueError(f"spec is a {type(self.spec).__name__}, but job.kind is {self.job.kind}")
+        return self
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2, sort_keys=True)

@@ -32,7 +32,7 @@ def build_trainer_config(
         job=JobIdentity(kind=job.kind, name=job.metadata.name or "job",
                         namespace=job.metadata.namespace or "default", uid=job.metadata.uid),
         task="sft" if isinstance(job, FineTuneJob) else "dpo",
-        spec=spec.to_k8s(),
+        spec=spec,
         sources=sources,
         plan=plan or PlanSummary(),
         report=report or ReportChannel(),
