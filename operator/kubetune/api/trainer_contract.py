@@ -134,7 +134,7 @@ class TrainerConfig(KubeModel):
     def uri_of(self, path: str | PurePath) -> str | None:
         """A path the trainer wrote below `sources.output`, as a URI: `<output>/adapter` ⇒
         `<sources.outputUri, else spec.output.uri>/adapter`. None for a path elsewhere."""
-        base = self.sources.output_uri or (self.spec.get("output") or {}).get("uri")
+        base = self.sources.output_uri or self.spec.output.uri
         try:
             below = PurePosixPath(path).relative_to(PurePosixPath(self.sources.output))
         except ValueError:

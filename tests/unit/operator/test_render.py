@@ -11,7 +11,7 @@ from operator_builders import ftj, load_example, typed
 
 from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.api.trainer_contract import JobIdentity, Sources, TrainerConfig
+from kubetune.api.trainer_contract import TrainerConfig
 from kubetune.render.job import CONTAINER, KUEUE_QUEUE_LABEL, gpu_memory_min_mib, render_children
 from kubetune.render.names import MAX_JOB_NAME, base_name, configmap_name, job_name, label_value
 from kubetune.render.settings import RenderSettings
@@ -244,10 +244,10 @@ def test_preference_alignment_chained_on_a_finetunejob() -> None:
 
 def test_uri_round_trip() -> None:
     # a pvc:// output is mounted; the trainer reports what it writes there under the URI again
-    config = TrainerConfig(job=JobIdentity(kind="FineTuneJob", name="a"), task="sft",
-                           spec={"output": {"uri": "pvc://claim/a/b"}},
-                           sources=Sources(model="m", dataset="d", output=to_local("pvc://claim/a/b")))
-    assert config.uri_of(to_local("pvc://claim/a/b")) == "pvc://claim/a/b"
+    config = TrainerConfig.model_validate_json(
+        render(load_example("llama3-70b-qlora-triage.yaml")).configmap["data"]["config.json"])
+    assert config.sources.output == to_local("pvc://triage-models/triage-llama3-70b")
+    assert config.uri_of(to_local("pvc://triage-models/triage-llama3-70b")) == "pvc://triage-models/triage-llama3-70b"
     with pytest.raises(ValueError, match="hf://"):
         to_local("ftp://x")
 
