@@ -126,7 +126,7 @@ TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.GATE_FAILED, Phase.FAILED})
 class ConditionType(StrEnum):
     READY = "Ready"  # True only when Succeeded with every gate passed
     VALID = "Valid"  # spec passed semantic validation
-    RESOURCES_FIT = "ResourcesFit"  # the memory plan fits spec.resources.gpuMemory
+    RESOURCES_FIT = "ResourcesFit"  # the memory plan fits resources.gpuMemory (a CPU job: resources.memory)
     DEPENDENCY_READY = "DependencyReady"  # PreferenceAlignment: the referenced FineTuneJob is Ready
     DATA_VALID = "DataValid"  # the trainer's data preflight passed
     TRAINING = "Training"  # the trainer is training now
