@@ -52,6 +52,10 @@ class Optimizer(StrEnum):
     ADAFACTOR = "adafactor"
 
 
+CUDA_ONLY_OPTIMIZERS = frozenset({Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT, Optimizer.PAGED_ADAMW_32BIT})
+"""bitsandbytes' optimizers need CUDA: on CPU the trainer uses adamw_torch instead (and the planner plans so)."""
+
+
 class LrScheduler(StrEnum):
     COSINE = "cosine"
     LINEAR = "linear"

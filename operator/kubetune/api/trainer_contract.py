@@ -72,6 +72,7 @@ class PlanSummary(KubeModel):
 
     peak_bytes: int | None = None
     gpu_memory_bytes: int | None = None
+    memory_bytes: int | None = None  # a CPU job's limit (resources.memory) instead of gpu_memory_bytes
     fits: bool | None = None
     summary: str | None = None
     best_suggestion: str | None = None

@@ -30,6 +30,7 @@ from kubetune.planning.types import Architecture, ComputeDtype, LinearModule, Me
 
 __all__ = [
     "BNB_8BIT_MIN_SIZE",
+    "CPU_PROCESS_BYTES",
     "CUDA_CONTEXT_BYTES",
     "FRAGMENTATION_FRACTION",
     "NCCL_BYTES",
@@ -86,6 +87,10 @@ SOFTCAP_BYTES_PER_LOGIT = 2
 CUDA_CONTEXT_BYTES = 768 * MiB
 """CUDA context + cuBLAS/cuDNN handles and workspaces (~0.5–0.8 GiB on H100/A100 with CUDA 12 lazy
 loading); outside `torch.cuda.max_memory_allocated`, inside what the card has."""
+CPU_PROCESS_BYTES = 1280 * MiB
+"""A CPU job's stand-in for the CUDA context: the trainer process itself, which the pod's memory limit
+counts (Python with torch, transformers, peft, trl, datasets and bitsandbytes: ~1.0 GiB resident after the
+imports; a whole run on a tiny model peaked at ~1.18 GiB with torch 2.13)."""
 NCCL_BYTES = 512 * MiB
 """NCCL communicator buffers per process when more than one GPU takes part."""
 FRAGMENTATION_FRACTION = 0.05
@@ -603,7 +608,8 @@ def estimate(req: PlanRequest, arch: Architecture, *, detail: bool = True) -> Es
         phase, chosen = "forward/backward", forward_backward
     allocated = max(fb_total, step_total)
     assert persistent <= allocated
-    overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if world > 1 else 0) + int(FRAGMENTATION_FRACTION * allocated)
+    context = CPU_PROCESS_BYTES if req.cpu_only else CUDA_CONTEXT_BYTES
+    overhead = context + (NCCL_BYTES if world > 1 else 0) + int(FRAGMENTATION_FRACTION * allocated)
     breakdown = {k: int(val) for k, val in chosen.items()}
     breakdown["runtime_overhead"] = overhead
     peak = sum(breakdown.values())

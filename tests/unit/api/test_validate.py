@@ -257,3 +257,15 @@ def test_cpu_job_ignores_gpu_memory() -> None:
     obj["spec"]["resources"] = {**CPU_JOB, "gpuMemory": "24Gi"}
     assert [str(p) for p in validate_object(obj) if p.severity == "error"] == []
 
+
+def test_cpu_job_that_does_not_fit_names_resources_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    obj = ftj()
+    obj["spec"]["baseModel"]["uri"] = "hf://meta-llama/Llama-3.1-8B-Instruct"
+    obj["spec"]["resources"] = {"gpus": 0, "memory": "4Gi"}
+    path = tmp_path / "cpu.yaml"
+    path.write_text(yaml.safe_dump(obj))
+    assert main(["validate", "-f", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "spec.resources.memory: does not fit: QLoRA fine-tune of llama-3-8b needs ~" in out
+    assert "memory per pod (CPU job); 4 GiB available in resources.memory" in out
+    assert "gpuMemory" not in out and "per GPU" not in out
