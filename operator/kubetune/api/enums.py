@@ -150,6 +150,7 @@ class Reason:
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_UNAVAILABLE = "ImageUnavailable"
     MODEL_UNAVAILABLE = "ModelUnavailable"
+    GPU_UNAVAILABLE = "GPUUnavailable"  # a GPU job's pod sees no CUDA device (image, runtime or node)
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     GATES_FAILED = "GatesFailed"
     DEPENDENCY_FAILED = "DependencyFailed"
