@@ -64,11 +64,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
         job = parse_resource(defaulted(doc.obj))
         try:
-            request = plan_request(job, lookup=lookup, gpu_memory=args.gpu_memory)
+            request = plan_request(job, lookup=lookup, gpu_memory=args.gpu_memory, memory=args.memory)
         except (CannotPlan, ValueError) as exc:
             print(f"{doc.file}: {doc.label}: cannot plan: {exc}", file=sys.stderr)
             codes.append(EXIT_BAD_INPUT)
             continue
+        if request.cpu_only and args.gpu_memory:
+            print(f"{doc.file}: {doc.label}: --gpu-memory does not apply to a CPU job (resources.gpus 0); "
+                  "use --memory", file=sys.stderr)
+        elif not request.cpu_only and args.memory:
+            print(f"{doc.file}: {doc.label}: --memory applies to CPU jobs only (resources.gpus 0); "
+                  "use --gpu-memory", file=sys.stderr)
         if args.output == "text" and len(documents) > 1:
             print(f"# {doc.file}: {doc.label}")
         codes.append(plan_main_from_request(request, output=args.output, stream=sys.stdout, err=sys.stderr))
@@ -139,9 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plan", action="store_true", help="skip the memory fit check")
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("plan", help="estimate per-GPU peak memory; exit 0 fits, 2 does not fit, 1 bad input")
+    p = sub.add_parser("plan", help="estimate per-GPU peak memory (per pod for a CPU job); exit 0 fits, 2 does not "
+                                    "fit, 1 bad input")
     p.add_argument("-f", "--filename", dest="files", action="append", required=True, help="manifest file (repeatable)")
     p.add_argument("--gpu-memory", help="GPU memory to plan against, e.g. 80Gi (default: spec.resources.gpuMemory)")
+    p.add_argument("--memory", help="pod memory to plan a CPU job (resources.gpus 0) against, e.g. 16Gi "
+                                    "(default: spec.resources.memory)")
     p.add_argument("--output", "-o", choices=["text", "json"], default="text")
     p.set_defaults(func=_cmd_plan)
 

@@ -69,3 +69,31 @@ def test_dpo_plans_with_the_referenced_job(capsys: pytest.CaptureFixture[str]) -
     dpo = ROOT / "examples" / "triage-dpo.yaml"
     assert main(["plan", "-f", str(dpo), "-f", str(QLORA_70B), "-o", "json"]) == 0
     assert main(["plan", "-f", str(dpo)]) == 1  # alone, its base model is unknown
+
+
+def _cpu_job(tmp_path: Path, memory: str) -> Path:
+    obj = yaml.safe_load(QLORA_70B.read_text())
+    obj["spec"]["baseModel"] = {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}
+    obj["spec"]["training"] = {"maxSeqLength": 512}
+    obj["spec"]["resources"] = {"gpus": 0, "memory": memory, "cpu": "2"}
+    path = tmp_path / "cpu.yaml"
+    path.write_text(yaml.safe_dump(obj))
+    return path
+
+
+def test_cpu_job_is_planned_against_pod_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _cpu_job(tmp_path, "16Gi")
+    assert main(["plan", "-f", str(path), "-o", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["cpuOnly"] is True and plan["memoryBytes"] == 16 * 2**30 and "gpuMemoryBytes" not in plan
+    assert "memory per pod (CPU job)" in plan["summary"]
+    assert main(["plan", "-f", str(path), "--memory", "1Gi"]) == 2
+    out = capsys.readouterr().out
+    assert "memory per pod (CPU job)" in out and "DOES NOT FIT" in out and "GPU memory" not in out
+
+
+def test_memory_flags_that_do_not_apply_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "-f", str(_cpu_job(tmp_path, "16Gi")), "--gpu-memory", "1Gi"]) == 0  # ignored
+    assert "--gpu-memory does not apply to a CPU job (resources.gpus 0); use --memory" in capsys.readouterr().err
+    assert main(["plan", "-f", str(QLORA_70B), "--memory", "1Gi"]) == 0
+    assert "--memory applies to CPU jobs only" in capsys.readouterr().err

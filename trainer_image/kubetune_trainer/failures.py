@@ -4,6 +4,7 @@
 - ``Diverged``: a NaN/inf training loss; :class:`DivergenceCallback` stops training at once.
 - ``DataInvalid`` / ``InsufficientData``: the data preflight (raised as :class:`TrainerFailure`).
 - ``ModelUnavailable``: the model, adapter or tokenizer could not be found or loaded.
+- ``GPUUnavailable``: the config says ``cuda`` (a GPU job) but the process sees no CUDA device.
 - ``Interrupted``: SIGTERM (preemption, deletion, suspend); a checkpoint is saved first.
 - ``TrainerError``: anything else, with a short message (the traceback goes to the log only).
 
@@ -46,7 +47,9 @@ def oom_message(exc: BaseException, plan: PlanSummary, step: int | None) -> str:
     where = f" at step {step}" if step else ""
     parts = [f"out of memory{where}: {first[:300]}"]
     if plan.peak_bytes:
-        parts.append(f"the planner estimated a peak of {_gib(plan.peak_bytes)} on a {_gib(plan.gpu_memory_bytes)} GPU"
+        limit = (f"with {_gib(plan.memory_bytes)} memory per pod (CPU job)" if plan.memory_bytes
+                 else f"on a {_gib(plan.gpu_memory_bytes)} GPU")
+        parts.append(f"the planner estimated a peak of {_gib(plan.peak_bytes)} {limit}"
                      + (f" ({plan.summary})" if plan.summary else ""))
     if plan.best_suggestion:
         parts.append(f"try: {plan.best_suggestion}")
@@ -90,6 +93,30 @@ def classify(exc: BaseException, plan: PlanSummary, step: int | None = None) -> 
 def model_unavailable(what: str, exc: BaseException) -> TrainerFailure:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return TrainerFailure(Reason.MODEL_UNAVAILABLE, short(f"cannot load {what}: {first}"))
+
+
+def gpu_unavailable(gpus: int | None) -> TrainerFailure:
+    """A GPU job on a pod that sees no CUDA device: what was requested, what the pod sees, what to check.
+
+    `gpus` is `spec.resources.gpus` (None or 0 when cuda was asked for some other way, e.g.
+    `kubetune run --device cuda`).
+    """
+    import torch
+
+    if gpus:
+        asked = f"the job requested {gpus} GPU{'s' if gpus > 1 else ''} (resources.gpus) but the pod sees no CUDA device"
+    else:
+        asked = "device cuda was requested but this process sees no CUDA device"
+    if torch.version.cuda is None:
+        why = (f"this torch ({torch.__version__}) is built without CUDA: the trainer image needs a CUDA build "
+               "of torch")
+    else:
+        visible = {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES") if k in os.environ}
+        shown = ", ".join(f"{k}={v!r}" for k, v in visible.items()) or "neither CUDA_VISIBLE_DEVICES nor NVIDIA_VISIBLE_DEVICES is set"
+        why = (f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no device ({shown}): check the node's "
+               "NVIDIA driver, device plugin and container runtime")
+    instead = "set resources.gpus: 0 to run on CPU" if gpus else "run on CPU (--device cpu)"
+    return TrainerFailure(Reason.GPU_UNAVAILABLE, short(f"{asked}; {why}; or {instead}"))
 
 
 def is_finite(value: Any) -> bool:
@@ -202,4 +229,5 @@ def training_callbacks(stop: StopRequest, outcome: dict[str, Any]) -> list[Any]:
     return callbacks
 
 
-__all__ = ["FAULT_ENV", "StopRequest", "TrainerFailure", "classify", "model_unavailable", "oom_message", "training_callbacks"]
+__all__ = ["FAULT_ENV", "StopRequest", "TrainerFailure", "classify", "gpu_unavailable", "model_unavailable", "oom_message",
+           "training_callbacks"]

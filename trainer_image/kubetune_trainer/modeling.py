@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.enums import CUDA_ONLY_OPTIMIZERS
 from kubetune.api.spec import LoraConfig as LoraSpec
 from kubetune.api.spec import Quantization
 from kubetune_trainer.bnb_guard import guard_bnb_cpu_repack
-from kubetune_trainer.failures import model_unavailable
+from kubetune_trainer.failures import gpu_unavailable, model_unavailable
 
 BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit"}
 
@@ -29,12 +30,14 @@ class Device:
         return self.kind == "cpu"
 
 
-def pick_device(requested: str) -> Device:
+def pick_device(requested: str, *, gpus: int | None = None) -> Device:
+    """`cuda` (a GPU job) without a visible GPU fails with GPUUnavailable, naming the `gpus` requested;
+    `auto` falls back to CPU."""
     import torch
 
     cuda = torch.cuda.is_available() and requested != "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda requested but no CUDA GPU is visible")
+        raise gpu_unavailable(gpus)
     if not cuda:
         return Device("cpu", torch.float32, False, False)
     if torch.cuda.is_bf16_supported():
@@ -44,10 +47,10 @@ def pick_device(requested: str) -> Device:
 
 def optimizer_name(spec_optimizer: str | None, device: Device, log: Any) -> str:
     name = str(spec_optimizer or "adamw_torch")
+    if name in CUDA_ONLY_OPTIMIZERS and device.cpu:
+        log(f"optimizer {name} needs CUDA; using adamw_torch on CPU")
+        return "adamw_torch"
     if name in BNB_OPTIMIZERS:
-        if device.cpu:
-            log(f"optimizer {name} needs CUDA; using adamw_torch on CPU")
-            return "adamw_torch"
         return BNB_OPTIMIZERS[name]
     return {"adafactor": "adafactor", "adamw_torch": "adamw_torch"}.get(name, name)
 

@@ -1,6 +1,6 @@
 """One trainer run, from a TrainerConfig to a TrainerResult:
 
-preflight the data → load tokenizer and model → train (resuming from the newest complete
+pick the device → preflight the data → load tokenizer and model → train (resuming from the newest complete
 checkpoint) → evaluate (when spec.evaluation is set) → export the artifact → report the result.
 Every ending is a TrainerResult with a Reason; nothing escapes as a raw traceback.
 """
@@ -52,6 +52,10 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
     try:
         spec = config.spec
         method = str(tuning_method(spec))
+        from kubetune_trainer import modeling
+
+        # 0. the device: a GPU job on a pod without a GPU fails now (GPUUnavailable), not after the preflight
+        device = modeling.pick_device(config.device, gpus=spec.resources.gpus)
         # 1. data preflight, before any model is loaded
         reporter.update(stage="preflight", force=True)
         from kubetune_trainer.data import run_preflight, summary
@@ -74,14 +78,12 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         reporter.update(stage="loading", force=True)
         import torch
 
-        from kubetune_trainer import modeling
         from kubetune_trainer.checkpoints import completion_callback, is_final, load_final, prepare_resume
         from kubetune_trainer.common import Context
         from kubetune_trainer.data import dpo_rows, read_jsonl, sft_rows
         from kubetune_trainer.reporting import progress_callback
 
         torch.manual_seed(spec.training.seed)
-        device = modeling.pick_device(config.device)
         model_path = _resolve(config.sources.model, kind="model", reason=Reason.MODEL_UNAVAILABLE, config=config,
                               revision=config.sources.model_revision)
         tokenizer = modeling.load_tokenizer(model_path, config.sources.model_revision)

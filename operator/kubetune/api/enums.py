@@ -52,6 +52,10 @@ class Optimizer(StrEnum):
     ADAFACTOR = "adafactor"
 
 
+CUDA_ONLY_OPTIMIZERS = frozenset({Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT, Optimizer.PAGED_ADAMW_32BIT})
+"""bitsandbytes' optimizers need CUDA: on CPU the trainer uses adamw_torch instead (and the planner plans so)."""
+
+
 class LrScheduler(StrEnum):
     COSINE = "cosine"
     LINEAR = "linear"
@@ -126,7 +130,7 @@ TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.GATE_FAILED, Phase.FAILED})
 class ConditionType(StrEnum):
     READY = "Ready"  # True only when Succeeded with every gate passed
     VALID = "Valid"  # spec passed semantic validation
-    RESOURCES_FIT = "ResourcesFit"  # the memory plan fits spec.resources.gpuMemory
+    RESOURCES_FIT = "ResourcesFit"  # the memory plan fits resources.gpuMemory (a CPU job: resources.memory)
     DEPENDENCY_READY = "DependencyReady"  # PreferenceAlignment: the referenced FineTuneJob is Ready
     DATA_VALID = "DataValid"  # the trainer's data preflight passed
     TRAINING = "Training"  # the trainer is training now
@@ -146,6 +150,7 @@ class Reason:
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_UNAVAILABLE = "ImageUnavailable"
     MODEL_UNAVAILABLE = "ModelUnavailable"
+    GPU_UNAVAILABLE = "GPUUnavailable"  # a GPU job's pod sees no CUDA device (image, runtime or node)
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     GATES_FAILED = "GatesFailed"
     DEPENDENCY_FAILED = "DependencyFailed"

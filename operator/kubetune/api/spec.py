@@ -162,18 +162,42 @@ class Toleration(KubeModel):
 
 
 class Resources(KubeModel):
-    """Where and on what the trainer runs."""
+    """Where and on what the trainer runs. `gpus: 0` is a CPU job (small models, pipeline tests)."""
 
-    gpus: int = Field(default=1, ge=1, le=64, description="GPUs per node (nvidia.com/gpu); > 1 runs torchrun with one process per GPU.")
+    model_config = ConfigDict(json_schema_extra=validations(
+        cel("self.gpus > 0 || has(self.memory)",
+            "a CPU job (gpus 0) needs resources.memory so the plan can be checked against the pod's memory limit",
+            ".memory"),
+        cel("self.gpus > 0 || self.nodes == 1",
+            "a CPU job (gpus 0) runs one process on one node; set nodes to 1, or request GPUs", ".nodes"),
+    ))
+
+    gpus: int = Field(default=1, ge=0, le=64, description=(
+        "GPUs per node (nvidia.com/gpu); > 1 runs torchrun with one process per GPU. 0 is a CPU job: no GPU "
+        "request, toleration or GPU-memory affinity, the trainer runs on CPU, one node only, and the memory "
+        "plan is checked against resources.memory (then required)."))
     nodes: int = Field(default=1, ge=1, le=256, description="Nodes; > 1 renders an Indexed Job with a headless Service for torchrun.")
     gpu_memory: str = Field(default="80Gi", pattern=QUANTITY_PATTERN, max_length=SHORT, description=(
-        "Memory per GPU, a quantity (80Gi); the memory plan must fit it and pods land only on GPUs with at least this much."))
+        "Memory per GPU, a quantity (80Gi); the memory plan must fit it and pods land only on GPUs with at least "
+        "this much. Ignored when gpus is 0."))
     node_selector: dict[str, Annotated[str, Field(max_length=SHORT)]] | None = Field(
         default=None, max_length=32, description="Extra node labels the trainer pods require.")
     tolerations: list[Toleration] | None = Field(default=None, max_length=32, description="Extra tolerations for the trainer pods.")
     priority_class_name: str | None = Field(default=None, max_length=NAME, description="PriorityClass of the trainer pods.")
     cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=SHORT, description="CPU request and limit per pod, e.g. 8.")
-    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=SHORT, description="Memory request and limit per pod, e.g. 64Gi.")
+    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=SHORT, description=(
+        "Memory request and limit per pod, e.g. 64Gi. Required when gpus is 0: a CPU job's memory plan is "
+        "checked against it."))
+
+    @property
+    def cpu_only(self) -> bool:
+        """`gpus: 0`: the trainer runs on CPU, in one process on one node."""
+        return self.gpus == 0
+
+    @property
+    def world_size(self) -> int:
+        """Trainer processes in all: one per GPU, or one for a CPU job."""
+        return max(self.gpus, 1) * self.nodes
 
 
 class GoldenDataset(KubeModel):

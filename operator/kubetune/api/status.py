@@ -68,8 +68,9 @@ class JobStatus(KubeModel):
     conditions: list[Condition] = Field(default_factory=list, description="Conditions keyed by type; Ready is what `kubectl wait` uses.",
                                         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     observed_generation: int | None = Field(default=None, description="metadata.generation the status describes.")
-    plan: dict[str, Any] | None = Field(default=None, description="Memory plan summary: peak, GPU memory, fits, breakdown.",
-                                        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    plan: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="Memory plan summary: peak, GPU memory (a CPU job: memory per pod, cpuOnly true), fits, breakdown.")
     data: DataSummary | None = Field(default=None, description="Data preflight counts.")
     progress: Progress | None = Field(default=None, description="Training progress, mirrored from the trainer.")
     metrics: dict[str, float] | None = Field(default=None, description="Evaluation metrics by name (golden.accuracy, ...).")

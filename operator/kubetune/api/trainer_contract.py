@@ -29,9 +29,10 @@ TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates beyond this
 Task = Literal["sft", "dpo"]
 
 # Exit status of the trainer process, for the Job's podFailurePolicy: permanent failures (bad
-# data, a missing model, divergence, OOM at the planned size) should fail the Job at once instead
-# of spending retries; TrainerError and Interrupted (SIGTERM, 128+15) may be retried (the retry
-# resumes from the newest complete checkpoint). 2 is a bad command line or config file.
+# data, a missing model, divergence, OOM at the planned size, a GPU job whose pod sees no GPU: a
+# retry gets the same image and runtime) should fail the Job at once instead of spending retries;
+# TrainerError and Interrupted (SIGTERM, 128+15) may be retried (the retry resumes from the newest
+# complete checkpoint). 2 is a bad command line or config file.
 EXIT_CODES: dict[str, int] = {
     "TrainerError": 1,
     "DataInvalid": 3,
@@ -39,6 +40,7 @@ EXIT_CODES: dict[str, int] = {
     "ModelUnavailable": 4,
     "Diverged": 5,
     "OutOfMemory": 6,
+    "GPUUnavailable": 7,
     "Interrupted": 143,
 }
 EXIT_USAGE = 2
@@ -73,6 +75,7 @@ class PlanSummary(KubeModel):
 
     peak_bytes: int | None = None
     gpu_memory_bytes: int | None = None
+    memory_bytes: int | None = None  # a CPU job's limit (resources.memory) instead of gpu_memory_bytes
     fits: bool | None = None
     summary: str | None = None
     best_suggestion: str | None = None

@@ -86,7 +86,7 @@ class Runner:
 
     def plan(self, job: AnyJob, lookup: Any) -> PlanSummary:
         try:
-            from kubetune.planning.admission import plan_job
+            from kubetune.planning.admission import plan_job, plan_summary
             from kubetune.planning.types import CannotPlan
         except ImportError:  # the planner is optional
             return PlanSummary()
@@ -98,10 +98,10 @@ class Runner:
         except Exception as exc:  # never let the estimate stop a local run
             self.say(f"  plan: skipped ({type(exc).__name__}: {exc})")
             return PlanSummary()
-        self.say(f"  plan: {p.summary()}" + ("" if p.fits or self.device == "cpu" else "  (warning: does not fit)"))
-        best = p.best_suggestion
-        return PlanSummary(peak_bytes=p.peak_bytes, gpu_memory_bytes=p.gpu_memory_bytes, fits=p.fits,
-                           summary=p.summary(), best_suggestion=best.description if best else None)
+        # a GPU plan says nothing about a run on this CPU; a CPU job's plan (its memory limit) does
+        applies = p.cpu_only or self.device != "cpu"
+        self.say(f"  plan: {p.summary()}" + ("" if p.fits or not applies else "  (warning: does not fit)"))
+        return plan_summary(p)
 
     def run_job(self, lj: LocalJob, lookup: Any) -> Outcome:
         started = time.monotonic()

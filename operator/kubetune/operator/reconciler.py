@@ -117,7 +117,7 @@ class Reconciler:
         if ref and not ref_seen:
             return Verdict(fits=None, plan_message=f"planned once FineTuneJob {ref} is known"), None
         try:
-            from kubetune.planning.admission import plan_job
+            from kubetune.planning.admission import plan_job, plan_summary
             from kubetune.planning.types import CannotPlan
         except ImportError:  # pragma: no cover - the planner ships with the package
             return Verdict(fits=None, plan_message="no planner"), None
@@ -127,11 +127,7 @@ class Reconciler:
             return Verdict(fits=None, plan_message=f"cannot plan memory: {exc}"), None
         except Exception as exc:
             return Verdict(fits=None, plan_message=f"cannot plan memory: {exc}"), None
-        d = plan.to_dict()
-        best = plan.best_suggestion
-        summary = PlanSummary(peak_bytes=plan.peak_bytes, gpu_memory_bytes=plan.gpu_memory_bytes, fits=plan.fits,
-                              summary=plan.summary(), best_suggestion=best.description if best else None)
-        return Verdict(plan=d, fits=plan.fits, plan_message=plan.summary()), summary
+        return Verdict(plan=plan.to_dict(), fits=plan.fits, plan_message=plan.summary()), plan_summary(plan)
 
     def dependency(self, key: Key, cr: Mapping[str, Any]) -> tuple[DependencyState, FineTuneJobSpec | None, str | None]:
         ref = ((cr.get("spec") or {}).get("fineTuneJobRef") or {}).get("name")

@@ -3,6 +3,7 @@
 from kubetune.api.problems import Problem
 from kubetune.api.resources import AnyJob
 from kubetune.api.semantics import RefLookup
+from kubetune.api.trainer_contract import PlanSummary
 from kubetune.planning.planner import plan
 from kubetune.planning.spec_adapter import plan_request
 from kubetune.planning.types import CannotPlan, Plan
@@ -22,4 +23,13 @@ def fit_problems(job: AnyJob, lookup: RefLookup | None = None) -> list[Problem]:
         return [Problem(exc.field, f"cannot plan memory: {exc}", "warning")]
     if result.fits:
         return []
-    return [Problem("spec.resources.gpuMemory", f"does not fit: {result.summary()}")]
+    limit = "spec.resources.memory" if result.cpu_only else "spec.resources.gpuMemory"
+    return [Problem(limit, f"does not fit: {result.summary()}")]
+
+
+def plan_summary(result: Plan) -> PlanSummary:
+    """What the trainer config carries of a plan, to explain an out-of-memory failure with it."""
+    best = result.best_suggestion
+    return PlanSummary(peak_bytes=result.peak_bytes, gpu_memory_bytes=result.gpu_memory_bytes,
+                       memory_bytes=result.memory_bytes, fits=result.fits, summary=result.summary(),
+                       best_suggestion=best.description if best else None)

@@ -42,6 +42,7 @@ _LABELS = {
     "reference_model": "reference model",
     "runtime_overhead": "CUDA context + allocator",
 }
+_CPU_LABELS = {"runtime_overhead": "trainer process + allocator"}
 
 
 def exit_code(p: Plan) -> int:
@@ -49,25 +50,27 @@ def exit_code(p: Plan) -> int:
 
 
 def render_plan_text(p: Plan) -> str:
-    """A readable table: the breakdown, the total against the GPU, the verdict and the suggestions."""
+    """A readable table: the breakdown, the total against the GPU (a CPU job: the pod's memory limit),
+    the verdict and the suggestions."""
+    on = "CPU (one process)" if p.cpu_only else f"{p.world_size} GPU{'s' if p.world_size > 1 else ''}"
     lines = [
         f"model        {p.architecture}  ({p.params_total / 1e9:.2f}B params, "
         f"{p.params_trainable / 1e6:,.1f}M trainable)",
-        f"job          {p.kind} / {p.method} on {p.world_size} GPU{'s' if p.world_size > 1 else ''}",
+        f"job          {p.kind} / {p.method} on {on}",
         "",
-        f"{'per GPU, at the ' + p.peak_phase:<36}{'bytes':>18}{'':>3}{'':<10}",
+        f"{('per pod (CPU job)' if p.cpu_only else 'per GPU') + ', at the ' + p.peak_phase:<36}{'bytes':>18}{'':>3}{'':<10}",
     ]
     width = 36
     for name, value in p.breakdown.items():
         if value == 0 and name not in ("weights", "activations"):
             continue
-        label = _LABELS.get(name, name.replace("_", " "))
+        label = _CPU_LABELS.get(name) if p.cpu_only else None
+        label = label or _LABELS.get(name, name.replace("_", " "))
         lines.append(f"  {label:<{width - 2}}{value:>18,}   {format_bytes(value):>10}")
     lines.append(f"  {'-' * (width - 2)}{'-' * 18}   {'-' * 10}")
     lines.append(f"  {'peak':<{width - 2}}{p.peak_bytes:>18,}   {format_bytes(p.peak_bytes):>10}")
-    lines.append(
-        f"  {'GPU memory':<{width - 2}}{p.gpu_memory_bytes:>18,}   {format_bytes(p.gpu_memory_bytes):>10}"
-    )
+    limit = "memory per pod (CPU job)" if p.cpu_only else "GPU memory"
+    lines.append(f"  {limit:<{width - 2}}{p.limit_bytes:>18,}   {format_bytes(p.limit_bytes):>10}")
     lines.append(f"  {'headroom':<{width - 2}}{p.headroom_bytes:>18,}   {format_bytes(p.headroom_bytes):>10}")
     lines.append("")
     lines.append(("FITS: " if p.fits else "DOES NOT FIT: ") + p.summary())

@@ -34,6 +34,7 @@ from kubetune.planning.types import Architecture, ComputeDtype, LinearModule, Me
 
 __all__ = [
     "BNB_8BIT_MIN_SIZE",
+    "CPU_PROCESS_BYTES",
     "CUDA_CONTEXT_BYTES",
     "FRAGMENTATION_FRACTION",
     "NCCL_BYTES",
@@ -112,6 +113,10 @@ SOFTCAP_BYTES_PER_LOGIT = 2
 CUDA_CONTEXT_BYTES = 768 * MiB
 """CUDA context + cuBLAS/cuDNN handles and workspaces (~0.5–0.8 GiB on H100/A100 with CUDA 12 lazy
 loading); outside `torch.cuda.max_memory_allocated`, inside what the card has."""
+CPU_PROCESS_BYTES = 1280 * MiB
+"""A CPU job's stand-in for the CUDA context: the trainer process itself, which the pod's memory limit
+counts (Python with torch, transformers, peft, trl, datasets and bitsandbytes: ~1.0 GiB resident after the
+imports; a whole run on a tiny model peaked at ~1.18 GiB with torch 2.13)."""
 NCCL_BYTES = 512 * MiB
 """NCCL communicator buffers per process when more than one GPU takes part."""
 FRAGMENTATION_FRACTION = 0.05
@@ -572,8 +577,10 @@ def fragmentation_bytes(allocated: int) -> int:
 
 
 def runtime_overhead_bytes(req: PlanRequest, allocated: int) -> int:
-    """CUDA context + NCCL + allocator slack: what a GPU loses besides the tensors of the `allocated` peak."""
-    return CUDA_CONTEXT_BYTES + nccl_bytes(req) + fragmentation_bytes(allocated)
+    """CUDA context (a CPU job: the trainer process itself) + NCCL + allocator slack: what the device
+    loses besides the tensors of the `allocated` peak."""
+    context = CPU_PROCESS_BYTES if req.cpu_only else CUDA_CONTEXT_BYTES
+    return context + nccl_bytes(req) + fragmentation_bytes(allocated)
 
 
 # ---- the estimate ---------------------------------------------------------------------------------

@@ -13,6 +13,13 @@ from kubetune.planning.types import ARCHITECTURE_FIELD, Architecture, CannotPlan
 
 __all__ = ["plan", "resolve_architecture"]
 
+_CPU_NOTES = (
+    "a CPU job (resources.gpus 0): the peak is checked against resources.memory, the pod's memory limit; "
+    "the trainer computes in float32 and uses adamw_torch for bitsandbytes' CUDA-only optimizers",
+    "the trainer process itself (Python, torch and the training libraries, ~1.25 GiB) is counted in place of "
+    "a CUDA context; the page cache of the model files is not",
+)
+
 
 def _local_path(uri: str, pvc_mounts: Mapping[str, str]) -> Path | None:
     """The readable folder behind a `file://` URI, or a `pvc://claim/path` whose claim is mounted here."""
@@ -66,14 +73,15 @@ def plan(
     architecture: Architecture | None = None,
     pvc_mounts: Mapping[str, str] | None = None,
 ) -> Plan:
-    """Per-GPU memory plan for one job. Raises `CannotPlan` when the architecture is unknown."""
+    """Per-GPU memory plan for one job (per pod for a CPU job, against its memory limit). Raises
+    `CannotPlan` when the architecture is unknown."""
     arch = architecture or resolve_architecture(request.model, request.architecture, pvc_mounts=pvc_mounts)
     est = estimate(request, arch)
-    fits = est.peak_bytes <= request.gpu_memory_bytes
+    fits = est.peak_bytes <= request.limit_bytes
     return Plan(
         fits=fits,
         peak_bytes=est.peak_bytes,
-        gpu_memory_bytes=request.gpu_memory_bytes,
+        limit_bytes=request.limit_bytes,
         breakdown=est.breakdown,
         architecture=arch.name,
         params_total=est.params_total,
@@ -83,5 +91,6 @@ def plan(
         world_size=request.world_size,
         peak_phase=est.peak_phase,
         suggestions=() if fits else suggest(request, arch, est),
-        notes=est.notes,
+        notes=(*est.notes, *(_CPU_NOTES if request.cpu_only else ())),
+        cpu_only=request.cpu_only,
     )

@@ -4,7 +4,8 @@ Ranking: changes that fit come first; among them, the ones that leave the traini
 (gradient checkpointing, smaller micro-batch with more accumulation, an 8-bit optimizer) before a
 different method (qlora/lora changes what is learned), before more GPUs (FSDP; costs hardware), before a
 shorter maxSeqLength (changes the data). Ties: the smaller peak first. Those that do not fit follow,
-smallest peak first, so the closest attempt is visible.
+smallest peak first, so the closest attempt is visible. A CPU job gets neither an 8-bit optimizer (the
+trainer uses adamw_torch on CPU) nor more GPUs.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def replace(req: PlanRequest, **changes: Any) -> PlanRequest:
 
 
 def _fits(req: PlanRequest, est: Estimate) -> bool:
-    return est.peak_bytes <= req.gpu_memory_bytes
+    return est.peak_bytes <= req.limit_bytes
 
 
 def _halve_batch(req: PlanRequest, arch: Architecture) -> tuple[PlanRequest, Estimate] | None:
@@ -73,8 +74,9 @@ def _shorter_sequences(req: PlanRequest, arch: Architecture) -> tuple[PlanReques
 
 
 def _more_gpus(req: PlanRequest, arch: Architecture) -> tuple[PlanRequest, Estimate] | None:
-    """FSDP full-shard (full fine-tunes): the smallest world size (powers of two) that fits."""
-    if req.method != "full":
+    """FSDP full-shard (full fine-tunes): the smallest world size (powers of two) that fits. Not for a
+    CPU job: GPUs would change what the plan is checked against, not just the peak."""
+    if req.method != "full" or req.cpu_only:
         return None
     world = req.world_size
     current = req
@@ -131,7 +133,8 @@ def suggest(req: PlanRequest, arch: Architecture, base: Estimate | None = None) 
         "batch_size",
         "gradient_accumulation_steps",
     )
-    if req.optimizer in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"):
+    # bitsandbytes' 8-bit optimizers need CUDA: on CPU the trainer uses adamw_torch instead
+    if req.optimizer in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit") and not req.cpu_only:
         add(
             _RANK_EQUIVALENT,
             replace(req, optimizer="paged_adamw_8bit"),
@@ -180,7 +183,7 @@ def _combine(req: PlanRequest, arch: Architecture) -> tuple[PlanRequest, Estimat
     steps: list[dict[str, Any]] = [
         {"method": "qlora"},
         {"gradient_checkpointing": True},
-        {"optimizer": "paged_adamw_8bit"},
+        {} if req.cpu_only else {"optimizer": "paged_adamw_8bit"},
         {
             "batch_size": 1,
             "gradient_accumulation_steps": req.gradient_accumulation_steps * req.batch_size,

@@ -96,7 +96,8 @@ class PlanRequest:
     """What the planner needs to know about one job, with the trainer's defaults.
 
     Sizes are per GPU: `batch_size` is the per-device micro-batch (sequences; DPO pairs count as two
-    sequences internally), `gpus` is per node.
+    sequences internally), `gpus` is per node. `gpus = 0` is a CPU job: one process on one node, no CUDA
+    context, and the peak is checked against `memory_bytes`, the pod's memory limit.
     """
 
     model: str
@@ -121,8 +122,12 @@ class PlanRequest:
     gradient_accumulation_steps: int = 1
     packing: bool = False
     gpus: int = 1
+    """GPUs per node; 0: a CPU job."""
     nodes: int = 1
     gpu_memory_bytes: int = DEFAULT_GPU_MEMORY_BYTES
+    """What one GPU has: the limit of a GPU job."""
+    memory_bytes: int | None = None
+    """`spec.resources.memory`, the pod's memory limit: the limit of a CPU job (required then)."""
     dpo_reference: DpoReference = "implicit"
     attention: AttentionImpl = "sdpa"
 
@@ -150,12 +155,20 @@ class PlanRequest:
             "batch_size",
             "max_seq_length",
             "gradient_accumulation_steps",
-            "gpus",
             "nodes",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, value, "a positive integer")
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
+            raise bad("gpus", self.gpus, "0 (a CPU job) or a positive integer")
+        if self.cpu_only:
+            if self.nodes != 1:
+                raise bad("nodes", self.nodes, "1: a CPU job (gpus 0) runs one process on one node")
+            if self.memory_bytes is None:
+                raise bad("memory_bytes", None, "the pod's memory limit: a CPU job (gpus 0) is checked against it")
+        if self.memory_bytes is not None and (isinstance(self.memory_bytes, bool) or self.memory_bytes <= 0):
+            raise bad("memory_bytes", self.memory_bytes, "a positive byte count")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise bad("lora_dropout", self.lora_dropout, "a number in [0, 1)")
         if isinstance(self.gpu_memory_bytes, bool) or self.gpu_memory_bytes <= 0:
@@ -168,8 +181,21 @@ class PlanRequest:
             raise bad("target_modules", self.target_modules, "at least one module name or 'all-linear'")
 
     @property
+    def cpu_only(self) -> bool:
+        return self.gpus == 0
+
+    @property
     def world_size(self) -> int:
-        return self.gpus * self.nodes
+        """Trainer processes: one per GPU, or one for a CPU job."""
+        return max(self.gpus, 1) * self.nodes
+
+    @property
+    def limit_bytes(self) -> int:
+        """What the peak must fit: one GPU's memory, or for a CPU job the pod's memory limit."""
+        if self.cpu_only:
+            assert self.memory_bytes is not None  # __post_init__ requires it
+            return self.memory_bytes
+        return self.gpu_memory_bytes
 
 
 @dataclass(frozen=True)
@@ -258,11 +284,13 @@ class Suggestion:
 
 @dataclass(frozen=True)
 class Plan:
-    """The planner's verdict for one job: per-GPU peak, its breakdown, and what would fit if it doesn't."""
+    """The planner's verdict for one job: per-GPU peak (per pod for a CPU job), its breakdown, and what
+    would fit if it doesn't."""
 
     fits: bool
     peak_bytes: int
-    gpu_memory_bytes: int
+    limit_bytes: int
+    """What the peak is checked against: one GPU's memory, or for a CPU job the pod's memory limit."""
     breakdown: Mapping[str, int]
     """Ordered name → bytes of what is resident at the peak; sums to `peak_bytes`."""
     architecture: str
@@ -276,10 +304,27 @@ class Plan:
     suggestions: tuple[Suggestion, ...] = ()
     notes: tuple[str, ...] = field(default=())
     """Assumptions that shaped this estimate, one sentence each."""
+    cpu_only: bool = False
+    """A CPU job (`resources.gpus: 0`): the limit is `resources.memory`, not GPU memory."""
+
+    @property
+    def gpu_memory_bytes(self) -> int | None:
+        """The GPU memory planned against; None for a CPU job."""
+        return None if self.cpu_only else self.limit_bytes
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """The pod memory limit planned against (a CPU job); None for a GPU job."""
+        return self.limit_bytes if self.cpu_only else None
+
+    @property
+    def per(self) -> str:
+        """Where the peak lives, for sentences: "per GPU" or "memory per pod (CPU job)"."""
+        return "memory per pod (CPU job)" if self.cpu_only else "per GPU"
 
     @property
     def headroom_bytes(self) -> int:
-        return self.gpu_memory_bytes - self.peak_bytes
+        return self.limit_bytes - self.peak_bytes
 
     @property
     def best_suggestion(self) -> Suggestion | None:
@@ -290,17 +335,16 @@ class Plan:
         """One line for humans; the admission webhook and `kubetune validate` print it on rejection.
 
         e.g. "full fine-tune of llama-3-70b needs ~1.2 TiB per GPU; 80 GiB available; method qlora would
-        need ~46 GiB".
+        need ~46 GiB", or for a CPU job "LoRA fine-tune of smollm2-135m needs ~3.1 GiB memory per pod (CPU
+        job); 8 GiB available in resources.memory (4.9 GiB headroom)".
         """
         what = {"full": "full fine-tune", "lora": "LoRA fine-tune", "qlora": "QLoRA fine-tune"}[self.method]
         if self.kind == "dpo":
             what = f"DPO ({what.replace(' fine-tune', '')})"
-        head = f"{what} of {self.architecture} needs ~{format_bytes(self.peak_bytes)} per GPU"
+        head = f"{what} of {self.architecture} needs ~{format_bytes(self.peak_bytes)} {self.per}"
+        available = format_bytes(self.limit_bytes) + " available" + (" in resources.memory" if self.cpu_only else "")
         if self.fits:
-            return (
-                f"{head}; {format_bytes(self.gpu_memory_bytes)} available "
-                f"({format_bytes(self.headroom_bytes)} headroom)"
-            )
+            return f"{head}; {available} ({format_bytes(self.headroom_bytes)} headroom)"
         best = self.best_suggestion
         if best is not None:
             tail = f"{best.description} would need ~{format_bytes(best.peak_bytes)}"
@@ -311,14 +355,16 @@ class Plan:
             )
         else:
             tail = "no change to this spec fits"
-        return f"{head}; {format_bytes(self.gpu_memory_bytes)} available; {tail}"
+        return f"{head}; {available}; {tail}"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON for `kubetune plan --output json` and `status.plan` (camelCase keys)."""
+        """JSON for `kubetune plan --output json` and `status.plan` (camelCase keys). The limit is
+        `gpuMemoryBytes` for a GPU job, `memoryBytes` (the pod's) for a CPU job (`cpuOnly: true`)."""
         return {
             "fits": self.fits,
             "peakBytes": self.peak_bytes,
-            "gpuMemoryBytes": self.gpu_memory_bytes,
+            "memoryBytes" if self.cpu_only else "gpuMemoryBytes": self.limit_bytes,
+            "cpuOnly": self.cpu_only,
             "headroomBytes": self.headroom_bytes,
             "breakdown": dict(self.breakdown),
             "suggestions": [s.to_dict() for s in self.suggestions],

@@ -5,7 +5,8 @@ spec's nodeSelector/tolerations/priority), storage (config, /dev/shm, /tmp, HF c
 trainer channel (downward-API POD_NAME/POD_NAMESPACE, termination message), secrets by reference,
 the restricted security context, and the Job's failure handling (backoffLimit, podFailurePolicy,
 activeDeadlineSeconds). `gpus > 1` runs torchrun with a process per GPU; `nodes > 1` an Indexed Job
-with a headless Service for rendezvous; `queueName` hands the Job to Kueue suspended.
+with a headless Service for rendezvous; `queueName` hands the Job to Kueue suspended. `gpus: 0` is a CPU
+job: no GPU request, GPU toleration or GPU-memory affinity, only the spec's and the operator's placement.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kubetune.render.names import configmap_name, job_name, service_name
 from kubetune.render.service import build_service, master_address
 from kubetune.render.settings import RenderSettings
 from kubetune.render.sources import ResolvedSources, resolve_sources
-from kubetune.render.trainer_config import build_trainer_config
+from kubetune.render.trainer_config import build_trainer_config, pod_device
 
 CONTAINER = "trainer"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -44,19 +45,21 @@ def gpu_memory_min_mib(gpu_memory: str, tolerance: float) -> int:
 
 def _placement(spec: FineTuneJobSpec | PreferenceAlignmentSpec, s: RenderSettings) -> dict[str, Any]:
     r = spec.resources
-    pod: dict[str, Any] = {
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    pod: dict[str, Any] = {}
+    tolerations: list[dict[str, Any]] = []
+    if not r.cpu_only:  # GPU nodes: enough memory per GPU, and their taint tolerated
+        pod["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": s.gpu_memory_label, "operator": "Gt",
                                    "values": [str(gpu_memory_min_mib(r.gpu_memory, s.gpu_memory_tolerance) - 1)]}]},
-        ]}}},
-        "tolerations": [{"key": s.gpu_taint_key, "operator": "Exists", "effect": "NoSchedule"}],
-    }
+        ]}}}
+        tolerations.append({"key": s.gpu_taint_key, "operator": "Exists", "effect": "NoSchedule"})
+    tolerations += [dict(t) for t in s.tolerations]
+    tolerations += [t.to_k8s() for t in r.tolerations or []]
+    if tolerations:
+        pod["tolerations"] = tolerations
     selector = {**s.node_selector, **(r.node_selector or {})}
     if selector:
         pod["nodeSelector"] = selector
-    pod["tolerations"] += [dict(t) for t in s.tolerations]
-    for t in r.tolerations or []:
-        pod["tolerations"].append(t.to_k8s())
     if r.priority_class_name:
         pod["priorityClassName"] = r.priority_class_name
     return pod
@@ -64,8 +67,9 @@ def _placement(spec: FineTuneJobSpec | PreferenceAlignmentSpec, s: RenderSetting
 
 def _resources(spec: FineTuneJobSpec | PreferenceAlignmentSpec, s: RenderSettings) -> dict[str, Any]:
     r = spec.resources
-    limits: dict[str, str] = {s.gpu_resource: str(r.gpus)}
-    requests: dict[str, str] = {s.gpu_resource: str(r.gpus)}
+    gpus = {} if r.cpu_only else {s.gpu_resource: str(r.gpus)}
+    limits: dict[str, str] = dict(gpus)
+    requests: dict[str, str] = dict(gpus)
     if r.cpu:
         limits["cpu"] = requests["cpu"] = r.cpu
     if r.memory:
@@ -87,7 +91,7 @@ def security_context_container() -> dict[str, Any]:
 
 def _command(kind: str, name: str, gpus: int, nodes: int, port: int) -> list[str]:
     trainer = ["--config", CONFIG_PATH]
-    if gpus == 1 and nodes == 1:
+    if gpus <= 1 and nodes == 1:  # one GPU, or a CPU job (always one node)
         return ["kubetune-trainer", *trainer]
     run = ["torchrun", f"--nproc-per-node={gpus}"]
     if nodes == 1:
@@ -98,7 +102,7 @@ def _command(kind: str, name: str, gpus: int, nodes: int, port: int) -> list[str
     return [*run, "-m", TRAINER_MODULE, *trainer]
 
 
-def _env(src: ResolvedSources, nodes: int) -> list[dict[str, Any]]:
+def _env(src: ResolvedSources, nodes: int, cpu_only: bool) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -106,6 +110,11 @@ def _env(src: ResolvedSources, nodes: int) -> list[dict[str, Any]]:
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if cpu_only:
+        # torch starts a thread per node core; a CPU job computes with as many as its CPU limit (rounded
+        # up; the node's allocatable cores when no limit is set) instead of thrashing under the quota
+        env.append({"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {
+            "containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}}})
     if nodes > 1:
         env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
@@ -140,7 +149,7 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": _command(kind, name, r.gpus, r.nodes, settings.rendezvous_port),
-        "env": _env(src, r.nodes),
+        "env": _env(src, r.nodes, r.cpu_only),
         "resources": _resources(spec, settings),
         "volumeMounts": mounts,
         "securityContext": security_context_container(),
@@ -226,7 +235,7 @@ def render_children(job: AnyJob, settings: RenderSettings, *, referenced: FineTu
                            interval_seconds=settings.progress_interval_seconds)
     config = build_trainer_config(job, sources=src.sources, referenced=referenced, plan=plan, report=report,
                                   secret_env=src.secret_env if src.secret_env != SecretEnv() else None,
-                                  device="cuda")
+                                  device=pod_device(spec.resources))
     kind, name = job.kind, job.metadata.name or ""
     ns, uid = job.metadata.namespace or "default", job.metadata.uid
     service = None

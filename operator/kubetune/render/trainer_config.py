@@ -5,7 +5,7 @@ from typing import Literal
 
 from kubetune.api.defaults import resolve
 from kubetune.api.resources import AnyJob, FineTuneJob
-from kubetune.api.spec import FineTuneJobSpec
+from kubetune.api.spec import FineTuneJobSpec, Resources
 from kubetune.api.trainer_contract import (
     JobIdentity,
     PlanSummary,
@@ -14,6 +14,12 @@ from kubetune.api.trainer_contract import (
     Sources,
     TrainerConfig,
 )
+
+
+def pod_device(resources: Resources) -> Literal["cpu", "cuda"]:
+    """Where a trainer pod computes: `resources.gpus: 0` is a CPU job; otherwise CUDA, and a pod that
+    sees no GPU fails with GPUUnavailable instead of quietly training on CPU."""
+    return "cpu" if resources.cpu_only else "cuda"
 
 
 def build_trainer_config(
@@ -38,5 +44,5 @@ def build_trainer_config(
         report=report or ReportChannel(),
         secret_env=secret_env or SecretEnv(),
         device=device,
-        world_size=resources.gpus * resources.nodes,
+        world_size=resources.world_size,
     )

@@ -96,7 +96,13 @@ BAD: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], No
     ("scheduler", ftj, _set("spec.training", {"lrScheduler": "step"}), "spec.training.lrScheduler", "cosine"),
     ("warmup", ftj, _set("spec.training", {"warmupRatio": 1.5}), "spec.training.warmupRatio", "must be ≤ 1"),
     ("weight-decay", ftj, _set("spec.training", {"weightDecay": -0.1}), "spec.training.weightDecay", "must be ≥ 0"),
-    ("gpus-zero", ftj, _set("spec.resources", {"gpus": 0}), "spec.resources.gpus", "must be ≥ 1"),
+    ("gpus-negative", ftj, _set("spec.resources", {"gpus": -1}), "spec.resources.gpus", "must be ≥ 0"),
+    ("cpu-job-without-memory", ftj, _set("spec.resources", {"gpus": 0}), "spec.resources.memory",
+     "a CPU job (gpus 0) needs resources.memory"),
+    ("cpu-job-on-two-nodes", ftj, _set("spec.resources", {"gpus": 0, "memory": "8Gi", "nodes": 2}),
+     "spec.resources.nodes", "runs one process on one node"),
+    ("pa-cpu-job-without-memory", pa, _set("spec.resources", {"gpus": 0, "cpu": "4"}), "spec.resources.memory",
+     "needs resources.memory"),
     ("nodes-zero", ftj, _set("spec.resources", {"nodes": 0}), "spec.resources.nodes", "must be ≥ 1"),
     ("gpu-memory", ftj, _set("spec.resources", {"gpuMemory": "eighty"}), "spec.resources.gpuMemory", "quantity"),
     ("gate-op", ftj, _set("spec.evaluation.gates.0.op", "=="), "spec.evaluation.gates[0].op", ">=, >, <=, <"),
@@ -230,3 +236,36 @@ def test_scalar_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     path.write_text("just a string\n")
     assert main(["validate", "-f", str(path)]) == 0  # not a kubetune object: skipped with a note
     assert "skipped" in capsys.readouterr().out
+
+
+CPU_JOB = {"gpus": 0, "memory": "8Gi", "cpu": "2"}
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora", "full"])
+def test_cpu_job_is_valid_with_memory(method: str) -> None:
+    """gpus 0 with resources.memory is a CPU job, any method: bitsandbytes runs QLoRA's 4-bit base on CPU."""
+    obj = ftj()
+    obj["spec"]["method"] = method
+    obj["spec"]["resources"] = dict(CPU_JOB)
+    assert [str(p) for p in validate_object(obj) if p.severity == "error"] == []
+
+
+def test_cpu_job_ignores_gpu_memory() -> None:
+    """gpuMemory has a schema default, so an explicit value cannot be told from it: it is ignored (the
+    description says so), never refused."""
+    obj = ftj()
+    obj["spec"]["resources"] = {**CPU_JOB, "gpuMemory": "24Gi"}
+    assert [str(p) for p in validate_object(obj) if p.severity == "error"] == []
+
+
+def test_cpu_job_that_does_not_fit_names_resources_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    obj = ftj()
+    obj["spec"]["baseModel"]["uri"] = "hf://meta-llama/Llama-3.1-8B-Instruct"
+    obj["spec"]["resources"] = {"gpus": 0, "memory": "4Gi"}
+    path = tmp_path / "cpu.yaml"
+    path.write_text(yaml.safe_dump(obj))
+    assert main(["validate", "-f", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "spec.resources.memory: does not fit: QLoRA fine-tune of llama-3-8b needs ~" in out
+    assert "memory per pod (CPU job); 4 GiB available in resources.memory" in out
+    assert "gpuMemory" not in out and "per GPU" not in out

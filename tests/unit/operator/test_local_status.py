@@ -94,3 +94,21 @@ def test_local_status_says_what_the_operator_says_for_the_same_result(
     assert all(operator_conditions[c["type"]] == c for c in local["conditions"])
     # what the operator adds: validation and the plan, which `kubetune run` prints instead
     assert set(operator_conditions) - {c["type"] for c in local["conditions"]} == {"Valid", "ResourcesFit"}
+
+
+@pytest.mark.parametrize(("resources", "warned"), [
+    ({"gpuMemory": "1Gi"}, False),  # a GPU plan says nothing about a run on this CPU
+    ({"gpus": 0, "memory": "1Gi"}, True),  # a CPU job's plan is about exactly this kind of run
+    ({"gpus": 0, "memory": "64Gi"}, False),
+])
+def test_kubetune_run_warns_when_a_cpu_jobs_plan_does_not_fit(tmp_path: Path, resources: dict[str, Any],
+                                                              warned: bool) -> None:
+    lj = _job(tmp_path)
+    assert lj.job is not None
+    lj.job.spec.resources = lj.job.spec.resources.model_validate(resources)
+    out = io.StringIO()
+    summary = Runner(device="cpu", out=out, err=io.StringIO()).plan(lj.job, lambda _: None)
+    assert ("(warning: does not fit)" in out.getvalue()) == warned, out.getvalue()
+    cpu = "gpus" in resources
+    assert (summary.memory_bytes is not None, summary.gpu_memory_bytes is None) == (cpu, cpu)
+    assert ("memory per pod (CPU job)" in (summary.summary or "")) == cpu

@@ -108,6 +108,29 @@ def test_does_not_fit_is_failed_and_never_scheduled() -> None:
     assert api.events[-1][0] == "Warning"
 
 
+def test_cpu_job_is_planned_against_its_memory_and_runs_without_a_gpu() -> None:
+    small = ftj()
+    small["spec"]["baseModel"] = {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}
+    small["spec"]["training"]["maxSeqLength"] = 512
+    small["spec"]["resources"] = {"gpus": 0, "memory": "16Gi", "cpu": "4"}
+    _, api, rec = setup(small)
+    rec.reconcile(key_of(small))
+    st = api.status[key_of(small)]
+    assert st["phase"] == "Queued" and st["plan"]["cpuOnly"] is True
+    job = next(o for k, o in api.objects.items() if k[0] == "Job")
+    assert "nvidia.com" not in str(job)
+
+    big = ftj()  # a 70B model in 16Gi of pod memory
+    big["metadata"]["name"] = "big-on-cpu"
+    big["spec"]["resources"] = {"gpus": 0, "memory": "16Gi"}
+    _, api, rec = setup(big)
+    rec.reconcile(key_of(big))
+    st = api.status[key_of(big)]
+    assert (st["phase"], st["reason"]) == ("Failed", "DoesNotFit")
+    assert "memory per pod (CPU job); 16 GiB available in resources.memory" in st["message"]
+    assert "per GPU" not in st["message"]
+
+
 def test_suspend_and_resume_patch_the_job() -> None:
     cr = ftj()
     world, api, rec = setup(cr)

@@ -279,3 +279,54 @@ def test_operator_wide_trainer_defaults() -> None:
     assert ps["nodeSelector"] == {"pool": "h100", "zone": "a"}
     assert {"key": "spot", "operator": "Exists"} in ps["tolerations"]
     assert RenderSettings.from_env({"KUBETUNE_TRAINER_NODE_SELECTOR": "null"}).node_selector == {}
+
+
+CPU_RESOURCES = {"gpus": 0, "memory": "8Gi", "cpu": "2"}
+
+
+def cpu_job(**resources: Any) -> dict[str, Any]:
+    obj = ftj()
+    obj["spec"]["resources"] = {**CPU_RESOURCES, **resources}
+    return obj
+
+
+def test_cpu_job_requests_no_gpu() -> None:
+    ch = render(cpu_job())
+    c, ps = container(ch), pod_spec(ch)
+    assert c["resources"] == {"limits": {"cpu": "2", "memory": "8Gi"}, "requests": {"cpu": "2", "memory": "8Gi"}}
+    assert "nvidia.com" not in json.dumps(ch.job)  # no GPU request, toleration or GPU-memory affinity
+    assert "affinity" not in ps and "tolerations" not in ps
+    assert c["command"] == ["kubetune-trainer", "--config", "/etc/kubetune/config.json"]
+    assert env_names(c)["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"] == {
+        "containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}
+    cfg = json.loads(ch.configmap["data"]["config.json"])
+    assert (cfg["device"], cfg["worldSize"]) == ("cpu", 1)
+    assert ch.service is None and ch.job["spec"]["completions"] == 1
+
+
+def test_cpu_job_keeps_the_users_and_the_operators_placement() -> None:
+    s = RenderSettings.from_env({"KUBETUNE_TRAINER_NODE_SELECTOR": '{"zone": "a"}',
+                                 "KUBETUNE_TRAINER_TOLERATIONS": '[{"key": "spot", "operator": "Exists"}]'})
+    obj = cpu_job(nodeSelector={"pool": "cpu"}, priorityClassName="batch-low",
+                  tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}])
+    ps = render_children(typed(obj), s).job["spec"]["template"]["spec"]
+    assert ps["nodeSelector"] == {"zone": "a", "pool": "cpu"}
+    assert ps["tolerations"] == [{"key": "spot", "operator": "Exists"},
+                                 {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]
+    assert ps["priorityClassName"] == "batch-low"
+    assert "affinity" not in ps
+
+
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_gpu_jobs_keep_their_gpu_fields(gpus: int) -> None:
+    obj = ftj()
+    obj["spec"]["resources"].update({"gpus": gpus, "memory": "64Gi"})
+    ch = render(obj)
+    c, ps = container(ch), pod_spec(ch)
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": str(gpus), "memory": "64Gi"}
+    assert c["resources"]["requests"] == c["resources"]["limits"]
+    assert ps["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    assert "nvidia.com/gpu.memory" in json.dumps(ps["affinity"])
+    assert "OMP_NUM_THREADS" not in env_names(c)
+    cfg = json.loads(ch.configmap["data"]["config.json"])
+    assert (cfg["device"], cfg["worldSize"]) == ("cuda", gpus)

@@ -225,6 +225,18 @@ def test_exit_code_alone_maps_to_a_reason() -> None:
     assert "NaN at step 37" in s["message"]
 
 
+def test_gpu_job_on_a_pod_without_gpu_fails_at_once_with_gpu_unavailable() -> None:
+    msg = result_message("failed", reason="GPUUnavailable", message=(
+        "the job requested 2 GPUs (resources.gpus) but the pod sees no CUDA device; ..."))
+    p = pod(phase="Failed", state=terminated(7, "Error", msg))
+    j = job(conditions=[jcond("Failed", "PodFailurePolicy", "Container trainer for pod ns/p-1 failed with exit code 7")])
+    s = derive(job=j, pods=[p]).status
+    assert (s["phase"], s["reason"]) == ("Failed", "GPUUnavailable")
+    assert "requested 2 GPUs (resources.gpus)" in s["message"]
+    bare = derive(job=j, pods=[pod(phase="Failed", state=terminated(7, "Error"))]).status
+    assert bare["reason"] == "GPUUnavailable"  # the exit code alone says it too
+
+
 def test_deadline_exceeded() -> None:
     j = job(conditions=[jcond("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")])
     s = derive(job=j, pods=[pod()]).status
@@ -320,7 +332,7 @@ def test_exit_codes_follow_the_trainer_contract() -> None:
     from kubetune.api.exit_codes import PERMANENT_EXIT_CODES, reason_for
     from kubetune.api.trainer_contract import EXIT_CODES, EXIT_USAGE
 
-    for reason in ("DataInvalid", "InsufficientData", "ModelUnavailable", "Diverged", "OutOfMemory"):
+    for reason in ("DataInvalid", "InsufficientData", "ModelUnavailable", "Diverged", "OutOfMemory", "GPUUnavailable"):
         assert EXIT_CODES[reason] in PERMANENT_EXIT_CODES
     assert EXIT_USAGE in PERMANENT_EXIT_CODES
     assert EXIT_CODES["TrainerError"] not in PERMANENT_EXIT_CODES
