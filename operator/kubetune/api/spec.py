@@ -165,10 +165,11 @@ class Resources(KubeModel):
     """Where and on what the trainer runs. `gpus: 0` is a CPU job (small models, pipeline tests)."""
 
     model_config = ConfigDict(json_schema_extra=validations(
-        cel("self.gpus > 0 || has(self.memory)",
+        # has(): the API server also checks these rules against the schema's `default: {}`
+        cel("!has(self.gpus) || self.gpus > 0 || has(self.memory)",
             "a CPU job (gpus 0) needs resources.memory so the plan can be checked against the pod's memory limit",
             ".memory"),
-        cel("self.gpus > 0 || self.nodes == 1",
+        cel("!has(self.gpus) || self.gpus > 0 || !has(self.nodes) || self.nodes == 1",
             "a CPU job (gpus 0) runs one process on one node; set nodes to 1, or request GPUs", ".nodes"),
     ))
 
