@@ -24,6 +24,7 @@ from kubetune.api.trainer_contract import PlanSummary
 from kubetune.operator import metrics
 from kubetune.operator.config import OperatorSettings
 from kubetune.operator.world import Key, World
+from kubetune.planning.admission import plan_job, plan_summary
 from kubetune.render.job import render_children
 from kubetune.status import ANNOTATION_RESULT, DependencyState, Verdict, derive_status, events_for
 
@@ -117,15 +118,8 @@ class Reconciler:
         if ref and not ref_seen:
             return Verdict(fits=None, plan_message=f"planned once FineTuneJob {ref} is known"), None
         try:
-            from kubetune.planning.admission import plan_job, plan_summary
-            from kubetune.planning.types import CannotPlan
-        except ImportError:  # pragma: no cover - the planner ships with the package
-            return Verdict(fits=None, plan_message="no planner"), None
-        try:
             plan = plan_job(job, lookup)
-        except CannotPlan as exc:
-            return Verdict(fits=None, plan_message=f"cannot plan memory: {exc}"), None
-        except Exception as exc:
+        except Exception as exc:  # CannotPlan (an unknown architecture), or a planner bug: run unplanned
             return Verdict(fits=None, plan_message=f"cannot plan memory: {exc}"), None
         return Verdict(plan=plan.to_dict(), fits=plan.fits, plan_message=plan.summary()), plan_summary(plan)
 
