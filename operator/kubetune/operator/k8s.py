@@ -1,5 +1,6 @@
 """The few Kubernetes API calls the operator makes (kubernetes client, synchronous: kopf runs sync
-handlers in its thread pool). Every call is counted in kubetune_operator_api_requests_total.
+handlers in its thread pool), on a client of its own (`KubeApi`: one per operator). Every call is
+counted in kubetune_operator_api_requests_total.
 
 RBAC, one line per call (the Helm chart's ClusterRole mirrors this):
   kubetune.io finetunejobs, preferencealignments     get list watch (kopf), patch (status subresource)
@@ -29,11 +30,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.constants import GROUP, PLURALS, VERSION
-from kubetune.operator import metrics
+from kubetune.operator.metrics import OperatorMetrics
 from kubetune.status.timeutil import format_time
 
-_lock = threading.Lock()
-_api: client.ApiClient | None = None
 COMPONENT = "kubetune-operator"
 
 # kind ⇒ (API path prefix, plural) for what the operator creates
@@ -49,36 +48,6 @@ _PATHS = {
 }
 
 
-def api_client() -> client.ApiClient:
-    global _api
-    with _lock:
-        if _api is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            cfg = client.Configuration.get_default_copy()
-            cfg.connection_pool_maxsize = 32
-            _api = client.ApiClient(cfg)
-        return _api
-
-
-def request(method: str, path: str, body: Any = None, *, resource: str,
-            content_type: str = "application/json") -> dict[str, Any]:
-    """One API request with plain JSON in and out (no model conversion); raises ApiException."""
-    metrics.API_REQUESTS.labels(verb=method.lower() if method != "POST" else "create", resource=resource).inc()
-    api = api_client()
-    _, url, headers, _, _ = api.param_serialize(
-        method, path, header_params={"Accept": "application/json", "Content-Type": content_type},
-        auth_settings=["BearerToken"])
-    resp = api.rest_client.request(method, url, headers=headers,
-                                   body=body, _request_timeout=30)
-    resp.read()
-    if not 200 <= resp.status < 300:
-        raise ApiException(status=resp.status, reason=resp.reason, body=resp.data)
-    return json.loads(resp.data) if resp.data else {}  # type: ignore[no-any-return]
-
-
 def _path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> tuple[str, str]:
     prefix, plural = _PATHS[kind]
     path = f"{prefix}/namespaces/{namespace}/{plural}"
@@ -89,54 +58,88 @@ def _path(kind: str, namespace: str, name: str | None = None, sub: str | None = 
     return path, plural + (f"/{sub}" if sub else "")
 
 
-def create(obj: dict[str, Any]) -> dict[str, Any]:
-    """Create a namespaced object; when it exists already (a restart, a race), return the existing
-    one — never a second copy."""
-    ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
-    path, resource = _path(kind, ns)
-    try:
-        return request("POST", path, obj, resource=resource)
-    except ApiException as exc:
-        if exc.status != 409:
+class KubeApi:
+    """The operator's API calls on its own client, loaded on first use from the in-cluster service
+    account or else the kubeconfig (`KUBECONFIG`, ~/.kube/config)."""
+
+    def __init__(self, metrics: OperatorMetrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
+        self._lock = threading.Lock()
+        self._api: client.ApiClient | None = None
+
+    def connect(self) -> client.ApiClient:
+        """The API client (raises when there are no credentials)."""
+        with self._lock:
+            if self._api is None:
+                cfg = client.Configuration()
+                try:
+                    config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+                except config.ConfigException:
+                    config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+                cfg.connection_pool_maxsize = 32
+                self._api = client.ApiClient(cfg)
+            return self._api
+
+    def request(self, method: str, path: str, body: Any = None, *, resource: str,
+                content_type: str = "application/json") -> dict[str, Any]:
+        """One API request with plain JSON in and out (no model conversion); raises ApiException."""
+        self.metrics.api_requests.labels(verb=method.lower() if method != "POST" else "create",
+                                         resource=resource).inc()
+        api = self.connect()
+        _, url, headers, _, _ = api.param_serialize(
+            method, path, header_params={"Accept": "application/json", "Content-Type": content_type},
+            auth_settings=["BearerToken"])
+        resp = api.rest_client.request(method, url, headers=headers,  # type: ignore[no-untyped-call]
+                                       body=body, _request_timeout=30)
+        resp.read()
+        if not 200 <= resp.status < 300:
+            raise ApiException(status=resp.status, reason=resp.reason, body=resp.data)
+        return json.loads(resp.data) if resp.data else {}
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create a namespaced object; when it exists already (a restart, a race), return the existing
+        one — never a second copy."""
+        ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
+        path, resource = _path(kind, ns)
+        try:
+            return self.request("POST", path, obj, resource=resource)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        path, resource = _path(kind, ns, name)
+        return self.request("GET", path, resource=resource)
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        path, resource = _path(kind, namespace, name)
+        try:
+            return self.request("GET", path, resource=resource)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
             raise
-    path, resource = _path(kind, ns, name)
-    return request("GET", path, resource=resource)
 
+    def patch_job(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        path, resource = _path("Job", namespace, name)
+        return self.request("PATCH", path, body, resource=resource, content_type="application/merge-patch+json")
 
-def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-    path, resource = _path(kind, namespace, name)
-    try:
-        return request("GET", path, resource=resource)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch of the status subresource (keys set to None are removed)."""
+        path, resource = _path(kind, namespace, name, "status")
+        return self.request("PATCH", path, {"status": status}, resource=resource,
+                            content_type="application/merge-patch+json")
 
-
-def patch_job(namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    path, resource = _path("Job", namespace, name)
-    return request("PATCH", path, body, resource=resource, content_type="application/merge-patch+json")
-
-
-def patch_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch of the status subresource (keys set to None are removed)."""
-    path, resource = _path(kind, namespace, name, "status")
-    return request("PATCH", path, {"status": status}, resource=resource,
-                   content_type="application/merge-patch+json")
-
-
-def post_event(involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    meta = involved.get("metadata") or {}
-    ns = meta.get("namespace") or "default"
-    now = format_time(datetime.now(UTC))
-    event = {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:12]}", "namespace": ns},
-        "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
-                           "name": meta.get("name"), "namespace": ns, "uid": meta.get("uid")},
-        "reason": reason, "message": message, "type": type_,
-        "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": COMPONENT,
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    }
-    path, resource = _path("Event", ns)
-    request("POST", path, event, resource=resource)
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = involved.get("metadata") or {}
+        ns = meta.get("namespace") or "default"
+        now = format_time(datetime.now(UTC))
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:12]}", "namespace": ns},
+            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                               "name": meta.get("name"), "namespace": ns, "uid": meta.get("uid")},
+            "reason": reason, "message": message, "type": type_,
+            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": COMPONENT,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        path, resource = _path("Event", ns)
+        self.request("POST", path, event, resource=resource)

@@ -2,7 +2,8 @@
 dependency (PreferenceAlignment) → children created idempotently → status derived from the world
 → patched only when it changed, with Events and metrics for what changed.
 
-The Kubernetes calls go through `api` (kubetune.operator.k8s by default), so tests can record them.
+The Kubernetes calls go through `api` (a kubetune.operator.k8s.KubeApi, or a fake that records them
+in tests).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from kubetune.api.constants import FINETUNEJOB, LABEL_MANAGED_BY, PREFERENCEALIGNMENT
 from kubetune.api.enums import TERMINAL_PHASES, Phase
@@ -21,14 +21,26 @@ from kubetune.api.resources import AnyJob, PreferenceAlignment, parse_resource
 from kubetune.api.semantics import semantic_problems
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.trainer_contract import PlanSummary
-from kubetune.operator import metrics
 from kubetune.operator.config import OperatorSettings
+from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.world import Key, World
 from kubetune.planning.admission import plan_job, plan_summary
 from kubetune.render.job import render_children
 from kubetune.status import ANNOTATION_RESULT, DependencyState, Verdict, derive_status, events_for
 
 log = logging.getLogger("kubetune.operator")
+
+
+class ClusterApi(Protocol):
+    """What the reconciler asks of the API server (kubetune.operator.k8s.KubeApi)."""
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    def patch_job(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]: ...
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
 
 
 def _cached_verdict_key(cr: Mapping[str, Any], ref_seen: bool) -> tuple[str, int, bool]:
@@ -46,11 +58,12 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 
 
 class Reconciler:
-    def __init__(self, world: World, settings: OperatorSettings, api: ModuleType | Any,
+    def __init__(self, world: World, settings: OperatorSettings, api: ClusterApi, metrics: OperatorMetrics,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.world = world
         self.settings = settings
         self.api = api
+        self.metrics = metrics
         self.clock = clock
         self._locks: dict[Key, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -78,10 +91,10 @@ class Reconciler:
             with self.lock(key):
                 self._reconcile(key)
         except Exception as exc:
-            metrics.RECONCILE_ERRORS.labels(kind=key[0], error=type(exc).__name__).inc()
+            self.metrics.reconcile_errors.labels(kind=key[0], error=type(exc).__name__).inc()
             raise
         finally:
-            metrics.RECONCILE_DURATION.labels(kind=key[0]).observe(time.monotonic() - started)
+            self.metrics.reconcile_duration.labels(kind=key[0]).observe(time.monotonic() - started)
 
     # ------------------------------------------------------------------------------------------
     def _lookup(self, namespace: str) -> Callable[[str], FineTuneJobSpec | None]:
@@ -240,15 +253,15 @@ class Reconciler:
     def _announce(self, cr: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         kind = str(cr.get("kind"))
         if old.get("phase") != new.get("phase"):
-            metrics.PHASE_TRANSITIONS.labels(kind=kind, from_phase=str(old.get("phase") or "None"),
-                                             to_phase=str(new.get("phase"))).inc()
+            self.metrics.phase_transitions.labels(kind=kind, from_phase=str(old.get("phase") or "None"),
+                                                  to_phase=str(new.get("phase"))).inc()
             if new.get("phase") in (Phase.SUCCEEDED, Phase.GATE_FAILED):
                 for g in new.get("gates") or []:
-                    metrics.GATE_EVALUATIONS.labels(kind=kind, gate=str(g.get("metric")),
-                                                    result="passed" if g.get("passed") else "failed").inc()
+                    self.metrics.gate_evaluations.labels(kind=kind, gate=str(g.get("metric")),
+                                                         result="passed" if g.get("passed") else "failed").inc()
         for ev in events_for(old, new):
             try:
                 self.api.post_event(dict(cr), ev.type, ev.reason, ev.message)
-                metrics.EVENTS_POSTED.labels(type=ev.type, reason=ev.reason).inc()
+                self.metrics.events_posted.labels(type=ev.type, reason=ev.reason).inc()
             except Exception as exc:  # an Event is best effort
                 log.warning("could not post event %s: %s", ev.reason, exc)
