@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.constants import GROUP, PLURALS, VERSION
 from kubetune.operator.metrics import OperatorMetrics
+from kubetune.render.meta import controller_uid
 from kubetune.status.timeutil import format_time
 
 COMPONENT = "kubetune-operator"
@@ -46,6 +47,22 @@ _PATHS = {
     "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURALS["FineTuneJob"]),
     "PreferenceAlignment": (f"/apis/{GROUP}/{VERSION}", PLURALS["PreferenceAlignment"]),
 }
+
+
+class ForeignChild(Exception):
+    """`create` found an object of that name whose controlling owner is not the one asked for: most
+    often the child of a deleted CR of the same name, not garbage-collected yet; or one orphaned
+    (`kubectl delete --cascade=orphan`) or made by hand. It is never adopted: it would bring an old
+    run's state (and result) to a new CR."""
+
+    def __init__(self, existing: dict[str, Any], owner_uid: str | None) -> None:
+        meta = existing.get("metadata") or {}
+        self.kind, self.name, self.uid = str(existing.get("kind")), str(meta.get("name")), str(meta.get("uid"))
+        owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+        # "Kind name (uid …)" of the controlling owner; None: orphaned or made by hand
+        self.owner = f"{owner.get('kind')} {owner.get('name')} (uid {owner.get('uid')})" if owner else None
+        super().__init__(f"{self.kind} {meta.get('namespace')}/{self.name} is controlled by "
+                         f"{self.owner or 'no owner'}, not by uid {owner_uid}")
 
 
 def _path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> tuple[str, str]:
@@ -97,8 +114,10 @@ class KubeApi:
         return json.loads(resp.data) if resp.data else {}
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create a namespaced object; when it exists already (a restart, a race), return the existing
-        one — never a second copy."""
+        """Create a namespaced object. When one of that name exists already (a restart, a race) and
+        has the same controlling owner, return it — never a second copy. One controlled by another
+        owner, or by none, raises ForeignChild. Objects created without an owner (the trainer's
+        ServiceAccount, RoleBinding) are shared: the existing one is returned."""
         ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
         path, resource = _path(kind, ns)
         try:
@@ -106,8 +125,13 @@ class KubeApi:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        path, resource = _path(kind, ns, name)
-        return self.request("GET", path, resource=resource)
+        existing = self.get(kind, ns, name)
+        if existing is None:  # deleted in between: create it now (a second 409 is retried by the caller)
+            return self.request("POST", path, obj, resource=resource)
+        owner = controller_uid(obj)
+        if owner is not None and controller_uid(existing) != owner:
+            raise ForeignChild(existing, owner)
+        return existing
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         path, resource = _path(kind, namespace, name)

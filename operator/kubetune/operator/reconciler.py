@@ -4,6 +4,11 @@ dependency (PreferenceAlignment) → children created idempotently → status de
 
 The Kubernetes calls go through `api` (a kubetune.operator.k8s.KubeApi, or a fake that records them
 in tests).
+
+A CR never takes over children it does not control: when a child's name is taken by an object of
+another owner (an earlier CR of the same name, deleted but its children not yet garbage-collected),
+the reconcile creates nothing more and waits — the Job's DELETED event or the next resync retries —
+so a CR deleted and applied again always gets a fresh Job, never the old run's result.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from kubetune.api.semantics import semantic_problems
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.trainer_contract import PlanSummary
 from kubetune.operator.config import OperatorSettings
+from kubetune.operator.k8s import ForeignChild
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.world import Key, World
 from kubetune.planning.admission import plan_job, plan_summary
@@ -30,11 +36,13 @@ from kubetune.status import ANNOTATION_RESULT, DependencyState, Verdict, derive_
 
 log = logging.getLogger("kubetune.operator")
 
+WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"  # Event reason: a child's name is still taken
+
 
 class ClusterApi(Protocol):
     """What the reconciler asks of the API server (kubetune.operator.k8s.KubeApi)."""
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]: ...  # raises ForeignChild
 
     def patch_job(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -70,6 +78,7 @@ class Reconciler:
         self._verdicts: dict[tuple[str, int, bool], tuple[Verdict, AnyJob | None, PlanSummary | None]] = {}
         self._last_patch: dict[Key, float] = {}
         self._rbac_done: set[str] = set()
+        self._foreign_seen: set[tuple[str, str]] = set()  # (CR uid, child uid) announced once
 
     # ------------------------------------------------------------------------------------------
     def lock(self, key: Key) -> threading.Lock:
@@ -178,16 +187,37 @@ class Reconciler:
         })
         self._rbac_done.add(namespace)
 
-    def _create_children(self, key: Key, job: AnyJob, referenced: FineTuneJobSpec | None, adapter: str | None,
-                         summary: PlanSummary | None) -> dict[str, Any]:
+    def _create_children(self, key: Key, cr: Mapping[str, Any], job: AnyJob, referenced: FineTuneJobSpec | None,
+                         adapter: str | None, summary: PlanSummary | None) -> dict[str, Any] | None:
+        """The Job (created, or this CR's own found on a 409); None while a child's name is taken."""
         self._ensure_trainer_rbac(key[1])
         children = render_children(job, self.settings.render, referenced=referenced, adapter_uri=adapter, plan=summary)
         created: dict[str, Any] = {}
-        for obj in children.all():
-            created = self.api.create(obj)
+        try:
+            for obj in children.all():
+                created = self.api.create(obj)
+        except ForeignChild as exc:
+            self._wait_for_previous_run(key, cr, exc)
+            return None
         self.world.put_job(created)
         log.info("%s %s/%s: created Job %s", key[0], key[1], key[2], created["metadata"]["name"])
         return created
+
+    def _wait_for_previous_run(self, key: Key, cr: Mapping[str, Any], exc: ForeignChild) -> None:
+        """Logged and posted as an Event once per CR and child; the resync and the child's
+        DELETED event retry."""
+        seen = (str((cr.get("metadata") or {}).get("uid")), exc.uid)
+        if seen in self._foreign_seen:
+            return
+        self._foreign_seen.add(seen)
+        if exc.owner is not None:  # most often an earlier CR of this name: its children go after it
+            msg = (f"{exc.kind} {exc.name} belongs to {exc.owner}, not to this {key[0]}; "
+                   "waiting for it to be garbage-collected before creating this run's")
+        else:
+            msg = (f"{exc.kind} {exc.name} exists and has no owner (orphaned or made by hand); "
+                   f"delete it to let this {key[0]} run")
+        log.warning("%s %s/%s: %s", key[0], key[1], key[2], msg)
+        self._post_event(cr, "Normal" if exc.owner else "Warning", WAITING_FOR_PREVIOUS_RUN, msg)
 
     def _sync_suspend(self, cr: Mapping[str, Any], job: dict[str, Any]) -> dict[str, Any]:
         spec = cr.get("spec") or {}
@@ -224,7 +254,7 @@ class Reconciler:
             if isinstance(job_typed, PreferenceAlignment) and job_typed.spec.fine_tune_job_ref and referenced is None:
                 pass  # not ready yet
             else:
-                job = self._create_children(key, job_typed, referenced, adapter, summary)
+                job = self._create_children(key, cr, job_typed, referenced, adapter, summary)
         if job is not None:
             job = self._sync_suspend(cr, job)
         rs = self.settings.render
@@ -260,8 +290,11 @@ class Reconciler:
                     self.metrics.gate_evaluations.labels(kind=kind, gate=str(g.get("metric")),
                                                          result="passed" if g.get("passed") else "failed").inc()
         for ev in events_for(old, new):
-            try:
-                self.api.post_event(dict(cr), ev.type, ev.reason, ev.message)
-                self.metrics.events_posted.labels(type=ev.type, reason=ev.reason).inc()
-            except Exception as exc:  # an Event is best effort
-                log.warning("could not post event %s: %s", ev.reason, exc)
+            self._post_event(cr, ev.type, ev.reason, ev.message)
+
+    def _post_event(self, cr: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        try:
+            self.api.post_event(dict(cr), type_, reason, message)
+            self.metrics.events_posted.labels(type=type_, reason=reason).inc()
+        except Exception as exc:  # an Event is best effort
+            log.warning("could not post event %s: %s", reason, exc)

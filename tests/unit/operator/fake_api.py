@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from kubetune.operator.k8s import ForeignChild
+from kubetune.render.meta import controller_uid
+
 
 class FakeApi:
     """Objects by (kind, namespace, name), each created one with a fresh uid; status patches and
@@ -15,15 +18,21 @@ class FakeApi:
         self.calls: list[tuple[str, str]] = []
         self.status: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.events: list[tuple[str, str, str]] = []
+        self.created = 0
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """What KubeApi.create does on a 409: the existing one if it has the same controlling owner."""
         key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
         self.calls.append(("create", obj["kind"]))
         if key in self.objects:
-            return self.objects[key]  # 409 ⇒ the existing one
+            existing = self.objects[key]
+            if controller_uid(obj) is not None and controller_uid(existing) != controller_uid(obj):
+                raise ForeignChild(existing, controller_uid(obj))
+            return existing
         stored = copy.deepcopy(obj)
         stored["metadata"]["resourceVersion"] = str(len(self.calls))
-        stored["metadata"]["uid"] = f"uid-{len(self.objects)}"
+        stored["metadata"]["uid"] = f"uid-{self.created}"
+        self.created += 1
         self.objects[key] = stored
         return stored
 
@@ -46,3 +55,8 @@ class FakeApi:
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
+
+    def collect_garbage(self, owner_uid: str) -> list[dict[str, Any]]:
+        """What the garbage collector does once a CR is gone: delete the children it controlled."""
+        gone = [k for k, o in self.objects.items() if controller_uid(o) == owner_uid]
+        return [self.objects.pop(k) for k in gone]
