@@ -78,7 +78,7 @@ class Reconciler:
         self._verdicts: dict[tuple[str, int, bool], tuple[Verdict, AnyJob | None, PlanSummary | None]] = {}
         self._last_patch: dict[Key, float] = {}
         self._rbac_done: set[str] = set()
-        self._foreign_seen: set[tuple[str, str]] = set()  # (CR uid, child uid) announced once
+        self._foreign_seen: dict[Key, set[tuple[str, str]]] = {}  # (CR uid, child uid) announced once
 
     # ------------------------------------------------------------------------------------------
     def lock(self, key: Key) -> threading.Lock:
@@ -89,6 +89,7 @@ class Reconciler:
         with self._locks_guard:
             self._locks.pop(key, None)
         self._last_patch.pop(key, None)
+        self._foreign_seen.pop(key, None)
 
     def reconcile(self, key: Key, *, progress_only: bool = False) -> None:
         """`progress_only`: triggered by a progress annotation alone — mirrored at most every
@@ -207,9 +208,10 @@ class Reconciler:
         """Logged and posted as an Event once per CR and child; the resync and the child's
         DELETED event retry."""
         seen = (str((cr.get("metadata") or {}).get("uid")), exc.uid)
-        if seen in self._foreign_seen:
+        announced = self._foreign_seen.setdefault(key, set())
+        if seen in announced:
             return
-        self._foreign_seen.add(seen)
+        announced.add(seen)
         if exc.owner is not None:  # most often an earlier CR of this name: its children go after it
             msg = (f"{exc.kind} {exc.name} belongs to {exc.owner}, not to this {key[0]}; "
                    "waiting for it to be garbage-collected before creating this run's")
