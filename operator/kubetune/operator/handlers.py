@@ -187,6 +187,9 @@ def register(handlers: Handlers, registry: kopf.OperatorRegistry) -> None:
     """Put the handlers on `registry`; the webhook's only when settings.webhook is on. The ids are
     stable: the chart's ValidatingWebhookConfiguration names `validate-<plural>`."""
     on = kopf.on
+    # kopf's login from the kubernetes client (in-cluster, else kubeconfig: what KubeApi loads); only
+    # kopf's default registry adds it by itself
+    on.login(registry=registry, id="login_via_client", errors=kopf.ErrorsMode.IGNORED)(kopf.login_via_client)
     on.startup(registry=registry, id="configure")(handlers.configure)
     on.cleanup(registry=registry, id="stop")(handlers.stop)
     for kind in KINDS:

@@ -36,7 +36,7 @@ def test_handlers_on_a_fresh_registry_as_the_settings_say(webhook: bool) -> None
     default_before = handler_ids(kopf.get_default_registry())
     op = build_operator(OperatorSettings(webhook=webhook), api=FakeApi())
     assert handler_ids(op.registry) == {
-        "activities": ["configure", "stop"],
+        "activities": ["login_via_client", "configure", "stop"],
         "watching": ["finetunejobs-event", "preferencealignments-event", "on_job_event", "on_pod_event"],
         "webhooks": ["validate-finetunejobs", "validate-preferencealignments"] if webhook else [],
     }
