@@ -99,8 +99,9 @@ def create_all(cluster: Any, namespace: str, n: int, prefix: str, rate: float = 
     """POST the CRs one by one (at `rate` per second when > 0, the same arrival rate for every
     operator) and note when each POST returned."""
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    from kubetune.operator import k8s
+    from kubetune.operator.k8s import KubeApi
 
+    api = KubeApi()
     created: dict[str, float] = {}
     t0 = time.monotonic()
     for i in range(n):
@@ -108,7 +109,7 @@ def create_all(cluster: Any, namespace: str, n: int, prefix: str, rate: float = 
             time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
         obj = cr(f"{prefix}{i}", namespace)
         path = f"/apis/kubetune.io/v1alpha1/namespaces/{namespace}/finetunejobs"
-        k8s.request("POST", path, obj, resource="finetunejobs")
+        api.request("POST", path, obj, resource="finetunejobs")
         created[obj["metadata"]["name"]] = time.monotonic()
     return created
 

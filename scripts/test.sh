@@ -9,8 +9,9 @@ export PATH="$venv/bin:$PATH"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 echo "== ruff"
 ruff check operator trainer_image cluster tests benchmarks examples
-echo "== mypy (strict on the pure core)"
+echo "== mypy (strict on the pure core and the operator)"
 mypy --strict operator/kubetune/api operator/kubetune/planning operator/kubetune/data \
-  operator/kubetune/render operator/kubetune/gates.py operator/kubetune/evaluation operator/kubetune/status
+  operator/kubetune/render operator/kubetune/gates.py operator/kubetune/evaluation operator/kubetune/status \
+  operator/kubetune/operator
 echo "== pytest"
 python -m pytest -q --durations=25 "$@"

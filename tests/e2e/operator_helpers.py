@@ -1,5 +1,5 @@
-"""Helpers for the operator's e2e tests: the operator as a `kopf run` subprocess against the local
-control plane, manifests, the trainer's channel (progress annotation, termination message)."""
+"""Helpers for the operator's e2e tests: the operator as a `kubetune operator` subprocess against the
+local control plane, manifests, the trainer's channel (progress annotation, termination message)."""
 
 from __future__ import annotations
 
@@ -33,12 +33,13 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """`python -m kopf run -m kubetune.operator.main --all-namespaces --standalone`."""
+    """`kubetune operator` (all namespaces, or `-n NS` each): the command the chart runs, which builds
+    the operator with kubetune.operator.app.build_operator from KUBETUNE_* and its flags."""
 
     def __init__(self, cluster: Cluster, log_dir: Path, *, webhook: bool = False,
                  namespaces: tuple[str, ...] = (), **env: str) -> None:
         self.cluster = cluster
-        self.scope = [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
+        self.scope = [f"--namespace={n}" for n in namespaces]
         self.log_dir = log_dir
         self.metrics_port = free_port()
         self.webhook_port = free_port()
@@ -63,8 +64,8 @@ class OperatorProcess:
         self.starts += 1
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "-m", "kubetune.operator.main", *self.scope,
-             "--standalone", "--log-format=plain"],
+            [sys.executable, "-c", "import sys; from kubetune.cli import main; sys.exit(main())", "operator",
+             *self.scope, "--liveness="],  # ready when /metrics answers
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
         wait_until(self._metrics_up, timeout=60, what="operator /metrics")
 

@@ -224,6 +224,55 @@ def test_delete_garbage_collects_children(cluster: Cluster, operator: OperatorPr
                timeout=60, what="children garbage-collected")
 
 
+def test_deleted_and_applied_again_gets_a_fresh_job(cluster: Cluster, operator: OperatorProcess,
+                                                   namespace: str) -> None:
+    """Delete a finished FineTuneJob and apply it again at once: the new one must not take over the
+    old Job (same name, still being garbage-collected) nor show its result. A finalizer holds the
+    old Job, so the race the garbage collector may or may not lose is the case every time."""
+    apply(cluster, ftj("again", namespace))
+    (pod,) = trainer_pods(cluster, namespace, "again")
+    finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(PASS))
+    old = wait_phase(cluster, "FineTuneJob", namespace, "again", "Succeeded")
+    old_job = cluster.get("job", "again-ft", "-n", namespace)
+    hold = '{"metadata":{"finalizers":["e2e.kubetune.io/hold"]}}'
+    cluster.kubectl("patch", "job", "again-ft", "-n", namespace, "--type=merge", "-p", hold, check=True)
+    try:
+        cluster.kubectl("delete", "ftj", "again", "-n", namespace, "--wait=true", check=True, timeout=60)
+        apply(cluster, ftj("again", namespace))
+        new_uid = get_cr(cluster, "FineTuneJob", namespace, "again")["metadata"]["uid"]
+        assert new_uid != old["metadata"]["uid"]
+        wait_until(lambda: cluster.get("job", "again-ft", "-n", namespace)["metadata"].get("deletionTimestamp"),
+                   timeout=60, what="the old Job marked for deletion by the garbage collector")
+
+        def waiting() -> bool:
+            events = cluster.get("events", "-n", namespace, "--field-selector", f"involvedObject.uid={new_uid}")
+            return any(e["reason"] == "WaitingForPreviousRun" for e in events["items"])
+
+        wait_until(waiting, timeout=30, what="the Event WaitingForPreviousRun on the new FineTuneJob")
+        time.sleep(3)  # several resyncs with the old, finished Job in the way
+        st = get_cr(cluster, "FineTuneJob", namespace, "again").get("status") or {}
+        assert st.get("phase") not in ("Succeeded", "GateFailed", "Failed"), st
+        assert not {"metrics", "gates", "artifact", "jobName"} & set(st), st
+    finally:
+        cluster.kubectl("patch", "job", "again-ft", "-n", namespace, "--type=json",
+                        "-p", '[{"op":"remove","path":"/metadata/finalizers"}]')
+
+    def fresh_job() -> dict[str, Any] | None:
+        jobs = cluster.get("jobs", "-n", namespace, "-l", "kubetune.io/job=again")["items"]
+        return next((j for j in jobs if j["metadata"]["uid"] != old_job["metadata"]["uid"]), None)
+
+    job = wait_until(fresh_job, timeout=60, what="a fresh Job for the new FineTuneJob")
+    assert job["metadata"]["ownerReferences"][0]["uid"] == new_uid
+    assert "kubetune.io/result" not in (job["metadata"].get("annotations") or {})
+    (pod2,) = trainer_pods(cluster, namespace, "again")
+    assert pod2["metadata"]["name"] != pod["metadata"]["name"]
+    st = wait_phase(cluster, "FineTuneJob", namespace, "again", "Running")["status"]
+    assert "metrics" not in st and "gates" not in st
+    finish(cluster, namespace, pod2["metadata"]["name"], "succeeded", result=result(FAIL))
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "again", "GateFailed")  # this run's result, not the old
+    assert obj["status"]["gates"][0]["value"] == 0.2
+
+
 def test_preference_alignment_waits_then_runs(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, pa("align", namespace, "base"), ftj("base", namespace))
     obj = wait_phase(cluster, "PreferenceAlignment", namespace, "align", "Waiting")

@@ -1,7 +1,8 @@
 """Defaults that depend on other fields (the method), in one place.
 
 The schema carries the constant defaults; these are filled in by `resolve()` — used by the
-mutating webhook, the planner, the renderer and the trainer, so all see the same values.
+planner and the renderer (so by the webhook's memory plan, the operator and `kubetune run`), so all
+see the same values; the trainer reads them from the rendered config.
 
 | field                                | qlora            | lora        | full        | DPO (any)   |
 |--------------------------------------|------------------|-------------|-------------|-------------|

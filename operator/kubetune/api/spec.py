@@ -3,7 +3,7 @@
 Every field has a description: it becomes `kubectl explain` text. Bounds and enums are checked by
 the API server (OpenAPI schema), cross-field rules by CEL (`x-kubernetes-validations`), and the
 rest by the admission webhook (kubetune.api.semantics). Defaults that depend on the method are
-filled in by kubetune.api.defaults (and the mutating webhook), not by the schema.
+filled in by kubetune.api.defaults where they are used (planner, renderer), not by the schema.
 """
 
 from typing import Annotated, Any, Literal, cast

@@ -1,10 +1,14 @@
 """`kubetune operator`: run the operator in this process (kopf), against the current kubeconfig or
-the in-cluster service account. Equivalent to `kopf run -m kubetune.operator.main`."""
+the in-cluster service account. Settings come from KUBETUNE_* (kubetune.operator.config), the flags
+override them. Equivalent to `kopf run -m kubetune.operator.main`."""
 
 from __future__ import annotations
 
 import argparse
-import os
+from collections.abc import Mapping
+from dataclasses import replace
+
+from kubetune.operator.config import OperatorSettings
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,22 +22,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+def settings_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> OperatorSettings:
+    """KUBETUNE_* settings with the command line's overrides."""
+    settings = OperatorSettings.from_env(env)
+    if args.namespace:
+        settings = replace(settings, namespaces=tuple(args.namespace))
+    if args.metrics_port is not None:
+        settings = replace(settings, metrics_port=args.metrics_port)
+    if args.webhook:
+        settings = replace(settings, webhook=True)
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    if args.namespace:
-        os.environ["KUBETUNE_NAMESPACES"] = ",".join(args.namespace)
-    if args.metrics_port is not None:
-        os.environ["KUBETUNE_METRICS_PORT"] = str(args.metrics_port)
-    if args.webhook:
-        os.environ["KUBETUNE_WEBHOOK"] = "true"
-    import kopf
-
-    from kubetune.operator import handlers
+    from kubetune.operator.app import build_operator
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ns = handlers.SETTINGS.namespaces
-    kopf.run(clusterwide=not ns, namespaces=list(ns), standalone=not handlers.SETTINGS.peering,
-             liveness_endpoint=args.liveness or None)
+    build_operator(settings_from(args)).run(liveness_endpoint=args.liveness or None)
     return 0

@@ -30,9 +30,7 @@ class OperatorSettings:
     webhook_cert: str | None = None  # KUBETUNE_WEBHOOK_CERT: PEM (e.g. cert-manager); unset: self-signed
     webhook_key: str | None = None  # KUBETUNE_WEBHOOK_KEY
     webhook_managed: bool = True  # KUBETUNE_WEBHOOK_MANAGED: kopf creates the ValidatingWebhookConfiguration
-    webhook_service: str | None = None  # KUBETUNE_WEBHOOK_SERVICE: "namespace/name" when served behind a Service
     max_workers: int = 16  # KUBETUNE_MAX_WORKERS: threads for sync handlers
-    api_qps_burst: int = 50  # KUBETUNE_API_POOL: HTTP connection pool size of the API client
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -54,6 +52,5 @@ class OperatorSettings:
             webhook_cert=env.get("KUBETUNE_WEBHOOK_CERT") or None,
             webhook_key=env.get("KUBETUNE_WEBHOOK_KEY") or None,
             webhook_managed=_bool(env.get("KUBETUNE_WEBHOOK_MANAGED"), True),
-            webhook_service=env.get("KUBETUNE_WEBHOOK_SERVICE") or None,
             max_workers=int(env.get("KUBETUNE_MAX_WORKERS", "16")),
         )

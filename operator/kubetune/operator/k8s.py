@@ -1,5 +1,6 @@
 """The few Kubernetes API calls the operator makes (kubernetes client, synchronous: kopf runs sync
-handlers in its thread pool). Every call is counted in kubetune_operator_api_requests_total.
+handlers in its thread pool), on a client of its own (`KubeApi`: one per operator). Every call is
+counted in kubetune_operator_api_requests_total.
 
 RBAC, one line per call (the Helm chart's ClusterRole mirrors this):
   kubetune.io finetunejobs, preferencealignments     get list watch (kopf), patch (status subresource)
@@ -29,11 +30,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.constants import GROUP, PLURALS, VERSION
-from kubetune.operator import metrics
+from kubetune.operator.metrics import OperatorMetrics
+from kubetune.render.meta import controller_uid
 from kubetune.status.timeutil import format_time
 
-_lock = threading.Lock()
-_api: client.ApiClient | None = None
 COMPONENT = "kubetune-operator"
 
 # kind ⇒ (API path prefix, plural) for what the operator creates
@@ -49,34 +49,20 @@ _PATHS = {
 }
 
 
-def api_client() -> client.ApiClient:
-    global _api
-    with _lock:
-        if _api is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            cfg = client.Configuration.get_default_copy()
-            cfg.connection_pool_maxsize = 32
-            _api = client.ApiClient(cfg)
-        return _api
+class ForeignChild(Exception):
+    """`create` found an object of that name whose controlling owner is not the one asked for: most
+    often the child of a deleted CR of the same name, not garbage-collected yet; or one orphaned
+    (`kubectl delete --cascade=orphan`) or made by hand. It is never adopted: it would bring an old
+    run's state (and result) to a new CR."""
 
-
-def request(method: str, path: str, body: Any = None, *, resource: str,
-            content_type: str = "application/json") -> dict[str, Any]:
-    """One API request with plain JSON in and out (no model conversion); raises ApiException."""
-    metrics.API_REQUESTS.labels(verb=method.lower() if method != "POST" else "create", resource=resource).inc()
-    api = api_client()
-    _, url, headers, _, _ = api.param_serialize(
-        method, path, header_params={"Accept": "application/json", "Content-Type": content_type},
-        auth_settings=["BearerToken"])
-    resp = api.rest_client.request(method, url, headers=headers,
-                                   body=body, _request_timeout=30)
-    resp.read()
-    if not 200 <= resp.status < 300:
-        raise ApiException(status=resp.status, reason=resp.reason, body=resp.data)
-    return json.loads(resp.data) if resp.data else {}  # type: ignore[no-any-return]
+    def __init__(self, existing: dict[str, Any], owner_uid: str | None) -> None:
+        meta = existing.get("metadata") or {}
+        self.kind, self.name, self.uid = str(existing.get("kind")), str(meta.get("name")), str(meta.get("uid"))
+        owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+        # "Kind name (uid …)" of the controlling owner; None: orphaned or made by hand
+        self.owner = f"{owner.get('kind')} {owner.get('name')} (uid {owner.get('uid')})" if owner else None
+        super().__init__(f"{self.kind} {meta.get('namespace')}/{self.name} is controlled by "
+                         f"{self.owner or 'no owner'}, not by uid {owner_uid}")
 
 
 def _path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> tuple[str, str]:
@@ -89,54 +75,95 @@ def _path(kind: str, namespace: str, name: str | None = None, sub: str | None = 
     return path, plural + (f"/{sub}" if sub else "")
 
 
-def create(obj: dict[str, Any]) -> dict[str, Any]:
-    """Create a namespaced object; when it exists already (a restart, a race), return the existing
-    one — never a second copy."""
-    ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
-    path, resource = _path(kind, ns)
-    try:
-        return request("POST", path, obj, resource=resource)
-    except ApiException as exc:
-        if exc.status != 409:
+class KubeApi:
+    """The operator's API calls on its own client, loaded on first use from the in-cluster service
+    account or else the kubeconfig (`KUBECONFIG`, ~/.kube/config)."""
+
+    def __init__(self, metrics: OperatorMetrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
+        self._lock = threading.Lock()
+        self._api: client.ApiClient | None = None
+
+    def connect(self) -> client.ApiClient:
+        """The API client (raises when there are no credentials)."""
+        with self._lock:
+            if self._api is None:
+                cfg = client.Configuration()
+                try:
+                    config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+                except config.ConfigException:
+                    config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+                cfg.connection_pool_maxsize = 32
+                self._api = client.ApiClient(cfg)
+            return self._api
+
+    def request(self, method: str, path: str, body: Any = None, *, resource: str,
+                content_type: str = "application/json") -> dict[str, Any]:
+        """One API request with plain JSON in and out (no model conversion); raises ApiException."""
+        self.metrics.api_requests.labels(verb=method.lower() if method != "POST" else "create",
+                                         resource=resource).inc()
+        api = self.connect()
+        _, url, headers, _, _ = api.param_serialize(
+            method, path, header_params={"Accept": "application/json", "Content-Type": content_type},
+            auth_settings=["BearerToken"])
+        resp = api.rest_client.request(method, url, headers=headers,  # type: ignore[no-untyped-call]
+                                       body=body, _request_timeout=30)
+        resp.read()
+        if not 200 <= resp.status < 300:
+            raise ApiException(status=resp.status, reason=resp.reason, body=resp.data)
+        return json.loads(resp.data) if resp.data else {}
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create a namespaced object. When one of that name exists already (a restart, a race) and
+        has the same controlling owner, return it — never a second copy. One controlled by another
+        owner, or by none, raises ForeignChild. Objects created without an owner (the trainer's
+        ServiceAccount, RoleBinding) are shared: the existing one is returned."""
+        ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
+        path, resource = _path(kind, ns)
+        try:
+            return self.request("POST", path, obj, resource=resource)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self.get(kind, ns, name)
+        if existing is None:  # deleted in between: create it now (a second 409 is retried by the caller)
+            return self.request("POST", path, obj, resource=resource)
+        owner = controller_uid(obj)
+        if owner is not None and controller_uid(existing) != owner:
+            raise ForeignChild(existing, owner)
+        return existing
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        path, resource = _path(kind, namespace, name)
+        try:
+            return self.request("GET", path, resource=resource)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
             raise
-    path, resource = _path(kind, ns, name)
-    return request("GET", path, resource=resource)
 
+    def patch_job(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        path, resource = _path("Job", namespace, name)
+        return self.request("PATCH", path, body, resource=resource, content_type="application/merge-patch+json")
 
-def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-    path, resource = _path(kind, namespace, name)
-    try:
-        return request("GET", path, resource=resource)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch of the status subresource (keys set to None are removed)."""
+        path, resource = _path(kind, namespace, name, "status")
+        return self.request("PATCH", path, {"status": status}, resource=resource,
+                            content_type="application/merge-patch+json")
 
-
-def patch_job(namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    path, resource = _path("Job", namespace, name)
-    return request("PATCH", path, body, resource=resource, content_type="application/merge-patch+json")
-
-
-def patch_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch of the status subresource (keys set to None are removed)."""
-    path, resource = _path(kind, namespace, name, "status")
-    return request("PATCH", path, {"status": status}, resource=resource,
-                   content_type="application/merge-patch+json")
-
-
-def post_event(involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    meta = involved.get("metadata") or {}
-    ns = meta.get("namespace") or "default"
-    now = format_time(datetime.now(UTC))
-    event = {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:12]}", "namespace": ns},
-        "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
-                           "name": meta.get("name"), "namespace": ns, "uid": meta.get("uid")},
-        "reason": reason, "message": message, "type": type_,
-        "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": COMPONENT,
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    }
-    path, resource = _path("Event", ns)
-    request("POST", path, event, resource=resource)
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = involved.get("metadata") or {}
+        ns = meta.get("namespace") or "default"
+        now = format_time(datetime.now(UTC))
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:12]}", "namespace": ns},
+            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                               "name": meta.get("name"), "namespace": ns, "uid": meta.get("uid")},
+            "reason": reason, "message": message, "type": type_,
+            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": COMPONENT,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        path, resource = _path("Event", ns)
+        self.request("POST", path, event, resource=resource)

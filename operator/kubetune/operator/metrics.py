@@ -11,33 +11,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kubetune.api.enums import Phase
 from kubetune.status.timeutil import parse_time
-
-REGISTRY = CollectorRegistry(auto_describe=True)
-
-PHASE_TRANSITIONS = Counter(
-    "kubetune_phase_transitions_total", "Phase changes of kubetune jobs, by kind and the phases left and entered.",
-    ["kind", "from_phase", "to_phase"], registry=REGISTRY)
-RECONCILE_DURATION = Histogram(
-    "kubetune_reconcile_duration_seconds", "Time to reconcile one job (derive status, create/patch children).",
-    ["kind"], registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-RECONCILE_ERRORS = Counter(
-    "kubetune_reconcile_errors_total", "Reconciles that raised (retried), by kind and error class.",
-    ["kind", "error"], registry=REGISTRY)
-GATE_EVALUATIONS = Counter(
-    "kubetune_gate_evaluations_total", "Evaluation gates decided, by gate metric and result (passed/failed).",
-    ["kind", "gate", "result"], registry=REGISTRY)
-API_REQUESTS = Counter(
-    "kubetune_operator_api_requests_total", "Kubernetes API requests made by the operator's own calls "
-    "(kopf's watches and its own patches are not included), by verb and resource.",
-    ["verb", "resource"], registry=REGISTRY)
-EVENTS_POSTED = Counter(
-    "kubetune_events_total", "Kubernetes Events posted, by type and reason.", ["type", "reason"], registry=REGISTRY)
 
 PHASES = [str(p) for p in Phase]
 
@@ -87,6 +66,44 @@ class JobsCollector(Collector):
         yield from (jobs, loss, ratio, tps, gpu_s)
 
 
-def describe_all() -> list[str]:
-    """Every metric name the operator exposes (docs/operator.md lists them)."""
-    return sorted({m.name for m in REGISTRY.collect()})
+class OperatorMetrics:
+    """One operator's metrics, in a registry of its own: two operators in one process (tests) never
+    count into each other's series. `objects` (the cache of CRs) feeds the scrape-time gauges."""
+
+    def __init__(self, objects: Callable[[], Iterable[Mapping[str, Any]]] = tuple) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.phase_transitions = Counter(
+            "kubetune_phase_transitions_total",
+            "Phase changes of kubetune jobs, by kind and the phases left and entered.",
+            ["kind", "from_phase", "to_phase"], registry=self.registry)
+        self.reconcile_duration = Histogram(
+            "kubetune_reconcile_duration_seconds", "Time to reconcile one job (derive status, create/patch children).",
+            ["kind"], registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.reconcile_errors = Counter(
+            "kubetune_reconcile_errors_total", "Reconciles that raised (retried), by kind and error class.",
+            ["kind", "error"], registry=self.registry)
+        self.gate_evaluations = Counter(
+            "kubetune_gate_evaluations_total", "Evaluation gates decided, by gate metric and result (passed/failed).",
+            ["kind", "gate", "result"], registry=self.registry)
+        self.api_requests = Counter(
+            "kubetune_operator_api_requests_total", "Kubernetes API requests made by the operator's own calls "
+            "(kopf's watches and its own patches are not included), by verb and resource.",
+            ["verb", "resource"], registry=self.registry)
+        self.events_posted = Counter(
+            "kubetune_events_total", "Kubernetes Events posted, by type and reason.", ["type", "reason"],
+            registry=self.registry)
+        self.registry.register(JobsCollector(objects))
+
+    def names(self) -> list[str]:
+        """Every metric name this registry exposes (docs/operator.md lists them)."""
+        return sorted({m.name for m in self.registry.collect()})
+
+    def serve(self, port: int) -> Callable[[], None]:
+        """Serve /metrics on `port` (all addresses) in a thread; returns what stops the server."""
+        server, _ = start_http_server(port, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+        return stop

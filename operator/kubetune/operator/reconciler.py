@@ -2,7 +2,13 @@
 dependency (PreferenceAlignment) → children created idempotently → status derived from the world
 → patched only when it changed, with Events and metrics for what changed.
 
-The Kubernetes calls go through `api` (kubetune.operator.k8s by default), so tests can record them.
+The Kubernetes calls go through `api` (a kubetune.operator.k8s.KubeApi, or a fake that records them
+in tests).
+
+A CR never takes over children it does not control: when a child's name is taken by an object of
+another owner (an earlier CR of the same name, deleted but its children not yet garbage-collected),
+the reconcile creates nothing more and waits — the Job's DELETED event or the next resync retries —
+so a CR deleted and applied again always gets a fresh Job, never the old run's result.
 """
 
 from __future__ import annotations
@@ -12,8 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from kubetune.api.constants import FINETUNEJOB, LABEL_MANAGED_BY, PREFERENCEALIGNMENT
 from kubetune.api.enums import TERMINAL_PHASES, Phase
@@ -21,13 +26,29 @@ from kubetune.api.resources import AnyJob, PreferenceAlignment, parse_resource
 from kubetune.api.semantics import semantic_problems
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.trainer_contract import PlanSummary
-from kubetune.operator import metrics
 from kubetune.operator.config import OperatorSettings
+from kubetune.operator.k8s import ForeignChild
+from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.world import Key, World
+from kubetune.planning.admission import plan_job, plan_summary
 from kubetune.render.job import render_children
 from kubetune.status import ANNOTATION_RESULT, DependencyState, Verdict, derive_status, events_for
 
 log = logging.getLogger("kubetune.operator")
+
+WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"  # Event reason: a child's name is still taken
+
+
+class ClusterApi(Protocol):
+    """What the reconciler asks of the API server (kubetune.operator.k8s.KubeApi)."""
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]: ...  # raises ForeignChild
+
+    def patch_job(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]: ...
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
 
 
 def _cached_verdict_key(cr: Mapping[str, Any], ref_seen: bool) -> tuple[str, int, bool]:
@@ -45,17 +66,19 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 
 
 class Reconciler:
-    def __init__(self, world: World, settings: OperatorSettings, api: ModuleType | Any,
+    def __init__(self, world: World, settings: OperatorSettings, api: ClusterApi, metrics: OperatorMetrics,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.world = world
         self.settings = settings
         self.api = api
+        self.metrics = metrics
         self.clock = clock
         self._locks: dict[Key, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._verdicts: dict[tuple[str, int, bool], tuple[Verdict, AnyJob | None, PlanSummary | None]] = {}
         self._last_patch: dict[Key, float] = {}
         self._rbac_done: set[str] = set()
+        self._foreign_seen: dict[Key, set[tuple[str, str]]] = {}  # (CR uid, child uid) announced once
 
     # ------------------------------------------------------------------------------------------
     def lock(self, key: Key) -> threading.Lock:
@@ -66,6 +89,7 @@ class Reconciler:
         with self._locks_guard:
             self._locks.pop(key, None)
         self._last_patch.pop(key, None)
+        self._foreign_seen.pop(key, None)
 
     def reconcile(self, key: Key, *, progress_only: bool = False) -> None:
         """`progress_only`: triggered by a progress annotation alone — mirrored at most every
@@ -77,10 +101,10 @@ class Reconciler:
             with self.lock(key):
                 self._reconcile(key)
         except Exception as exc:
-            metrics.RECONCILE_ERRORS.labels(kind=key[0], error=type(exc).__name__).inc()
+            self.metrics.reconcile_errors.labels(kind=key[0], error=type(exc).__name__).inc()
             raise
         finally:
-            metrics.RECONCILE_DURATION.labels(kind=key[0]).observe(time.monotonic() - started)
+            self.metrics.reconcile_duration.labels(kind=key[0]).observe(time.monotonic() - started)
 
     # ------------------------------------------------------------------------------------------
     def _lookup(self, namespace: str) -> Callable[[str], FineTuneJobSpec | None]:
@@ -117,15 +141,8 @@ class Reconciler:
         if ref and not ref_seen:
             return Verdict(fits=None, plan_message=f"planned once FineTuneJob {ref} is known"), None
         try:
-            from kubetune.planning.admission import plan_job, plan_summary
-            from kubetune.planning.types import CannotPlan
-        except ImportError:  # pragma: no cover - the planner ships with the package
-            return Verdict(fits=None, plan_message="no planner"), None
-        try:
             plan = plan_job(job, lookup)
-        except CannotPlan as exc:
-            return Verdict(fits=None, plan_message=f"cannot plan memory: {exc}"), None
-        except Exception as exc:
+        except Exception as exc:  # CannotPlan (an unknown architecture), or a planner bug: run unplanned
             return Verdict(fits=None, plan_message=f"cannot plan memory: {exc}"), None
         return Verdict(plan=plan.to_dict(), fits=plan.fits, plan_message=plan.summary()), plan_summary(plan)
 
@@ -171,16 +188,38 @@ class Reconciler:
         })
         self._rbac_done.add(namespace)
 
-    def _create_children(self, key: Key, job: AnyJob, referenced: FineTuneJobSpec | None, adapter: str | None,
-                         summary: PlanSummary | None) -> dict[str, Any]:
+    def _create_children(self, key: Key, cr: Mapping[str, Any], job: AnyJob, referenced: FineTuneJobSpec | None,
+                         adapter: str | None, summary: PlanSummary | None) -> dict[str, Any] | None:
+        """The Job (created, or this CR's own found on a 409); None while a child's name is taken."""
         self._ensure_trainer_rbac(key[1])
         children = render_children(job, self.settings.render, referenced=referenced, adapter_uri=adapter, plan=summary)
         created: dict[str, Any] = {}
-        for obj in children.all():
-            created = self.api.create(obj)
+        try:
+            for obj in children.all():
+                created = self.api.create(obj)
+        except ForeignChild as exc:
+            self._wait_for_previous_run(key, cr, exc)
+            return None
         self.world.put_job(created)
         log.info("%s %s/%s: created Job %s", key[0], key[1], key[2], created["metadata"]["name"])
         return created
+
+    def _wait_for_previous_run(self, key: Key, cr: Mapping[str, Any], exc: ForeignChild) -> None:
+        """Logged and posted as an Event once per CR and child; the resync and the child's
+        DELETED event retry."""
+        seen = (str((cr.get("metadata") or {}).get("uid")), exc.uid)
+        announced = self._foreign_seen.setdefault(key, set())
+        if seen in announced:
+            return
+        announced.add(seen)
+        if exc.owner is not None:  # most often an earlier CR of this name: its children go after it
+            msg = (f"{exc.kind} {exc.name} belongs to {exc.owner}, not to this {key[0]}; "
+                   "waiting for it to be garbage-collected before creating this run's")
+        else:
+            msg = (f"{exc.kind} {exc.name} exists and has no owner (orphaned or made by hand); "
+                   f"delete it to let this {key[0]} run")
+        log.warning("%s %s/%s: %s", key[0], key[1], key[2], msg)
+        self._post_event(cr, "Normal" if exc.owner else "Warning", WAITING_FOR_PREVIOUS_RUN, msg)
 
     def _sync_suspend(self, cr: Mapping[str, Any], job: dict[str, Any]) -> dict[str, Any]:
         spec = cr.get("spec") or {}
@@ -217,7 +256,7 @@ class Reconciler:
             if isinstance(job_typed, PreferenceAlignment) and job_typed.spec.fine_tune_job_ref and referenced is None:
                 pass  # not ready yet
             else:
-                job = self._create_children(key, job_typed, referenced, adapter, summary)
+                job = self._create_children(key, cr, job_typed, referenced, adapter, summary)
         if job is not None:
             job = self._sync_suspend(cr, job)
         rs = self.settings.render
@@ -246,15 +285,18 @@ class Reconciler:
     def _announce(self, cr: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         kind = str(cr.get("kind"))
         if old.get("phase") != new.get("phase"):
-            metrics.PHASE_TRANSITIONS.labels(kind=kind, from_phase=str(old.get("phase") or "None"),
-                                             to_phase=str(new.get("phase"))).inc()
+            self.metrics.phase_transitions.labels(kind=kind, from_phase=str(old.get("phase") or "None"),
+                                                  to_phase=str(new.get("phase"))).inc()
             if new.get("phase") in (Phase.SUCCEEDED, Phase.GATE_FAILED):
                 for g in new.get("gates") or []:
-                    metrics.GATE_EVALUATIONS.labels(kind=kind, gate=str(g.get("metric")),
-                                                    result="passed" if g.get("passed") else "failed").inc()
+                    self.metrics.gate_evaluations.labels(kind=kind, gate=str(g.get("metric")),
+                                                         result="passed" if g.get("passed") else "failed").inc()
         for ev in events_for(old, new):
-            try:
-                self.api.post_event(dict(cr), ev.type, ev.reason, ev.message)
-                metrics.EVENTS_POSTED.labels(type=ev.type, reason=ev.reason).inc()
-            except Exception as exc:  # an Event is best effort
-                log.warning("could not post event %s: %s", ev.reason, exc)
+            self._post_event(cr, ev.type, ev.reason, ev.message)
+
+    def _post_event(self, cr: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        try:
+            self.api.post_event(dict(cr), type_, reason, message)
+            self.metrics.events_posted.labels(type=type_, reason=reason).inc()
+        except Exception as exc:  # an Event is best effort
+            log.warning("could not post event %s: %s", reason, exc)

@@ -11,19 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubetune.api.problems import Problem
-from kubetune.api.resources import AnyJob
-from kubetune.api.semantics import RefLookup
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.validate import validate_object
-
-
-def _fit_check() -> Callable[[AnyJob, RefLookup | None], list[Problem]] | None:
-    try:
-        from kubetune.planning.admission import fit_problems
-    except ImportError:  # pragma: no cover
-        return None
-    return fit_problems
+from kubetune.planning.admission import fit_problems
 
 
 def review(obj: Mapping[str, Any], old: Mapping[str, Any] | None,
@@ -31,7 +21,7 @@ def review(obj: Mapping[str, Any], old: Mapping[str, Any] | None,
     """(errors, warnings) for an admission request, as one line each."""
     body = {k: v for k, v in obj.items() if k != "status"}
     old_body = {k: v for k, v in old.items() if k != "status"} if old else None
-    problems = validate_object(body, local=False, lookup=lookup, fit_check=_fit_check(), old=old_body)
+    problems = validate_object(body, local=False, lookup=lookup, fit_check=fit_problems, old=old_body)
     errors = [str(p) for p in problems if p.severity == "error"]
     warnings = [str(p) for p in problems if p.severity != "error"]
     return errors, warnings

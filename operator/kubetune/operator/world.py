@@ -1,5 +1,10 @@
 """What the operator has seen: CRs, Jobs and Pods from kopf's watch events, indexed by the CR they
-belong to. The reconciler reads the world from here, so a reconcile costs no GET requests."""
+belong to. The reconciler reads the world from here, so a reconcile costs no GET requests.
+
+Jobs and Pods are indexed by the CR's name (label and annotation), but a CR deleted and created
+again under the same name is another CR: its children are only those whose controlling owner is
+the CR's uid (Job) or the current Job's uid (Pods). An old run's Job or Pods, still being
+garbage-collected, are never read as the new run's."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kubetune.api.constants import LABEL_KIND
-from kubetune.render.meta import ANNOTATION_OWNER
+from kubetune.render.meta import ANNOTATION_OWNER, controller_uid
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -30,7 +35,8 @@ def trim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
                      "creationTimestamp": meta.get("creationTimestamp"), "labels": meta.get("labels") or {},
-                     "annotations": {k: v for k, v in ann.items() if k in _KEEP_POD_ANNOTATIONS}},
+                     "annotations": {k: v for k, v in ann.items() if k in _KEEP_POD_ANNOTATIONS},
+                     "ownerReferences": meta.get("ownerReferences") or []},
         "status": obj.get("status") or {},
     }
 
@@ -108,7 +114,11 @@ class World:
         return key
 
     def job(self, key: Key) -> dict[str, Any] | None:
-        return self.jobs.get(key)
+        """The CR's Job: only one whose controlling owner is this CR (by uid) — not an orphan."""
+        with self._lock:
+            job = self.jobs.get(key)
+            cr_uid = ((self.crs.get(key) or {}).get("metadata") or {}).get("uid")
+        return job if job is not None and controller_uid(job) == cr_uid else None
 
     # Pods
     def put_pod(self, obj: Mapping[str, Any]) -> tuple[Key | None, dict[str, Any] | None]:
@@ -131,8 +141,13 @@ class World:
         return key
 
     def pods_of(self, key: Key) -> list[dict[str, Any]]:
+        """The pods of the CR's current Job (none before it has one); a pod without an owner (made by
+        hand, never by the Job controller) is kept."""
+        job = self.job(key)
+        job_uid = (job.get("metadata") or {}).get("uid") if job is not None else None
         with self._lock:
-            return list(self.pods.get(key, {}).values())
+            pods = list(self.pods.get(key, {}).values())
+        return [p for p in pods if controller_uid(p) in (None, job_uid)]
 
     def dependents(self, ftj_key: Key) -> list[Key]:
         """PreferenceAlignments referencing a FineTuneJob."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kubetune.api.constants import API_VERSION, LABEL_JOB, LABEL_KIND, LABEL_MANAGED_BY
@@ -32,3 +33,11 @@ def child_metadata(kind: str, name: str, namespace: str, uid: str | None, child_
     if uid:
         meta["ownerReferences"] = [owner_reference(kind, name, uid)]
     return meta
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The uid of an object's controlling owner (a child's CR, a pod's Job), or None without one."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None

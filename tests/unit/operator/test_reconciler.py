@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fake_api import FakeApi
 from operator_builders import ftj, load_example, terminated
 
 from kubetune.api.trainer_contract import TrainerResult
 from kubetune.operator import metrics
+from kubetune.operator.app import Operator, build_operator
 from kubetune.operator.config import OperatorSettings
 from kubetune.operator.reconciler import Reconciler, status_patch
 from kubetune.operator.world import World
@@ -18,52 +20,16 @@ from kubetune.operator.world import World
 NOW = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)
 
 
-class FakeApi:
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.calls: list[tuple[str, str]] = []
-        self.status: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.events: list[tuple[str, str, str]] = []
-
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-        self.calls.append(("create", obj["kind"]))
-        if key in self.objects:
-            return self.objects[key]  # 409 ⇒ the existing one
-        stored = copy.deepcopy(obj)
-        stored["metadata"]["resourceVersion"] = str(len(self.calls))
-        stored["metadata"]["uid"] = f"uid-{len(self.objects)}"
-        self.objects[key] = stored
-        return stored
-
-    def patch_job(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("patch", "Job"))
-        job = self.objects[("Job", ns, name)]
-        job["spec"].update(body.get("spec", {}))
-        job["metadata"].setdefault("annotations", {}).update(body.get("metadata", {}).get("annotations", {}))
-        return job
-
-    def patch_status(self, kind: str, ns: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("patch", f"{kind}/status"))
-        st = self.status.setdefault((kind, ns, name), {})
-        for k, v in patch.items():
-            if v is None:
-                st.pop(k, None)
-            else:
-                st[k] = v
-        return st
-
-    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        self.events.append((type_, reason, message))
+def operator(api: FakeApi, settings: OperatorSettings | None = None) -> Operator:
+    return build_operator(settings or OperatorSettings(), api=api, clock=lambda: NOW)
 
 
 def setup(*crs: dict[str, Any], manage_rbac: bool = True) -> tuple[World, FakeApi, Reconciler]:
-    world, api = World(), FakeApi()
-    settings = OperatorSettings(manage_trainer_rbac=manage_rbac)
-    rec = Reconciler(world, settings, api, clock=lambda: NOW)
+    api = FakeApi()
+    op = operator(api, OperatorSettings(manage_trainer_rbac=manage_rbac))
     for cr in crs:
-        world.put_cr(cr)
-    return world, api, rec
+        op.world.put_cr(cr)
+    return op.world, api, op.reconciler
 
 
 def key_of(cr: dict[str, Any]) -> tuple[str, str, str]:
@@ -88,10 +54,9 @@ def test_restart_never_creates_a_second_job() -> None:
     _, api, rec = setup(cr)
     rec.reconcile(key_of(cr))
     # a new operator process: empty cache, same cluster
-    world2 = World()
-    world2.put_cr(cr)
-    rec2 = Reconciler(world2, OperatorSettings(), api, clock=lambda: NOW)
-    rec2.reconcile(key_of(cr))
+    op2 = operator(api)
+    op2.world.put_cr(cr)
+    op2.reconciler.reconcile(key_of(cr))
     assert len([o for o in api.objects if o[0] == "Job"]) == 1
 
 
@@ -187,13 +152,13 @@ def test_success_keeps_the_result_on_the_job_and_counts_gates() -> None:
                                 "annotations": {"kubetune.io/owner": "triage-llama3-70b"}},
                    "status": {"phase": "Succeeded", "containerStatuses": [
                        {"name": "trainer", "state": terminated(0, "Completed", msg)}]}})
-    before = metrics.GATE_EVALUATIONS.labels(kind="FineTuneJob", gate="golden.accuracy", result="passed")._value.get()
+    gates = rec.metrics.gate_evaluations.labels(kind="FineTuneJob", gate="golden.accuracy", result="passed")
+    before = gates._value.get()
     rec.reconcile(key_of(cr))
     st = api.status[key_of(cr)]
     assert st["phase"] == "Succeeded" and st["completionTime"] == "2025-01-01T01:00:00Z"
     assert "kubetune.io/result" in job["metadata"]["annotations"]
-    after = metrics.GATE_EVALUATIONS.labels(kind="FineTuneJob", gate="golden.accuracy", result="passed")._value.get()
-    assert after == before + 1
+    assert gates._value.get() == before + 1
     n = len(api.calls)
     rec.reconcile(key_of(cr))  # terminal: nothing more
     assert len(api.calls) == n
@@ -259,7 +224,7 @@ def test_metrics_names() -> None:
     world.drop_cr(key_of(cr))
     fams = {f.name: f for f in collector.collect()}
     assert fams["kubetune_job_training_loss"].samples == []  # series gone with the job
-    names = metrics.describe_all()
+    names = metrics.OperatorMetrics().names()
     for n in ("kubetune_phase_transitions", "kubetune_reconcile_duration_seconds", "kubetune_reconcile_errors",
               "kubetune_gate_evaluations", "kubetune_operator_api_requests"):
         assert n in names

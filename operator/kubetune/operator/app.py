@@ -1,0 +1,63 @@
+"""The operator, built from its settings in one place: `build_operator(settings) -> Operator`.
+
+Everything one operator holds — the cache of what it has seen (World), the Reconciler, its API
+client, its Prometheus registry and the kopf registry its handlers are on — is made here and
+belongs to the returned object: two operators in one process share nothing. Callers:
+`kubetune operator` (kubetune.operator.cli), `kopf run -m kubetune.operator.main`, the unit tests
+(with a fake API) and, through `kubetune operator`, the e2e tests and benchmarks/operator_scale.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import kopf
+
+from kubetune.operator.config import OperatorSettings
+from kubetune.operator.handlers import Handlers, register
+from kubetune.operator.k8s import KubeApi
+from kubetune.operator.metrics import OperatorMetrics
+from kubetune.operator.reconciler import ClusterApi, Reconciler
+from kubetune.operator.world import World
+
+
+@dataclass(frozen=True)
+class Operator:
+    settings: OperatorSettings
+    world: World
+    reconciler: Reconciler
+    metrics: OperatorMetrics
+    handlers: Handlers
+    registry: kopf.OperatorRegistry
+
+    def run(self, *, liveness_endpoint: str | None = None, stop_flag: threading.Event | None = None,
+            ready_flag: threading.Event | None = None) -> None:
+        """Run until SIGINT/SIGTERM or `stop_flag` is set (in a thread: signals reach only the main
+        one); `ready_flag` is set once the operator has started."""
+        ns = self.settings.namespaces
+        kopf.run(registry=self.registry, clusterwide=not ns, namespaces=list(ns),
+                 standalone=not self.settings.peering, liveness_endpoint=liveness_endpoint,
+                 stop_flag=stop_flag, ready_flag=ready_flag)
+
+
+def build_operator(settings: OperatorSettings, *, api: ClusterApi | None = None,
+                   registry: kopf.OperatorRegistry | None = None,
+                   clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Operator:
+    """The operator for `settings`, its handlers on `registry` (a fresh one by default).
+
+    `api`: the Kubernetes calls (default: a KubeApi of its own, credentials loaded at start-up);
+    tests pass a recording fake. `clock`: the time the status is derived at.
+    """
+    world = World()
+    metrics = OperatorMetrics(world.objects)
+    kube = api if api is not None else KubeApi(metrics)
+    reconciler = Reconciler(world, settings, kube, metrics, clock=clock)
+    connect = kube.connect if isinstance(kube, KubeApi) else (lambda: None)
+    handlers = Handlers(settings, world, reconciler, metrics, connect)
+    registry = registry if registry is not None else kopf.OperatorRegistry()
+    register(handlers, registry)
+    return Operator(settings=settings, world=world, reconciler=reconciler, metrics=metrics,
+                    handlers=handlers, registry=registry)
