@@ -96,7 +96,7 @@ def test_lifecycle_succeeded(cluster: Cluster, operator: OperatorProcess, namesp
     assert cond(obj, "Ready")["status"] == "True"
     assert cond(obj, "GatesPassed")["status"] == "True"
     assert obj["status"]["gates"][0]["value"] == 0.8
-    assert obj["status"]["artifact"]["uri"] == "s3://bucket/out/adapter"
+    assert obj["status"]["artifact"]["uri"] == "s3://bucket/out/tune/adapter"  # under spec.output.uri
     events = cluster.get("events", "-n", namespace, "--field-selector", "involvedObject.name=tune")["items"]
     reasons = {e["reason"] for e in events}
     assert {"JobCreated", "Running", "GatesPassed"} <= reasons
@@ -284,7 +284,7 @@ def test_preference_alignment_waits_then_runs(cluster: Cluster, operator: Operat
     wait_phase(cluster, "PreferenceAlignment", namespace, "align", "Queued", "Running")
     cm = cluster.get("configmap", "align-pa-config", "-n", namespace)
     config = json.loads(cm["data"]["config.json"])
-    assert config["sources"]["adapter"] == "s3://bucket/out/adapter"
+    assert config["sources"]["adapter"] == "s3://bucket/out/base/adapter"  # the FineTuneJob's artifact
     assert config["task"] == "dpo"
     (pod,) = trainer_pods(cluster, namespace, "align")
     finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result({}))
