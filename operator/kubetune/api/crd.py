@@ -13,6 +13,10 @@ from kubetune.api.resources import SPEC_MODELS
 from kubetune.api.status import JobStatus
 
 _DROP_KEYS = {"title", "additionalProperties_false"}
+# What the API server shows before the operator's first status write: generation 0 observed, so
+# kstatus, Flux and Argo CD read a new CR as in progress, not as done (the server defaults a
+# missing status when it reads the object).
+STATUS_DEFAULT = {"observedGeneration": 0}
 
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
@@ -103,7 +107,7 @@ def crd_schema(kind: str) -> dict[str, Any]:
             "kind": {"type": "string", "description": kind},
             "metadata": {"type": "object"},
             "spec": openapi_schema(spec_model),
-            "status": openapi_schema(JobStatus),
+            "status": {**openapi_schema(JobStatus), "default": STATUS_DEFAULT},
         },
     }
 

@@ -137,6 +137,10 @@ class ConditionType(StrEnum):
     COMPLETE = "Complete"  # training and evaluation finished
     GATES_PASSED = "GatesPassed"  # every gate in spec.evaluation.gates passed
     SUSPENDED = "Suspended"
+    # kstatus' (sigs.k8s.io/cli-utils) abnormal-true pair, what Flux and kubectl-based pipelines read:
+    # exactly one is present and True until the job Succeeded, then neither (docs/gitops.md)
+    RECONCILING = "Reconciling"  # the outcome is still open: validating, waiting, queued, running, suspended
+    STALLED = "Stalled"  # Failed or GateFailed; reason and message say why
 
 
 class Reason:

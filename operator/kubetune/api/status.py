@@ -3,20 +3,30 @@
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
+from pydantic.config import JsonDict
 
 from kubetune.api.base import KubeModel
 from kubetune.api.enums import Phase
 
+# metav1.Condition's rules (k8s.io/apimachinery/pkg/apis/meta/v1/types.go), so that any client that
+# reads our conditions as metav1.Condition — kstatus, Flux, Argo CD, controller-runtime — can.
+TYPE_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+DATE_TIME: JsonDict = {"format": "date-time"}  # the API server checks RFC 3339
+
 
 class Condition(KubeModel):
-    """A Kubernetes condition. lastTransitionTime moves only when status flips."""
+    """A Kubernetes condition, shaped as metav1.Condition. lastTransitionTime moves only when status flips."""
 
-    type: str = Field(max_length=64, description="Ready, Valid, ResourcesFit, DependencyReady, DataValid, Training, Complete, GatesPassed, Suspended.")
+    type: str = Field(max_length=316, pattern=TYPE_PATTERN,
+                      description="Ready, Valid, ResourcesFit, DependencyReady, DataValid, Training, Complete, GatesPassed, "
+                                  "Suspended; Reconciling or Stalled (kstatus, docs/gitops.md).")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(default="", max_length=64, description="CamelCase reason (docs/api.md lists them).")
+    reason: str = Field(min_length=1, max_length=1024, pattern=REASON_PATTERN,
+                        description="CamelCase reason (docs/api.md lists them).")
     message: str = Field(default="", max_length=4096, description="Human-readable detail.")
-    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
-    observed_generation: int | None = Field(default=None, description="metadata.generation this condition was computed for.")
+    last_transition_time: str = Field(json_schema_extra=DATE_TIME, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation this condition was computed for.")
 
 
 class Progress(KubeModel):
@@ -67,7 +77,7 @@ class JobStatus(KubeModel):
     phase: Phase | None = Field(default=None, description="Pending, Validating, Waiting, Queued, Running, Evaluating, Succeeded, GateFailed, Failed or Suspended.")
     conditions: list[Condition] = Field(default_factory=list, description="Conditions keyed by type; Ready is what `kubectl wait` uses.",
                                         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
-    observed_generation: int | None = Field(default=None, description="metadata.generation the status describes.")
+    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation the status describes; 0 until the operator first wrote status.")
     plan: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
         description="Memory plan summary: peak, GPU memory (a CPU job: memory per pod, cpuOnly true), fits, breakdown.")
@@ -78,7 +88,9 @@ class JobStatus(KubeModel):
     artifact: Artifact | None = Field(default=None, description="The trained artifact and its promotion.")
     job_name: str | None = Field(default=None, description="Name of the batch/v1 Job running the trainer.")
     attempts: int | None = Field(default=None, description="Trainer pods started so far.")
-    start_time: str | None = Field(default=None, description="When training started.")
-    completion_time: str | None = Field(default=None, description="When the job reached a terminal phase.")
-    reason: str | None = Field(default=None, description="CamelCase reason of the current phase (e.g. OutOfMemory).")
+    start_time: str | None = Field(default=None, json_schema_extra=DATE_TIME, description="When training started.")
+    completion_time: str | None = Field(default=None, json_schema_extra=DATE_TIME,
+                                        description="When the job reached a terminal phase.")
+    reason: str | None = Field(default=None, max_length=1024, pattern=REASON_PATTERN,
+                               description="CamelCase reason of the current phase (e.g. OutOfMemory).")
     message: str | None = Field(default=None, description="Human-readable detail of the current phase.")

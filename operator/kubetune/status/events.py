@@ -9,6 +9,7 @@ from typing import Any, Literal
 from kubetune.api.enums import Phase
 
 EVENT_MESSAGE_LIMIT = 1024  # the API server refuses longer Event messages
+EVENT_REASON_LIMIT = 128  # and longer reasons (events.k8s.io); a condition's reason may have 1024
 FAILURE_PHASES = {Phase.FAILED, Phase.GATE_FAILED}
 
 
@@ -24,14 +25,15 @@ def truncate(text: str, limit: int) -> str:
 
 
 def events_for(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[EventSpec]:
-    """One Event per phase change (or reason change within a phase): Warning for failures."""
+    """One Event per phase change (or reason change within a phase): Warning for failures.
+    Conditions alone never make one: they restate the phase (Reconciling, Stalled, Training, ...)."""
     old = old or {}
     phase, reason = new.get("phase"), new.get("reason")
     if not phase or (phase == old.get("phase") and reason == old.get("reason")):
         return []
     warning = phase in FAILURE_PHASES or reason in ("Unschedulable", "ImageUnavailable", "OutOfMemory")
-    label = reason or phase
+    label = str(reason or phase)[:EVENT_REASON_LIMIT]
     text = f"{old.get('phase') or 'New'} → {phase}"
     if new.get("message"):
         text += f": {new['message']}"
-    return [EventSpec("Warning" if warning else "Normal", str(label), truncate(text, EVENT_MESSAGE_LIMIT))]
+    return [EventSpec("Warning" if warning else "Normal", label, truncate(text, EVENT_MESSAGE_LIMIT))]

@@ -5,7 +5,7 @@ a laptop and a cluster cannot describe the same result differently.
 Given the phase the world is in (a `State`) and what the trainer reported, it sets progress, data,
 metrics; for a finished run it applies the gates (kubetune.gates.decide) and describes the artifact
 and its promotion; and it completes the conditions (Complete, GatesPassed, Ready, DataValid,
-Training, Suspended) and the phase, reason and message.
+Training, Suspended, and kstatus' Reconciling or Stalled) and the phase, reason and message.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kubetune.api.enums import ConditionType, Phase, Reason
 from kubetune.api.spec import Gate
 from kubetune.api.trainer_contract import ProgressReport, TrainerResult, child_uri
 from kubetune.gates import ConditionUpdate, decide
-from kubetune.status.conditions import CONDITION_MESSAGE_LIMIT, stamp
+from kubetune.status.conditions import CONDITION_MESSAGE_LIMIT, condition_reason, health_conditions, stamp
 from kubetune.status.events import truncate
 from kubetune.status.pods import progress_summary
 from kubetune.status.timeutil import format_time
@@ -71,6 +71,7 @@ def outcome_status(
     """
     status: dict[str, Any] = {}
     conds = list(conditions)
+    state = State(state.phase, condition_reason(state.reason), state.message)  # a trainer's reason is free text
     if progress is not None or (result is not None and result.progress is not None):
         p = (result.progress if result is not None and result.progress is not None else progress)
         assert p is not None
@@ -125,6 +126,8 @@ def outcome_status(
     conds.append(ConditionUpdate(ConditionType.SUSPENDED, "True" if suspended else "False",
                                  Reason.SUSPENDED if suspended else "NotSuspended",
                                  "spec.suspend is true" if suspended else "not suspended"))
+
+    conds += health_conditions(state.phase, state.reason, state.message)
 
     status["phase"] = str(state.phase)
     status["reason"] = state.reason
