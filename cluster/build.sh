@@ -213,16 +213,17 @@ EOF
 fi
 
 # ---- sanity: every binary runs and reports the pinned version ----
-"$BIN/kube-apiserver" --version | grep -qx "Kubernetes $K8S_VERSION" \
+# (grep reads a here-string: `binary --version | grep -q` under pipefail fails when grep exits first)
+grep -qx "Kubernetes $K8S_VERSION" <<<"$("$BIN/kube-apiserver" --version)" \
   || { log "kube-apiserver version mismatch: $("$BIN/kube-apiserver" --version)"; exit 1; }
-"$BIN/etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}" \
+grep -q "etcd Version: ${ETCD_VERSION#v}" <<<"$("$BIN/etcd" --version)" \
   || { log "etcd version mismatch: $("$BIN/etcd" --version | head -1)"; exit 1; }
 "$BIN/kwok" --version >/dev/null
-"$BIN/kubelet" --version | grep -qx "Kubernetes $K8S_VERSION" \
+grep -qx "Kubernetes $K8S_VERSION" <<<"$("$BIN/kubelet" --version)" \
   || { log "kubelet version mismatch: $("$BIN/kubelet" --version)"; exit 1; }
-"$BIN/containerd" --version | grep -q "${CONTAINERD_VERSION}" \
+grep -q "${CONTAINERD_VERSION}" <<<"$("$BIN/containerd" --version)" \
   || { log "containerd version mismatch: $("$BIN/containerd" --version)"; exit 1; }
-"$BIN/runc" --version | grep -q "runc version ${RUNC_VERSION#v}" \
+grep -q "runc version ${RUNC_VERSION#v}" <<<"$("$BIN/runc" --version)" \
   || { log "runc version mismatch: $("$BIN/runc" --version | head -1)"; exit 1; }
 "$BIN/kubectl" version --client >/dev/null
 rm -rf "$ROOT/tmp"
