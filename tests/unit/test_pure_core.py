@@ -100,3 +100,17 @@ def test_only_the_cli_imports_the_dev_package_and_lazily() -> None:
             if any(n.split(".")[0] == "kubetune_devcluster" or n.startswith("kubetune.devcluster") for n in names):
                 importers.append((str(file.relative_to(PKG)), "lazy" if id(node) in in_function else "at import"))
     assert importers == [("cli.py", "lazy")]
+
+
+def test_the_operator_path_loads_no_data_scanning_stack() -> None:
+    """Presidio (and the spaCy stack it pulls) is the [data] extra: the CLI, manifest validation, the
+    webhook and the reconciler import without it, so the operator image does not carry it."""
+    scanning = ["presidio_analyzer", "presidio_anonymizer", "spacy", "thinc"]
+    code = (
+        "import sys\n"
+        "import kubetune.cli, kubetune.validation, kubetune.operator.webhook, kubetune.operator.handlers\n"
+        "kubetune.cli.build_parser()\n"
+        f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {scanning!r})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
