@@ -248,6 +248,7 @@ def build_image(buildah: Buildah, root: Path, image: Image, base: str, key: str,
     for old in buildah.cache.glob(f"{image.name}-*.tar"):
         if old != archive:
             old.unlink()
+            (buildah.cache / "logs" / f"{old.stem}.log").unlink(missing_ok=True)
             with contextlib.suppress(ImageBuildError):  # its layers stay while the layer cache uses them
                 buildah("rmi", f"{REGISTRY}/{image.name}:{old.stem.removeprefix(image.name + '-')}")
     return archive
