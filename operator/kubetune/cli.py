@@ -114,7 +114,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 # Commands whose own module parses their arguments (one parser each, no second copy here).
 _DELEGATED = {
     "check-data": "check the data preflight alone: format errors by line, too little data, PII, duplicates; exit 0 ok, 1 not",
-    "dev": "developer tools: `kubetune dev cluster up|down|logs [--dir DIR]` runs a local control plane with kwok GPU nodes (development package kubetune-devcluster: pip install -e cluster)",
+    "dev": "developer tools (development package kubetune-devcluster: pip install -e cluster): `kubetune dev cluster up|down|logs [--dir DIR]` runs a local control plane with kwok GPU nodes; `kubetune dev images build [--dir DIR]` builds the operator and trainer images without a Docker engine",
 }
 
 
@@ -123,16 +123,17 @@ def _delegate(argv: list[str]) -> int:
         from kubetune.data.cli import check_data_main
 
         return check_data_main(argv[1:])
-    if argv[1:2] == ["cluster"]:
-        try:
-            from kubetune_devcluster.cli import main as devcluster_main
-        except ImportError as exc:
-            print(f"`kubetune dev cluster` needs the development package kubetune-devcluster ({exc}): "
-                  "from a kubetune checkout, pip install -e cluster", file=sys.stderr)
-            return 1
-        return devcluster_main(argv[2:])
-    print("usage: kubetune dev cluster {up|down|logs} [--dir DIR]", file=sys.stderr)
-    return 2
+    if argv[1:2] not in (["cluster"], ["images"]):
+        print("usage: kubetune dev cluster {up|down|logs} [--dir DIR]\n"
+              "       kubetune dev images build [--dir DIR] [--cache DIR]", file=sys.stderr)
+        return 2
+    try:
+        from kubetune_devcluster import cli, images
+    except ImportError as exc:
+        print(f"`kubetune dev {argv[1]}` needs the development package kubetune-devcluster ({exc}): "
+              "from a kubetune checkout, pip install -e cluster", file=sys.stderr)
+        return 1
+    return int((cli if argv[1] == "cluster" else images).main(argv[2:]))
 
 
 def build_parser() -> argparse.ArgumentParser:

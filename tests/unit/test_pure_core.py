@@ -100,3 +100,53 @@ def test_only_the_cli_imports_the_dev_package_and_lazily() -> None:
             if any(n.split(".")[0] == "kubetune_devcluster" or n.startswith("kubetune.devcluster") for n in names):
                 importers.append((str(file.relative_to(PKG)), "lazy" if id(node) in in_function else "at import"))
     assert importers == [("cli.py", "lazy")]
+
+
+def test_the_operator_path_loads_no_data_scanning_stack() -> None:
+    """Presidio (and the spaCy stack it pulls) is the [data] extra: the CLI, manifest validation, the
+    webhook and the reconciler import without it, so the operator image does not carry it."""
+    scanning = ["presidio_analyzer", "presidio_anonymizer", "spacy", "thinc"]
+    code = (
+        "import sys\n"
+        "import kubetune.cli, kubetune.validation, kubetune.operator.webhook, kubetune.operator.handlers\n"
+        "kubetune.cli.build_parser()\n"
+        f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {scanning!r})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+# Imported by the package but installed by an extra (or the development package), never at import time.
+_NOT_IN_THE_BASE_INSTALL = {
+    "presidio_analyzer": "data", "spacy": "data", "phonenumbers": "data", "tldextract": "data",
+    "kubetune_trainer": "trainer", "kubetune_devcluster": "dev",
+}
+
+
+def test_the_base_install_declares_every_module_the_package_imports() -> None:
+    """The operator image installs pyproject.toml's base dependencies and nothing else: each
+    third-party module `kubetune` imports comes from one of them, or from an extra and lazily."""
+    import re
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    base = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {canonical(re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0]) for d in base}
+    distributions = packages_distributions()
+    undeclared, eager = [], []
+    for file in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        in_function = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+                       for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            for top in {n.split(".")[0] for n in _absolute_imports(node)} - set(sys.stdlib_module_names) - {"kubetune"}:
+                where = f"{file.relative_to(PKG)}:{node.lineno}: {top}"
+                if top in _NOT_IN_THE_BASE_INSTALL:
+                    if id(node) not in in_function:
+                        eager.append(where)
+                elif not declared & {canonical(d) for d in distributions.get(top, [])}:
+                    undeclared.append(where)
+    assert undeclared == [] and eager == []

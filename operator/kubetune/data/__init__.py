@@ -12,7 +12,7 @@ on first use). The entry point is :func:`preflight`; the CLI is ``kubetune check
 
 from kubetune.api.enums import ErrorPolicy, PiiPolicy
 from kubetune.data.formats import ErrorClass, Format
-from kubetune.data.pii import PiiScanner, PiiType, spacy_person_detector
+from kubetune.data.pii import PiiScanner, PiiScanUnavailable, PiiType, spacy_person_detector
 from kubetune.data.preflight import DEFAULT_MIN_EXAMPLES, WARN_BELOW_EXAMPLES, preflight
 from kubetune.data.reader import DEFAULT_MAX_LINE_BYTES, DataFileError, read_records
 from kubetune.data.report import DataReport, LineError, Reason
@@ -28,6 +28,7 @@ __all__ = [
     "Format",
     "LineError",
     "PiiPolicy",
+    "PiiScanUnavailable",
     "PiiScanner",
     "PiiType",
     "Reason",

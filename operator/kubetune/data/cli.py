@@ -17,6 +17,7 @@ import sys
 
 from kubetune.api.enums import ErrorPolicy, PiiPolicy
 from kubetune.data.formats import Format
+from kubetune.data.pii import PiiScanUnavailable
 from kubetune.data.preflight import DEFAULT_MIN_EXAMPLES, preflight
 from kubetune.data.reader import DEFAULT_MAX_LINE_BYTES
 
@@ -110,7 +111,7 @@ def check_data_main(argv: list[str]) -> int:
             max_line_bytes=args.max_line_bytes,
             near_duplicates=args.near_duplicates,
         )
-    except ValueError as e:
+    except (ValueError, PiiScanUnavailable) as e:
         print(f"kubetune check-data: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. an output path that cannot be written

@@ -252,19 +252,29 @@ def _without_unused_ml_stacks() -> Iterator[None]:
                 del sys.modules[name]
 
 
+class PiiScanUnavailable(RuntimeError):
+    """Presidio is not installed: the base install (the operator, its webhook, the CLI) leaves it out."""
+
+
 @functools.cache
 def _presidio() -> dict[str, Any]:
     """Presidio's recognizers, imported on first use (see :func:`_without_unused_ml_stacks`)."""
-    import tldextract
+    try:
+        import tldextract
 
-    with _without_unused_ml_stacks():
-        from presidio_analyzer.predefined_recognizers import (
-            CreditCardRecognizer,
-            EmailRecognizer,
-            IbanRecognizer,
-            IpRecognizer,
-            UsSsnRecognizer,
-        )
+        with _without_unused_ml_stacks():
+            from presidio_analyzer.predefined_recognizers import (
+                CreditCardRecognizer,
+                EmailRecognizer,
+                IbanRecognizer,
+                IpRecognizer,
+                UsSsnRecognizer,
+            )
+    except ImportError as e:
+        raise PiiScanUnavailable(
+            f"PII scanning needs Presidio ({e.name or e} is not installed): pip install 'kubetune[data]', "
+            "or turn the scan off (pii: off, or --pii off)"
+        ) from None
 
     def pattern(recognizer: Any, name: str | None = None, flags: int = 0) -> re.Pattern[str]:
         pats = [p for p in recognizer.PATTERNS if name is None or p.name == name]

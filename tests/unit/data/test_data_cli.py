@@ -124,3 +124,21 @@ def test_pure_core_imports(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == ""
+
+
+def test_pii_scan_without_presidio_says_what_to_install(tmp_path: Path) -> None:
+    """The base install has no Presidio ([data] extra): one line names it, no traceback; --pii off works."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}) + "\n")
+    code = (
+        "import sys\n"
+        "sys.modules['presidio_analyzer'] = None  # as if it were not installed\n"
+        "from kubetune.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = [sys.executable, "-c", code, "check-data", str(data), "--format", "chat", "--min-examples", "1"]
+    scan = subprocess.run(args, capture_output=True, text=True)
+    assert scan.returncode == 2 and scan.stdout == ""
+    assert scan.stderr.count("\n") == 1 and "pip install 'kubetune[data]'" in scan.stderr
+    assert "Traceback" not in scan.stderr
+    assert subprocess.run([*args, "--pii", "off"], capture_output=True, text=True).returncode == 0
