@@ -34,6 +34,8 @@ URI = 2048
 SHORT = 128
 TEXT = 8192
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+# CPU: cores ("2", "0.5") or millicores ("1500m"), as pods' resources take them.
+CPU_QUANTITY_PATTERN = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$"
 URI_PATTERN = r"^(hf|pvc|s3|file)://.+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -185,7 +187,8 @@ class Resources(KubeModel):
         default=None, max_length=32, description="Extra node labels the trainer pods require.")
     tolerations: list[Toleration] | None = Field(default=None, max_length=32, description="Extra tolerations for the trainer pods.")
     priority_class_name: str | None = Field(default=None, max_length=NAME, description="PriorityClass of the trainer pods.")
-    cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=SHORT, description="CPU request and limit per pod, e.g. 8.")
+    cpu: str | None = Field(default=None, pattern=CPU_QUANTITY_PATTERN, max_length=SHORT,
+                            description="CPU request and limit per pod, in cores or millicores, e.g. 8 or 1500m.")
     memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=SHORT, description=(
         "Memory request and limit per pod, e.g. 64Gi. Required when gpus is 0: a CPU job's memory plan is "
         "checked against it."))

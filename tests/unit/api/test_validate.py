@@ -250,6 +250,14 @@ def test_cpu_job_is_valid_with_memory(method: str) -> None:
     assert [str(p) for p in validate_object(obj) if p.severity == "error"] == []
 
 
+@pytest.mark.parametrize(("cpu", "ok"), [("2", True), ("0.5", True), ("1500m", True), ("1.5m", False), ("2Gi", False)])
+def test_cpu_takes_cores_or_millicores(cpu: str, ok: bool) -> None:
+    obj = ftj()
+    obj["spec"]["resources"] = {**CPU_JOB, "cpu": cpu}
+    errors = [str(p) for p in validate_object(obj) if p.severity == "error"]
+    assert (errors == []) == ok and all("spec.resources.cpu" in e for e in errors), errors
+
+
 def test_cpu_job_ignores_gpu_memory() -> None:
     """gpuMemory has a schema default, so an explicit value cannot be told from it: it is ignored (the
     description says so), never refused."""
