@@ -227,8 +227,10 @@ def pause_archive(pause_binary: Path, out: Path, ref: str) -> Path:
 
 def import_image(ctr: Path, socket: Path, archive: Path) -> None:
     """Load a docker-archive (or OCI archive) into the node's containerd, where the kubelet sees it."""
+    # The unpacked snapshot is what containers run from; the layer blobs would only double the disk
+    # a 6 GB trainer image takes, so the garbage collector may drop them.
     proc = subprocess.run([str(ctr), "--address", str(socket), "--namespace", K8S_NAMESPACE, "images", "import",
-                           str(archive)], capture_output=True, text=True)
+                           "--discard-unpacked-layers", str(archive)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ctr images import {archive}: {proc.stderr.strip() or proc.stdout.strip()}")
 
@@ -263,6 +265,12 @@ def kill_pods(netns: Netns) -> None:
                     os.kill(int(pid), signal.SIGKILL)
 
 
+def _mountpoints() -> list[str]:
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        return [line.split()[4].replace("\\040", " ") for line in f]
+    return []
+
+
 def clean_up(netns: Netns, paths: NodePaths) -> None:
     """After the node's processes are gone: unmount what the kubelet and containerd mounted
     (volumes, rootfs overlays, pod network namespaces), remove the pods' cgroups and the network
@@ -273,12 +281,7 @@ def clean_up(netns: Netns, paths: NodePaths) -> None:
             break
         time.sleep(0.1)
     roots = (str(paths.root) + "/", str(paths.run) + "/")
-    mounts = []
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].replace("\\040", " ")
-            if point.startswith(roots):
-                mounts.append(point)
+    mounts = [p for p in _mountpoints() if p.startswith(roots)]
     for point in sorted(set(mounts), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True)
     for cg in _pod_cgroups():
@@ -286,4 +289,8 @@ def clean_up(netns: Netns, paths: NodePaths) -> None:
             cg.rmdir()
     with contextlib.suppress(Exception):
         netns.delete()
-    subprocess.run(["rm", "-rf", str(paths.run)], capture_output=True)
+    # The node's image store (GBs: the trainer image) is not reused by a later start. Removed only
+    # when nothing is mounted below it any more (a volume left mounted would be deleted through it).
+    for path in (paths.run, paths.containerd_root):
+        if not any(p.startswith(str(path) + "/") for p in _mountpoints()):
+            subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True)
