@@ -9,9 +9,11 @@ tar with its owners and modes). Everything lives under ``$KUBETUNE_CACHE/images`
 - ``<name>-<key12>.tar``: each image as a docker-archive (what ``ctr images import`` takes). The key
   hashes the image's inputs: its Dockerfile, the files its COPY lines name (git-tracked and untracked
   but not ignored, as they are in the working tree), ``.dockerignore`` and the base's recipe. When
-  both archives exist, nothing is built.
+  both archives exist, nothing is built. ``<name>-<key12>.json`` names the checkout an archive was
+  built from: a new build replaces the archive of its own checkout only (checkouts share the cache).
 - ``storage-<driver>/``: buildah's image store with its layer cache (``--layers``): after a change to
-  the code only the layers from the first COPY of it on are rebuilt.
+  the code only the layers from the first COPY of it on are rebuilt. After a build, untagged images
+  that no tagged image builds on are removed.
 - ``tmp/buildah-cache/``: the Dockerfiles' cache mounts (pip's downloads: torch's CUDA wheels are
   fetched once).
 - ``logs/<name>-<key12>.log``: each build's output.
@@ -233,7 +235,8 @@ def ensure_base(buildah: Buildah, log: Log) -> str:
 
 
 def build_image(buildah: Buildah, root: Path, image: Image, base: str, key: str, log: Log) -> Path:
-    """Build one image (layer cache on) and write its docker-archive; drop the previous one."""
+    """Build one image (layer cache on), write its docker-archive and drop the one this checkout
+    built before (other checkouts share the cache and keep theirs)."""
     ref, archive = image.ref(key), archive_path(buildah.cache, image, key)
     args = ["bud", "--layers", "--pull=never", "--build-arg", f"BASE_IMAGE={base}", "-f",
             str(root / image.dockerfile), "-t", ref]
@@ -245,13 +248,33 @@ def build_image(buildah: Buildah, root: Path, image: Image, base: str, key: str,
     partial.unlink(missing_ok=True)
     buildah("push", "--quiet", ref, f"docker-archive:{partial}:{ref}")
     partial.rename(archive)
+    checkout = str(root.resolve())
     for old in buildah.cache.glob(f"{image.name}-*.tar"):
-        if old != archive:
-            old.unlink()
-            (buildah.cache / "logs" / f"{old.stem}.log").unlink(missing_ok=True)
-            with contextlib.suppress(ImageBuildError):  # its layers stay while the layer cache uses them
-                buildah("rmi", f"{REGISTRY}/{image.name}:{old.stem.removeprefix(image.name + '-')}")
+        origin = old.with_suffix(".json")
+        if old == archive or (origin.is_file() and json.loads(origin.read_text()).get("checkout") != checkout):
+            continue
+        old.unlink()
+        origin.unlink(missing_ok=True)
+        (buildah.cache / "logs" / f"{old.stem}.log").unlink(missing_ok=True)
+        with contextlib.suppress(ImageBuildError):  # the layers its successor shares stay
+            buildah("rmi", f"{REGISTRY}/{image.name}:{old.stem.removeprefix(image.name + '-')}")
+    archive.with_suffix(".json").write_text(json.dumps({"ref": ref, "checkout": checkout}) + "\n")
     return archive
+
+
+def prune_store(buildah: Buildah) -> None:
+    """Remove the untagged images no tagged one builds on: the layers a changed pyproject.toml or a
+    replaced build left behind (a trainer dependency layer is ~6 GB). The layer cache of the tagged
+    images (their intermediate images) stays."""
+    chains = {}
+    for img in json.loads(buildah("images", "--all", "--json") or "[]"):
+        inspected = json.loads(buildah("inspect", "--type", "image", img["id"]))
+        chains[img["id"]] = (bool(img.get("names")), tuple(inspected["OCIv1"]["rootfs"]["diff_ids"]))
+    tagged = [chain for named, chain in chains.values() if named]
+    for image_id, (named, chain) in chains.items():
+        if not named and not any(t[: len(chain)] == chain for t in tagged):
+            with contextlib.suppress(ImageBuildError):  # in use by a working container
+                buildah("rmi", image_id)
 
 
 def archive_path(cache: Path, image: Image, key: str) -> Path:
@@ -298,6 +321,8 @@ def build_all(cache: Path, root: Path | None = None, log: Log = _stderr) -> list
             log(f"# {image.name}: built in {time.monotonic() - t0:.0f} s, "
                 f"{archive.stat().st_size / 2**20:,.0f} MiB ({archive})")
             results.append(Built(image, image.ref(key), archive, cached=False))
+        if not all(b.cached for b in results):
+            prune_store(buildah)
     return results
 
 
