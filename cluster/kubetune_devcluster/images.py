@@ -10,7 +10,8 @@ tar with its owners and modes). Everything lives under ``$KUBETUNE_CACHE/images`
   hashes the image's inputs: its Dockerfile, the files its COPY lines name (git-tracked and untracked
   but not ignored, as they are in the working tree), ``.dockerignore`` and the base's recipe. When
   both archives exist, nothing is built. ``<name>-<key12>.json`` names the checkout an archive was
-  built from: a new build replaces the archive of its own checkout only (checkouts share the cache).
+  built from: a new build replaces the archive of its own checkout (checkouts share the cache) and
+  any archive no call has used for ``UNUSED_DAYS``.
 - ``storage-<driver>/``: buildah's image store with its layer cache (``--layers``): after a change to
   the code only the layers from the first COPY of it on are rebuilt. After a build, untagged images
   that no tagged image builds on are removed.
@@ -47,6 +48,7 @@ from .node import import_image
 
 REGISTRY = "localhost/kubetune"
 KEY_LENGTH = 12
+UNUSED_DAYS = 7  # an archive no call used for this long goes with the next build (any checkout's)
 
 # The local base: Debian's python3 with what the Dockerfiles use from it (venv and its bundled pip),
 # and the C++ runtime torch's wheels link against (the CUDA runtime image has it).
@@ -236,7 +238,7 @@ def ensure_base(buildah: Buildah, log: Log) -> str:
 
 def build_image(buildah: Buildah, root: Path, image: Image, base: str, key: str, log: Log) -> Path:
     """Build one image (layer cache on), write its docker-archive and drop the one this checkout
-    built before (other checkouts share the cache and keep theirs)."""
+    built before; other checkouts share the cache and keep theirs until unused for UNUSED_DAYS."""
     ref, archive = image.ref(key), archive_path(buildah.cache, image, key)
     args = ["bud", "--layers", "--pull=never", "--build-arg", f"BASE_IMAGE={base}", "-f",
             str(root / image.dockerfile), "-t", ref]
@@ -251,7 +253,8 @@ def build_image(buildah: Buildah, root: Path, image: Image, base: str, key: str,
     checkout = str(root.resolve())
     for old in buildah.cache.glob(f"{image.name}-*.tar"):
         origin = old.with_suffix(".json")
-        if old == archive or (origin.is_file() and json.loads(origin.read_text()).get("checkout") != checkout):
+        mine = origin.is_file() and json.loads(origin.read_text()).get("checkout") == checkout
+        if old == archive or not (mine or time.time() - old.stat().st_mtime > UNUSED_DAYS * 86400):
             continue
         old.unlink()
         origin.unlink(missing_ok=True)
@@ -310,6 +313,7 @@ def build_all(cache: Path, root: Path | None = None, log: Log = _stderr) -> list
             key = image_key(root, image, base)
             archive = archive_path(cache, image, key)
             if archive.is_file():
+                os.utime(archive)  # in use: see UNUSED_DAYS
                 results.append(Built(image, image.ref(key), archive, cached=True))
                 continue
             if shutil.which("buildah") is None:

@@ -4,9 +4,11 @@ promise, and the output contract. The build itself is tests/e2e/test_images.py."
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -221,16 +223,20 @@ class FakeBuildah:
 
 def test_a_build_replaces_the_archive_of_its_own_checkout_only(tmp_path: Path) -> None:
     trainer = next(i for i in IMAGES if i.name == "trainer")
-    mine, theirs, legacy = (tmp_path / f"trainer-{k * 12}.tar" for k in "abc")
-    for archive, checkout in ((mine, ROOT), (theirs, Path("/elsewhere")), (legacy, None)):
+    mine, theirs, unknown, unused = (tmp_path / f"trainer-{k * 12}.tar" for k in "abce")
+    for archive, checkout in ((mine, ROOT), (theirs, Path("/elsewhere")), (unknown, None), (unused, Path("/old"))):
         archive.write_bytes(b"old")
         if checkout:
             archive.with_suffix(".json").write_text(json.dumps({"checkout": str(checkout)}))
+    week_ago = time.time() - images.UNUSED_DAYS * 86400 - 60
+    os.utime(unused, (week_ago, week_ago))
     fake = FakeBuildah(tmp_path)
     new = images.build_image(fake, ROOT, trainer, "base:1", "d" * 64, log=lambda _: None)  # type: ignore[arg-type]
     assert new.read_bytes() == b"archive"
     assert json.loads(new.with_suffix(".json").read_text()) == {"ref": trainer.ref("d" * 64), "checkout": str(ROOT)}
-    assert sorted(p.name for p in tmp_path.glob("*.tar")) == [theirs.name, new.name]
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == sorted([theirs.name, unknown.name, new.name])
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted([theirs.with_suffix(".json").name,
+                                                                      new.with_suffix(".json").name])
     assert ["rmi", "localhost/kubetune/trainer:" + "a" * 12] in fake.calls
     bud = fake.calls[0]
     assert bud[bud.index("--build-arg"):][:2] == ["--build-arg", "BASE_IMAGE=base:1"] and bud[-1] == str(ROOT)
