@@ -205,7 +205,12 @@ class Buildah:
                 tail.append(line.rstrip())
                 log(line.rstrip())
         if proc.returncode != 0:
-            raise ImageBuildError(f"buildah {args[0]} failed (log: {log_file}):\n" + "\n".join(tail))
+            hint = ""
+            if any("no space left on device" in line for line in tail):
+                free = shutil.disk_usage(self.cache).free / 2**30
+                hint = (f"\n{free:.0f} GiB free under {self.cache}: a cold trainer build needs ~20 GiB "
+                        "(its ~6 GiB dependency layer is written three times while it is committed)")
+            raise ImageBuildError(f"buildah {args[0]} failed (log: {log_file}):\n" + "\n".join(tail) + hint)
 
     def has_image(self, ref: str) -> bool:
         return subprocess.run(self.argv("inspect", "--type", "image", ref), capture_output=True,
@@ -240,8 +245,8 @@ def build_image(buildah: Buildah, root: Path, image: Image, base: str, key: str,
     """Build one image (layer cache on), write its docker-archive and drop the one this checkout
     built before; other checkouts share the cache and keep theirs until unused for UNUSED_DAYS."""
     ref, archive = image.ref(key), archive_path(buildah.cache, image, key)
-    args = ["bud", "--layers", "--pull=never", "--build-arg", f"BASE_IMAGE={base}", "-f",
-            str(root / image.dockerfile), "-t", ref]
+    args = ["bud", "--layers", "--force-rm", "--pull=never", "--build-arg", f"BASE_IMAGE={base}", "-f",
+            str(root / image.dockerfile), "-t", ref]  # --force-rm: a failed step leaves no container
     bundle = ca_bundle()
     if bundle is not None:
         args += ["--secret", f"id=ca,src={bundle}"]

@@ -41,9 +41,9 @@ def test_copy_sources_reads_copy_and_add_but_not_other_stages() -> None:
 
 
 def test_the_dockerfiles_copy_what_the_key_hashes() -> None:
-    assert copy_sources(_dockerfile("operator")) == [
+    assert set(copy_sources(_dockerfile("operator"))) == {
         "pyproject.toml", "scripts/pyproject_requirements.py", "README.md", "operator/kubetune/",
-    ]  # fmt: skip
+    }  # fmt: skip
     trainer = copy_sources(_dockerfile("trainer"))
     assert {"trainer_image/kubetune_trainer/", "operator/kubetune/", "examples/quickstart/data/"} <= set(trainer)
 
@@ -52,7 +52,10 @@ def test_the_dockerfiles_copy_what_the_key_hashes() -> None:
 def test_each_dockerfile_takes_its_base_as_an_argument_and_runs_as_65532(name: str) -> None:
     text = _dockerfile(name)
     assert re.search(r"^ARG BASE_IMAGE=\S+$", text, re.M)
-    assert re.findall(r"^FROM .*$", text, re.M) == ["FROM ${BASE_IMAGE}"]
+    # one base; the dependency list is a stage of its own, so their install depends on the list alone
+    assert re.findall(r"^FROM .*$", text, re.M) == ["FROM ${BASE_IMAGE} AS python", "FROM python AS requirements",
+                                                    "FROM python"]
+    assert "COPY --from=requirements /requirements.txt" in text
     assert re.search(r"^USER 65532:65532$", text, re.M)
     assert "PYTHONDONTWRITEBYTECODE=1" in text
 
