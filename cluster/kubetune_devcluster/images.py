@@ -266,6 +266,9 @@ def build_image(buildah: Buildah, root: Path, image: Image, base: str, key: str,
         (buildah.cache / "logs" / f"{old.stem}.log").unlink(missing_ok=True)
         with contextlib.suppress(ImageBuildError):  # the layers its successor shares stay
             buildah("rmi", f"{REGISTRY}/{image.name}:{old.stem.removeprefix(image.name + '-')}")
+    for origin in buildah.cache.glob(f"{image.name}-*.json"):
+        if not origin.with_suffix(".tar").exists():  # its archive is gone
+            origin.unlink()
     archive.with_suffix(".json").write_text(json.dumps({"ref": ref, "checkout": checkout}) + "\n")
     return archive
 

@@ -231,6 +231,7 @@ def test_a_build_replaces_the_archive_of_its_own_checkout_only(tmp_path: Path) -
         archive.write_bytes(b"old")
         if checkout:
             archive.with_suffix(".json").write_text(json.dumps({"checkout": str(checkout)}))
+    (tmp_path / "trainer-ffffffffffff.json").write_text("{}")  # its archive is gone
     week_ago = time.time() - images.UNUSED_DAYS * 86400 - 60
     os.utime(unused, (week_ago, week_ago))
     fake = FakeBuildah(tmp_path)
