@@ -9,9 +9,12 @@ tar with its owners and modes). Everything lives under ``$KUBETUNE_CACHE/images`
 - ``<name>-<key12>.tar``: each image as a docker-archive (what ``ctr images import`` takes). The key
   hashes the image's inputs: its Dockerfile, the files its COPY lines name (git-tracked and untracked
   but not ignored, as they are in the working tree), ``.dockerignore`` and the base's recipe. When
-  both archives exist, nothing is built.
+  both archives exist, nothing is built. ``<name>-<key12>.json`` names the checkout an archive was
+  built from: a new build replaces the archive of its own checkout (checkouts share the cache) and
+  any archive no call has used for ``UNUSED_DAYS``.
 - ``storage-<driver>/``: buildah's image store with its layer cache (``--layers``): after a change to
-  the code only the layers from the first COPY of it on are rebuilt.
+  the code only the layers from the first COPY of it on are rebuilt. After a build, untagged images
+  that no tagged image builds on are removed.
 - ``tmp/buildah-cache/``: the Dockerfiles' cache mounts (pip's downloads: torch's CUDA wheels are
   fetched once).
 - ``logs/<name>-<key12>.log``: each build's output.
@@ -45,6 +48,7 @@ from .node import import_image
 
 REGISTRY = "localhost/kubetune"
 KEY_LENGTH = 12
+UNUSED_DAYS = 7  # an archive no call used for this long goes with the next build (any checkout's)
 
 # The local base: Debian's python3 with what the Dockerfiles use from it (venv and its bundled pip),
 # and the C++ runtime torch's wheels link against (the CUDA runtime image has it).
@@ -201,7 +205,12 @@ class Buildah:
                 tail.append(line.rstrip())
                 log(line.rstrip())
         if proc.returncode != 0:
-            raise ImageBuildError(f"buildah {args[0]} failed (log: {log_file}):\n" + "\n".join(tail))
+            hint = ""
+            if any("no space left on device" in line for line in tail):
+                free = shutil.disk_usage(self.cache).free / 2**30
+                hint = (f"\n{free:.0f} GiB free under {self.cache}: a cold trainer build needs ~20 GiB "
+                        "(its ~6 GiB dependency layer is written three times while it is committed)")
+            raise ImageBuildError(f"buildah {args[0]} failed (log: {log_file}):\n" + "\n".join(tail) + hint)
 
     def has_image(self, ref: str) -> bool:
         return subprocess.run(self.argv("inspect", "--type", "image", ref), capture_output=True,
@@ -233,10 +242,11 @@ def ensure_base(buildah: Buildah, log: Log) -> str:
 
 
 def build_image(buildah: Buildah, root: Path, image: Image, base: str, key: str, log: Log) -> Path:
-    """Build one image (layer cache on) and write its docker-archive; drop the previous one."""
+    """Build one image (layer cache on), write its docker-archive and drop the one this checkout
+    built before; other checkouts share the cache and keep theirs until unused for UNUSED_DAYS."""
     ref, archive = image.ref(key), archive_path(buildah.cache, image, key)
-    args = ["bud", "--layers", "--pull=never", "--build-arg", f"BASE_IMAGE={base}", "-f",
-            str(root / image.dockerfile), "-t", ref]
+    args = ["bud", "--layers", "--force-rm", "--pull=never", "--build-arg", f"BASE_IMAGE={base}", "-f",
+            str(root / image.dockerfile), "-t", ref]  # --force-rm: a failed step leaves no container
     bundle = ca_bundle()
     if bundle is not None:
         args += ["--secret", f"id=ca,src={bundle}"]
@@ -245,13 +255,37 @@ def build_image(buildah: Buildah, root: Path, image: Image, base: str, key: str,
     partial.unlink(missing_ok=True)
     buildah("push", "--quiet", ref, f"docker-archive:{partial}:{ref}")
     partial.rename(archive)
+    checkout = str(root.resolve())
     for old in buildah.cache.glob(f"{image.name}-*.tar"):
-        if old != archive:
-            old.unlink()
-            (buildah.cache / "logs" / f"{old.stem}.log").unlink(missing_ok=True)
-            with contextlib.suppress(ImageBuildError):  # its layers stay while the layer cache uses them
-                buildah("rmi", f"{REGISTRY}/{image.name}:{old.stem.removeprefix(image.name + '-')}")
+        origin = old.with_suffix(".json")
+        mine = origin.is_file() and json.loads(origin.read_text()).get("checkout") == checkout
+        if old == archive or not (mine or time.time() - old.stat().st_mtime > UNUSED_DAYS * 86400):
+            continue
+        old.unlink()
+        origin.unlink(missing_ok=True)
+        (buildah.cache / "logs" / f"{old.stem}.log").unlink(missing_ok=True)
+        with contextlib.suppress(ImageBuildError):  # the layers its successor shares stay
+            buildah("rmi", f"{REGISTRY}/{image.name}:{old.stem.removeprefix(image.name + '-')}")
+    for origin in buildah.cache.glob(f"{image.name}-*.json"):
+        if not origin.with_suffix(".tar").exists():  # its archive is gone
+            origin.unlink()
+    archive.with_suffix(".json").write_text(json.dumps({"ref": ref, "checkout": checkout}) + "\n")
     return archive
+
+
+def prune_store(buildah: Buildah) -> None:
+    """Remove the untagged images no tagged one builds on: the layers a changed pyproject.toml or a
+    replaced build left behind (a trainer dependency layer is ~6 GB). The layer cache of the tagged
+    images (their intermediate images) stays."""
+    chains = {}
+    for img in json.loads(buildah("images", "--all", "--json") or "[]"):
+        inspected = json.loads(buildah("inspect", "--type", "image", img["id"]))
+        chains[img["id"]] = (bool(img.get("names")), tuple(inspected["OCIv1"]["rootfs"]["diff_ids"]))
+    tagged = [chain for named, chain in chains.values() if named]
+    for image_id, (named, chain) in chains.items():
+        if not named and not any(t[: len(chain)] == chain for t in tagged):
+            with contextlib.suppress(ImageBuildError):  # in use by a working container
+                buildah("rmi", image_id)
 
 
 def archive_path(cache: Path, image: Image, key: str) -> Path:
@@ -287,6 +321,7 @@ def build_all(cache: Path, root: Path | None = None, log: Log = _stderr) -> list
             key = image_key(root, image, base)
             archive = archive_path(cache, image, key)
             if archive.is_file():
+                os.utime(archive)  # in use: see UNUSED_DAYS
                 results.append(Built(image, image.ref(key), archive, cached=True))
                 continue
             if shutil.which("buildah") is None:
@@ -298,6 +333,8 @@ def build_all(cache: Path, root: Path | None = None, log: Log = _stderr) -> list
             log(f"# {image.name}: built in {time.monotonic() - t0:.0f} s, "
                 f"{archive.stat().st_size / 2**20:,.0f} MiB ({archive})")
             results.append(Built(image, image.ref(key), archive, cached=False))
+        if not all(b.cached for b in results):
+            prune_store(buildah)
     return results
 
 

@@ -4,9 +4,11 @@ promise, and the output contract. The build itself is tests/e2e/test_images.py."
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,9 +41,9 @@ def test_copy_sources_reads_copy_and_add_but_not_other_stages() -> None:
 
 
 def test_the_dockerfiles_copy_what_the_key_hashes() -> None:
-    assert copy_sources(_dockerfile("operator")) == [
+    assert set(copy_sources(_dockerfile("operator"))) == {
         "pyproject.toml", "scripts/pyproject_requirements.py", "README.md", "operator/kubetune/",
-    ]  # fmt: skip
+    }  # fmt: skip
     trainer = copy_sources(_dockerfile("trainer"))
     assert {"trainer_image/kubetune_trainer/", "operator/kubetune/", "examples/quickstart/data/"} <= set(trainer)
 
@@ -50,7 +52,10 @@ def test_the_dockerfiles_copy_what_the_key_hashes() -> None:
 def test_each_dockerfile_takes_its_base_as_an_argument_and_runs_as_65532(name: str) -> None:
     text = _dockerfile(name)
     assert re.search(r"^ARG BASE_IMAGE=\S+$", text, re.M)
-    assert re.findall(r"^FROM .*$", text, re.M) == ["FROM ${BASE_IMAGE}"]
+    # one base; the dependency list is a stage of its own, so their install depends on the list alone
+    assert re.findall(r"^FROM .*$", text, re.M) == ["FROM ${BASE_IMAGE} AS python", "FROM python AS requirements",
+                                                    "FROM python"]
+    assert "COPY --from=requirements /requirements.txt" in text
     assert re.search(r"^USER 65532:65532$", text, re.M)
     assert "PYTHONDONTWRITEBYTECODE=1" in text
 
@@ -171,6 +176,7 @@ def test_a_cold_call_builds_each_missing_image_once(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(images.shutil, "which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(images, "ensure_base", lambda buildah, log: images.base_ref())
     monkeypatch.setattr(images, "build_image", fake_build)
+    monkeypatch.setattr(images, "prune_store", lambda buildah: None)
     first = images.build_all(tmp_path, ROOT, log=lambda _: None)
     second = images.build_all(tmp_path, ROOT, log=lambda _: None)
     assert built == ["operator", "trainer"]
@@ -196,3 +202,57 @@ def test_an_error_is_one_line_and_no_refs(tmp_path: Path, capsys: pytest.Capture
     assert kubetune_main(["dev", "images", "build", "--dir", str(tmp_path), "--cache", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "no cluster" in captured.err
+
+
+class FakeBuildah:
+    """Records buildah calls; `push` writes the archive, `images`/`inspect` answer from `store`."""
+
+    def __init__(self, cache: Path, store: dict[str, tuple[list[str], list[str]]] | None = None) -> None:
+        self.cache, self.store, self.calls = cache, store or {}, []  # store: id -> (names, diff_ids)
+
+    def stream(self, args: list[str], log_file: Path, log: object) -> None:
+        self.calls.append(["bud", *args[1:]])
+
+    def __call__(self, *args: str) -> str:
+        self.calls.append(list(args))
+        if args[0] == "push":
+            Path(args[-1].split(":")[1]).write_bytes(b"archive")
+        if args[0] == "images":
+            return json.dumps([{"id": i, "names": names} for i, (names, _) in self.store.items()])
+        if args[0] == "inspect":
+            return json.dumps({"OCIv1": {"rootfs": {"diff_ids": self.store[args[-1]][1]}}})
+        return ""
+
+
+def test_a_build_replaces_the_archive_of_its_own_checkout_only(tmp_path: Path) -> None:
+    trainer = next(i for i in IMAGES if i.name == "trainer")
+    mine, theirs, unknown, unused = (tmp_path / f"trainer-{k * 12}.tar" for k in "abce")
+    for archive, checkout in ((mine, ROOT), (theirs, Path("/elsewhere")), (unknown, None), (unused, Path("/old"))):
+        archive.write_bytes(b"old")
+        if checkout:
+            archive.with_suffix(".json").write_text(json.dumps({"checkout": str(checkout)}))
+    (tmp_path / "trainer-ffffffffffff.json").write_text("{}")  # its archive is gone
+    week_ago = time.time() - images.UNUSED_DAYS * 86400 - 60
+    os.utime(unused, (week_ago, week_ago))
+    fake = FakeBuildah(tmp_path)
+    new = images.build_image(fake, ROOT, trainer, "base:1", "d" * 64, log=lambda _: None)  # type: ignore[arg-type]
+    assert new.read_bytes() == b"archive"
+    assert json.loads(new.with_suffix(".json").read_text()) == {"ref": trainer.ref("d" * 64), "checkout": str(ROOT)}
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == sorted([theirs.name, unknown.name, new.name])
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted([theirs.with_suffix(".json").name,
+                                                                      new.with_suffix(".json").name])
+    assert ["rmi", "localhost/kubetune/trainer:" + "a" * 12] in fake.calls
+    bud = fake.calls[0]
+    assert bud[bud.index("--build-arg"):][:2] == ["--build-arg", "BASE_IMAGE=base:1"] and bud[-1] == str(ROOT)
+
+
+def test_the_store_keeps_what_tagged_images_build_on(tmp_path: Path) -> None:
+    fake = FakeBuildah(tmp_path, {
+        "base": (["localhost/kubetune/base-bookworm:1"], ["l0"]),
+        "deps-now": ([], ["l0", "l1"]),  # an intermediate image of the tagged trainer: the layer cache
+        "trainer": (["localhost/kubetune/trainer:1"], ["l0", "l1", "l2"]),
+        "deps-before": ([], ["l0", "l9"]),  # a dependency layer no tagged image uses any more
+        "code-before": ([], ["l0", "l9", "l8"]),
+    })  # fmt: skip
+    images.prune_store(fake)  # type: ignore[arg-type]
+    assert [c[1] for c in fake.calls if c[0] == "rmi"] == ["deps-before", "code-before"]
