@@ -230,7 +230,7 @@ def import_image(ctr: Path, socket: Path, archive: Path) -> None:
     # The unpacked snapshot is what containers run from; the layer blobs would only double the disk
     # a 6 GB trainer image takes, so the garbage collector may drop them.
     proc = subprocess.run([str(ctr), "--address", str(socket), "--namespace", K8S_NAMESPACE, "images", "import",
-                           "--discard-unpacked-layers", str(archive)], capture_output=True, text=True)
+                           "--local", "--discard-unpacked-layers", str(archive)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ctr images import {archive}: {proc.stderr.strip() or proc.stdout.strip()}")
 
