@@ -189,3 +189,12 @@ def test_storage_failures_end_the_run_before_training(case, s3_env, tmp_path, mo
         if path.is_file():
             text = path.read_text(errors="replace")
             assert not [s for s in secrets if s in text], path
+
+
+def test_sdk_text_is_scrubbed_of_every_credential(monkeypatch):
+    # should an SDK error ever echo a credential, the message the job ends with (status, Events) does not
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret-value-123")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "planted-session-token-456")
+    err = OSError("AWS Error UNKNOWN: signing with planted-secret-value-123 / planted-session-token-456 failed")
+    message = str(storage.explain(err, "s3://b/k", doing="cannot read"))
+    assert message.startswith("cannot read s3://b/k: ") and "planted" not in message and "***" in message
