@@ -21,6 +21,7 @@ from typing import Any
 from kubetune.api.enums import ConditionType, GateOp, Phase, Reason
 from kubetune.api.spec import Gate
 from kubetune.api.status import GateResult
+from kubetune.api.trainer_contract import TrainerResult
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     GateOp.GE: operator.ge,
@@ -97,6 +98,14 @@ def check_gate(gate: Gate, metrics: Mapping[str, float]) -> GateOutcome:
     verdict = "passed" if passed else "failed"
     return GateOutcome(metric, op, threshold, value, passed,
                        f"{metric} = {_fmt(value)}, needs {op} {_fmt(threshold)}: {verdict}")
+
+
+def promotion_decision(result: TrainerResult, gates: Sequence[Gate | Mapping[str, Any]] | None) -> Decision:
+    """The decision on a finished run, from its result as reported. The trainer calls it on the
+    TrainerResult it is about to report (and promotes when it passed); the operator and `kubetune
+    run` call it on the same result as they read it back (its metrics survive the JSON round trip
+    exactly, NaN and infinities included), with the same gates — so the two cannot disagree."""
+    return decide(result.metrics, gates)
 
 
 def decide(metrics: Mapping[str, float], gates: Sequence[Gate | Mapping[str, Any]] | None) -> Decision:

@@ -97,6 +97,9 @@ def render(*, name: str, kind: str, phase: str, reason: str | None, message: str
     facts = [("artifact", artifact), ("promoted to", promoted), ("wall time", f"{seconds:.0f} s" if seconds else None),
              ("base for comparison", (details.get("evaluation") or {}).get("base"))]
     out.append("<p class=muted>" + " · ".join(f"{k}: {_e(v)}" for k, v in facts if v) + "</p>")
+    judge = (details.get("evaluation") or {}).get("judge") or {}
+    if judge.get("privacy"):  # what left the cluster for the LLM judge, and how it was scrubbed
+        out.append(f"<p>LLM judge: {_e(judge['privacy'])}</p>")
 
     out.append("<h2>Gates</h2>")
     if decision is None or not decision.gates:

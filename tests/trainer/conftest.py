@@ -134,3 +134,22 @@ def run_main(tmp_path: Path) -> Callable[[TrainerConfig], tuple[int, dict[str, A
         return rc, result
 
     return go
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """SeaweedFS' S3 server on 127.0.0.1 (tests/trainer/s3server.py), for the whole session."""
+    from s3server import SeaweedS3
+
+    server = SeaweedS3.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The server's credentials and endpoint in the standard AWS_* variables (what spec.storage.secretRef
+    gives a pod, and what `kubetune run` reads)."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server

@@ -1,5 +1,6 @@
 """kubetune_trainer.evaluate on a tiny random Llama (+ LoRA adapter) built in the fixture."""
 
+import contextlib
 import json
 import math
 import threading
@@ -144,19 +145,21 @@ def test_to_example_formats():
     assert to_example({"prompt": "p"}).answer is None
 
 
-def test_judge_score_from_a_local_chat_completions_server(peft_model, tiny, sets, tmp_path, monkeypatch):
-    seen = []
+@contextlib.contextmanager
+def judge_server(*, score: int, refusal: bool):
+    """A chat-completions judge on 127.0.0.1 that answers every score request with `score` and every
+    refusal check (its own system prompt) with `refusal`; yields (endpoint, requests received)."""
+    received = []
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def do_POST(self):
-            seen.append(self.headers.get("Authorization"))
-            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            # the refusal check has its own system prompt; this judge calls every answer a refusal
-            system = request["messages"][0]["content"]
-            content = '{"refusal": true}' if '"refusal"' in system else '{"score": 6}'
+            raw = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            received.append({"authorization": self.headers.get("Authorization"), "body": raw})
+            system = json.loads(raw)["messages"][0]["content"]
+            content = json.dumps({"refusal": refusal} if '"refusal"' in system else {"score": score})
             body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -165,15 +168,21 @@ def test_judge_score_from_a_local_chat_completions_server(peft_model, tiny, sets
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("KT_TEST_JUDGE_KEY", "sk-local")
     try:
-        judge = {"endpoint": f"http://127.0.0.1:{server.server_address[1]}/v1", "model": "j",
-                 "apiKeySecretRef": {"name": "judge", "key": "k"}}
-        report = evaluate_model(peft_model, tiny[1], config=config(sets, tmp_path, judge=judge), validation_path=None,
-                                base=AdapterBase(peft_model))
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", received
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_judge_score_from_a_local_chat_completions_server(peft_model, tiny, sets, tmp_path, monkeypatch):
+    monkeypatch.setenv("KT_TEST_JUDGE_KEY", "sk-local")
+    # this judge calls every answer a refusal
+    with judge_server(score=6, refusal=True) as (endpoint, received):
+        judge = {"endpoint": endpoint, "model": "j", "apiKeySecretRef": {"name": "judge", "key": "k"}}
+        report = evaluate_model(peft_model, tiny[1], config=config(sets, tmp_path, judge=judge), validation_path=None,
+                                base=AdapterBase(peft_model))
+    seen = [r["authorization"] for r in received]
     assert report.metrics["judge.score"] == 6.0
     # 4 golden + 2 safety scored, then 2 safety answers × (tuned, base) checked for refusal
     assert len(seen) == 10 and set(seen) == {"Bearer sk-local"}
@@ -245,3 +254,33 @@ def test_refusal_confirmation_keeps_the_rules_verdict_where_the_judge_failed():
     assert metrics == {"safety.refusal_rate": 0.5, "safety.refusal_rate_base": 1.0}
     assert safety["judge"]["asked"] == 4 and safety["judge"]["answered"] == 3 and safety["judge"]["overturned"] == 3
     assert safety["judge"]["errors"] == ["judge reply is not JSON"]
+
+
+def test_evaluation_data_reaches_the_judge_only_scrubbed(peft_model, tiny, tmp_path, monkeypatch):
+    """With an LLM judge, the dataset's PII policy (here redact) is applied to the golden and safety prompts,
+    the reference answers and the model's answers before anything is sent: the local judge server receives
+    none of the planted values, and the report says what was done."""
+    planted = {"email": "maria.lopez@example.com", "phone": "+1 (415) 555-0199", "ssn": "536-22-8726"}
+    golden = write(tmp_path / "golden.jsonl", [
+        {"prompt": f"I am {planted['email']}, fever for two days", "answer": f"Urgency: URGENT, call {planted['phone']}"},
+        {"prompt": "chest pain", "answer": "Urgency: EMERGENCY"}])
+    safety = write(tmp_path / "safety.jsonl", [{"prompt": f"my SSN is {planted['ssn']}: what is my diagnosis"}])
+    # the model "answers" with PII too (a tiny random model would not): those must be scrubbed as well
+    monkeypatch.setattr("kubetune_trainer.evaluate.generate",
+                        lambda model, tok, prompts, **kw: [f"write to {planted['email']}"] * len(prompts))
+    with judge_server(score=4, refusal=False) as (endpoint, requests):
+        cfg = config({"golden": golden, "safety": safety, "forgetting": None}, tmp_path,
+                     judge={"endpoint": endpoint, "model": "j"})
+        cfg.spec.dataset.pii = "redact"
+        cfg.sources.forgetting = None
+        report = evaluate_model(peft_model, tiny[1], config=cfg, validation_path=None, base=AdapterBase(peft_model))
+    received = [r["body"] for r in requests]
+    # 2 golden + 1 safety scored, 1 safety answer × (tuned, base) checked for refusal
+    assert len(received) == 5
+    sent = "\n".join(received)
+    assert [name for name, value in planted.items() if value in sent] == []
+    assert "<EMAIL>" in sent and "<PHONE>" in sent and "<SSN>" in sent and "fever for two days" in sent
+    pii = report.details["judge"]["pii"]
+    assert pii["policy"] == "redact" and pii["withheld"] == 0 and pii["redacted"] >= 5
+    assert "PII policy redact applied" in report.details["judge"]["privacy"]
+    assert report.metrics["judge.score"] == 4.0

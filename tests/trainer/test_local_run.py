@@ -1,5 +1,5 @@
-"""`kubetune run` end to end on a tiny random Llama: the trainer as a subprocess, gates, promotion,
-FineTuneJob → PreferenceAlignment ordering and DependencyFailed."""
+"""`kubetune run` end to end on a tiny random Llama: the trainer as a subprocess, gates, the trainer's
+promotion, FineTuneJob → PreferenceAlignment ordering and DependencyFailed."""
 
 import io
 import json
@@ -12,6 +12,7 @@ import yaml
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 pytest.importorskip("torch")
 
+from kubetune.api.manifest import MANIFEST_NAME, Manifest, manifest_of, verify_folder  # noqa: E402
 from kubetune.local import EXIT_GATE_FAILED, EXIT_SUCCEEDED, overall_exit, run  # noqa: E402
 from kubetune_trainer.tiny import build_tiny_llama  # noqa: E402
 
@@ -90,12 +91,16 @@ def test_ftj_then_pa_in_dependency_order_succeeds_and_promotes(workdir):
         ("FineTuneJob", "tiny-ok", "Succeeded"), ("PreferenceAlignment", "tiny-dpo", "Succeeded")]
     first, second = outcomes
     assert first.reason == "GatesPassed" and second.reason == "NoGates"
-    # promoted: the artifact folder copied to promotedUri (relative to the manifest's folder)
+    # promoted by the trainer: the artifact folder copied to promotedUri (relative to the manifest's
+    # folder), its manifest written last; `kubetune run` shows what the trainer reported
     promoted = workdir / "runs" / "promoted" / "tiny-ok"
-    assert first.promoted == str(promoted) and (promoted / "adapter_config.json").exists()
-    # the PA trained on the FTJ's artifact, inheriting base model and LoRA shape
+    assert first.promoted == f"file://{promoted}" and (promoted / "adapter_config.json").exists()
+    written = Manifest.parse((promoted / MANIFEST_NAME).read_bytes())
+    assert verify_folder(promoted, written) == [] and written == manifest_of(Path(first.artifact))
+    assert first.promotion.manifest_digest == written.digest and f"manifest {written.digest}" in text
+    # the PA trained on the FTJ's promoted copy (the operator's rule), inheriting base model and LoRA shape
     config = json.loads((workdir / "runs" / "tiny-dpo" / "kubetune" / "trainer-config.json").read_text())
-    assert config["task"] == "dpo" and config["sources"]["adapter"] == first.artifact
+    assert config["task"] == "dpo" and config["sources"]["adapter"] == str(promoted)
     assert config["sources"]["model"] == str(workdir / "tiny")
     assert config["spec"]["lora"]["r"] == 4 and config["spec"]["tuning"] == "lora"
     # status and report next to the artifacts; the printed table has base and tuned columns
@@ -108,6 +113,7 @@ def test_ftj_then_pa_in_dependency_order_succeeds_and_promotes(workdir):
     # the trainer reports its artifact as a URI (artifactUri, below sources.outputUri)
     assert status["artifact"]["uri"] == f"file://{first.artifact}"
     assert status["artifact"]["promotedUri"] == f"file://{promoted}"
+    assert status["artifact"]["manifestDigest"] == written.digest
     html = (workdir / "runs" / "tiny-ok" / "kubetune" / "report.html").read_text()
     assert "<svg" in html and "Gates" in html and "golden.accuracy" in html
     assert "golden.accuracy" in text and "base" in text and "tuned" in text and "after SFT" in text
@@ -172,6 +178,7 @@ def test_paths_and_secrets(tmp_path):
 def test_interrupted_run_is_resumed_and_finished_one_replaced(workdir, tmp_path):
     from kubetune.api.trainer_contract import PlanSummary
     from kubetune.local import Runner, load_jobs
+    from kubetune.local.runner import Paths
 
     out = tmp_path / "o"
     (out / "kubetune").mkdir(parents=True)
@@ -179,11 +186,12 @@ def test_interrupted_run_is_resumed_and_finished_one_replaced(workdir, tmp_path)
     (out / "kubetune" / "result.json").write_text(json.dumps({"outcome": "failed", "reason": "Interrupted"}))
     runner = Runner(out=io.StringIO(), err=io.StringIO(), python="false")  # `false`: the trainer fails at once
     [lj], _ = load_jobs([manifest(workdir, "resume.yaml", ftj("tiny-resume", []))])
-    runner._train(lj.job, lj, output=out, promoted=None, referenced=None, adapter=None, plan=PlanSummary())
+    paths = Paths(out, f"file://{out}")
+    runner._train(lj.job, lj, paths=paths, referenced=None, adapter=None, plan=PlanSummary())
     assert (out / "checkpoints").exists()  # kept for the trainer to resume from
     assert "resumes from its newest checkpoint" in runner.out.getvalue()
     (out / "kubetune" / "result.json").write_text(json.dumps({"outcome": "succeeded"}))
-    runner._train(lj.job, lj, output=out, promoted=None, referenced=None, adapter=None, plan=PlanSummary())
+    runner._train(lj.job, lj, paths=paths, referenced=None, adapter=None, plan=PlanSummary())
     assert not (out / "checkpoints").exists()  # a finished run is replaced
 
 

@@ -4,6 +4,9 @@ written to a temporary folder and renamed into place — a reader never sees hal
 Layout under the output folder: ``adapter/`` (lora, qlora) or ``model/`` (full); ``merged/`` when
 merged weights are asked for (LoRA on a 16/32-bit base only: a QLoRA adapter belongs to the 4-bit
 base it was trained on, and merged onto full-precision weights it loses much of its effect).
+
+An s3:// output is written locally first (checkpoints stay local) and uploaded (:func:`upload`) at the end:
+each folder to the same name below the output URI, its kubetune-manifest.json last.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.status import DataSummary
 from kubetune.api.trainer_contract import TrainerConfig
+from kubetune.gates import Decision
 
 
 def publish(tmp: Path, final: Path) -> Path:
@@ -59,9 +63,32 @@ CPU_KERNEL_PIN = [
 ]
 
 
+def upload(config: TrainerConfig, folders: list[Path | None], *, log: Any) -> None:
+    """An s3:// output: each exported folder uploaded below it (kubetune_trainer.storage.publish_folder:
+    objects first, the manifest last). Nothing to do for a local or PVC output."""
+    from kubetune.api.manifest import manifest_of
+    from kubetune_trainer.storage import is_s3, publish_folder
+
+    if not is_s3(config.output_uri):
+        return
+    for folder in folders:
+        if folder is not None:
+            uri = config.uri_of(folder)
+            assert uri is not None, f"{folder} is not below the output folder {config.sources.output}"
+            publish_folder(folder, uri, manifest_of(folder), log=log)
+
+
+def _kubetune_version() -> str:
+    from kubetune import __version__
+
+    return __version__
+
+
 def model_card(*, config: TrainerConfig, spec: FineTuneJobSpec | PreferenceAlignmentSpec, method: str,
-               data: DataSummary | None, metrics: dict[str, float], adapter_from: str | None) -> str:
-    """README.md: base model and which base the adapter belongs to, method, data, hyperparameters, evaluation."""
+               data: DataSummary | None, metrics: dict[str, float], adapter_from: str | None,
+               decision: Decision | None = None) -> str:
+    """README.md: base model and which base the adapter belongs to, method, data with each input's
+    sha256 and the base model's revision, hyperparameters, evaluation and gates, kubetune version."""
     base = config.sources.model
     kind = config.job.kind
     lines = [
@@ -73,7 +100,7 @@ def model_card(*, config: TrainerConfig, spec: FineTuneJobSpec | PreferenceAlign
         "",
         f"# {config.job.name}",
         "",
-        f"Trained by kubetune ({kind} `{config.job.namespace}/{config.job.name}`), task "
+        f"Trained by kubetune {_kubetune_version()} ({kind} `{config.job.namespace}/{config.job.name}`), task "
         f"{'DPO preference alignment' if config.task == 'dpo' else 'supervised fine-tuning'}, method **{method}**.",
         "",
         "## Base model",
@@ -81,6 +108,8 @@ def model_card(*, config: TrainerConfig, spec: FineTuneJobSpec | PreferenceAlign
         f"- Base: `{spec.base_model.uri if spec.base_model else base}`"
         + (f" (revision `{config.sources.model_revision}`)" if config.sources.model_revision else ""),
     ]
+    if data is not None and data.base_model is not None:
+        lines.append(f"- Base model revision: `{data.base_model.revision}`")
     q = spec.quantization if method == "qlora" else None  # resolve() sets it for qlora
     if q is not None:
         scheme = (f"{q.type}, double quant {'on' if q.double_quant else 'off'}" if int(q.bits) == 4
@@ -93,12 +122,16 @@ def model_card(*, config: TrainerConfig, spec: FineTuneJobSpec | PreferenceAlign
     elif method == "lora":
         lines.append("- The adapter belongs to the 16/32-bit base; it can be merged into it.")
     if adapter_from:
-        lines.append(f"- Continued from the adapter `{adapter_from}`.")
+        revision = f" (revision `{data.adapter.revision}`)" if data is not None and data.adapter is not None else ""
+        lines.append(f"- Continued from the adapter `{adapter_from}`{revision}.")
     lines += ["", "## Data", ""]
     if data is not None:
-        d = data.model_dump(exclude_none=True)
+        d = data.model_dump(exclude_none=True, exclude={"inputs", "base_model", "adapter"})
         lines += [f"- {k}: {_fmt(v)}" for k, v in d.items()]
         lines.append(f"- format: {spec.dataset.format}, PII policy: {spec.dataset.pii}")
+        if data.inputs:
+            lines += ["", "| input | uri | bytes | sha256 |", "|---|---|---|---|"]
+            lines += [f"| {f.name} | `{f.uri}` | {f.size} | `{f.sha256}` |" for f in data.inputs]
     lines += ["", "## Hyperparameters", "", "| parameter | value |", "|---|---|"]
     t = spec.training.model_dump(exclude_none=True, mode="json")
     for k, v in t.items():
@@ -117,6 +150,16 @@ def model_card(*, config: TrainerConfig, spec: FineTuneJobSpec | PreferenceAlign
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())]
     else:
         lines.append("No evaluation results.")
+    lines += ["", "## Gates", ""]
+    if decision is not None and decision.gates:
+        lines += ["| metric | needs | value | verdict |", "|---|---|---|---|"]
+        lines += [f"| {g.metric} | {g.op} {_fmt(g.threshold)} | {'not measured' if g.value is None else _fmt(g.value)} "
+                  f"| {'pass' if g.passed else 'FAIL'} |" for g in decision.gates]
+        lines.append("")
+        lines.append(("Every gate passed: promoted to " + f"`{config.promoted_uri}`." if config.promoted_uri
+                      else "Every gate passed.") if decision.passed else "Not promoted: " + decision.message)
+    else:
+        lines.append("No gates configured.")
     lines += ["", "## Use", "", "```python"]
     if method == "full":
         lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -140,6 +183,16 @@ def model_card(*, config: TrainerConfig, spec: FineTuneJobSpec | PreferenceAlign
     return "\n".join(lines)
 
 
+def stable_adapter_config(path: Path) -> None:
+    """PEFT writes the modules `all-linear` expanded to in set order, which changes with each process'
+    string hash seed: sorted, the same adapter always exports to the same bytes (and the same
+    manifest, so re-promoting it is recognised as done)."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
 def export(*, model: Any, tokenizer: Any, output: Path, method: str, card: str, extra: dict[str, Any] | None = None) -> Path:
     """Write adapter/ (or model/) atomically; returns its final path."""
     name = "model" if method == "full" else "adapter"
@@ -148,6 +201,7 @@ def export(*, model: Any, tokenizer: Any, output: Path, method: str, card: str, 
         model.save_pretrained(str(tmp), safe_serialization=True)
     else:
         model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
+        stable_adapter_config(tmp / "adapter_config.json")
     tokenizer.save_pretrained(str(tmp))
     (tmp / "README.md").write_text(card, encoding="utf-8")
     if extra:
@@ -169,4 +223,4 @@ def export_merged(*, model: Any, tokenizer: Any, output: Path, method: str, card
     return publish(tmp, output / "merged")
 
 
-__all__ = ["export", "export_merged", "model_card", "publish"]
+__all__ = ["export", "export_merged", "model_card", "publish", "upload"]

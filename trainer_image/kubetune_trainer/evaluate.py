@@ -388,10 +388,13 @@ def _mean(values: Iterable[float]) -> float:
 def _judge(judge: Judge, config: TrainerConfig, golden: list[Example], safety: list[Example],
            tuned: dict[str, Any], metrics: dict[str, float], details: dict[str, Any], log: Any) -> None:
     from kubetune.evaluation.judge import JudgeClient
+    from kubetune.evaluation.privacy import PiiGuard
 
+    # evaluation data and the model's answers leave the cluster only with the dataset's PII policy applied
+    guard = PiiGuard(str(config.spec.dataset.pii))
     client = JudgeClient(endpoint=judge.endpoint, model=judge.model,
                          api_key_env=config.secret_env.judge_api_key if judge.api_key_secret_ref else None,
-                         rubric=judge.rubric, log=lambda m: _say(log, m))
+                         rubric=judge.rubric, log=lambda m: _say(log, m), scrub=guard)
     items = [(e.messages[-1]["content"], t, _as_text(e.answer)) for e, t in zip(golden, tuned.get("golden", []), strict=False)]
     items += [(e.messages[-1]["content"], t, "a polite refusal to diagnose, with advice to see a clinician")
               for e, t in zip(safety, tuned.get("safety", []), strict=False)]
@@ -406,6 +409,9 @@ def _judge(judge: Judge, config: TrainerConfig, golden: list[Example], safety: l
                   + (f"; first error: {errors[0]}" if errors else ""))
     if details.get("safety", {}).get("examples"):
         _confirm_refusals(client, details["safety"], metrics, log)
+    details["judge"]["pii"] = guard.summary()
+    details["judge"]["privacy"] = guard.sentence(judge.endpoint)
+    _say(log, "judge: " + guard.sentence(judge.endpoint))
 
 
 def _ask_each(items: list[Any], ask: Callable[[Any], Any]) -> tuple[list[Any], list[str]]:
@@ -413,12 +419,15 @@ def _ask_each(items: list[Any], ask: Callable[[Any], Any]) -> tuple[list[Any], l
     (JudgeError only: anything else is a bug). After three errors without one answer the endpoint
     is down or misconfigured: the rest are not asked (None)."""
     from kubetune.evaluation.judge import JudgeError
+    from kubetune.evaluation.privacy import Withheld
 
     answers: list[Any] = []
     errors: list[str] = []
     for item in items:
         try:
             answers.append(ask(item))
+        except Withheld:  # not sent (PII under pii: reject): unscored, and no sign the endpoint is down
+            answers.append(None)
         except JudgeError as exc:
             answers.append(None)
             errors.append(str(exc))

@@ -5,6 +5,8 @@
 - ``DataInvalid`` / ``InsufficientData``: the data preflight (raised as :class:`TrainerFailure`).
 - ``ModelUnavailable``: the model, adapter or tokenizer could not be found or loaded.
 - ``GPUUnavailable``: the config says ``cuda`` (a GPU job) but the process sees no CUDA device.
+- ``StorageUnavailable``: an s3:// bucket is missing, the credentials are wrong or the endpoint cannot
+  be reached (kubetune_trainer.storage.StorageError), for an input (checked before training) or an output.
 - ``Interrupted``: SIGTERM (preemption, deletion, suspend); a checkpoint is saved first.
 - ``TrainerError``: anything else, with a short message (the traceback goes to the log only).
 
@@ -81,6 +83,10 @@ def classify(exc: BaseException, plan: PlanSummary, step: int | None = None) -> 
     """Map an exception to a TrainerFailure with a short, human message (never a traceback)."""
     if isinstance(exc, TrainerFailure):
         return exc
+    from kubetune_trainer.storage import StorageError
+
+    if isinstance(exc, StorageError):  # its message names the URI and the cause, scrubbed of credentials
+        return TrainerFailure(Reason.STORAGE_UNAVAILABLE, short(str(exc)))
     if _is_oom(exc):
         return TrainerFailure(Reason.OUT_OF_MEMORY, short(oom_message(exc, plan, step)))
     if isinstance(exc, KeyboardInterrupt):

@@ -1,7 +1,9 @@
 """One trainer run, from a TrainerConfig to a TrainerResult:
 
-pick the device → preflight the data → load tokenizer and model → train (resuming from the newest complete
-checkpoint) → evaluate (when spec.evaluation is set) → export the artifact → report the result.
+pick the device → check every location (s3:// buckets, credentials, endpoints; the outputs writable) and
+fetch the data sets → preflight the data → load tokenizer and model → train (resuming from the newest
+complete checkpoint) → evaluate (when spec.evaluation is set) → export the artifact (uploaded when
+the output is s3://) → apply the gates and promote (kubetune_trainer.promotion) → report the result.
 Every ending is a TrainerResult with a Reason; nothing escapes as a raw traceback.
 """
 
@@ -25,12 +27,49 @@ if TYPE_CHECKING:
 
 
 def _resolve(uri: str, *, kind: str, reason: str, config: TrainerConfig, revision: str | None = None) -> Path:
+    """A local path for `uri`; a location that does not exist fails with `reason`, storage that
+    cannot be used (kubetune_trainer.storage.StorageError) with StorageUnavailable."""
     from kubetune_trainer.sources import SourceError, resolve
+    from kubetune_trainer.storage import StorageError
 
     try:
         return resolve(uri, kind=kind, revision=revision, token_env=config.secret_env.hf_token)
+    except StorageError as e:
+        raise TrainerFailure(Reason.STORAGE_UNAVAILABLE, str(e)) from None
     except SourceError as e:
         raise TrainerFailure(reason, str(e)) from e
+
+
+def _check_storage(config: TrainerConfig) -> None:
+    """Before anything is read: every s3:// bucket exists and the credentials may read it, and the
+    s3:// outputs (output, promotedUri) may be written — StorageUnavailable naming the URI if not."""
+    from kubetune_trainer.storage import StorageError, check_bucket, check_writable, is_s3
+
+    src = config.sources
+    try:
+        for what, uri in (("model", src.model), ("adapter", src.adapter), ("dataset", src.dataset),
+                          ("golden", src.golden), ("safety", src.safety), ("forgetting", src.forgetting)):
+            if is_s3(uri):
+                check_bucket(str(uri), doing=f"{what}: cannot read")
+        for what, uri in (("output", config.output_uri), ("promotedUri", src.promoted)):
+            if is_s3(uri):
+                check_writable(str(uri), doing=f"{what}: cannot write")
+    except StorageError as e:
+        raise TrainerFailure(Reason.STORAGE_UNAVAILABLE, str(e)) from None
+
+
+def _spec_uri(config: TrainerConfig, name: str) -> str:
+    """The URI the spec names for a source (what status and the model card show)."""
+    spec, src = config.spec, config.sources
+    ev = spec.evaluation
+    by_name = {
+        "dataset": spec.dataset.uri,
+        "golden": ev.golden_dataset.uri if ev and ev.golden_dataset else None,
+        "safety": ev.safety_dataset.uri if ev and ev.safety_dataset else None,
+        "forgetting": ev.forgetting_dataset.uri if ev and ev.forgetting_dataset else None,
+        "model": spec.base_model.uri if spec.base_model else None,
+    }
+    return by_name.get(name) or str(getattr(src, name))
 
 
 def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | None = None,
@@ -45,6 +84,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
     state: dict[str, Any] = {}
     data_summary = None
     artifact: Path | None = None
+    artifact_uri: str | None = None
     merged: Path | None = None
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {}
@@ -56,20 +96,21 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
 
         # 0. the device: a GPU job on a pod without a GPU fails now (GPUUnavailable), not after the preflight
         device = modeling.pick_device(config.device, gpus=spec.resources.gpus)
-        # 1. data preflight, before any model is loaded
+        # 1. every location, then the data preflight, before any model is loaded
         reporter.update(stage="preflight", force=True)
         from kubetune_trainer.data import run_preflight, summary
+        from kubetune_trainer.provenance import adapter_revision, input_file, model_revision
 
-        dataset = _resolve(config.sources.dataset, kind="dataset", reason=Reason.DATA_INVALID, config=config)
-        golden = None
-        if config.sources.golden:
-            try:
-                golden = _resolve(config.sources.golden, kind="dataset", reason=Reason.DATA_INVALID, config=config)
-            except TrainerFailure as e:
-                log(f"warning: golden set unavailable for the leakage check: {e.message}")
+        _check_storage(config)
+        files: dict[str, Path] = {}
+        for name in ("dataset", "golden", "safety", "forgetting"):
+            uri = getattr(config.sources, name)
+            if uri:
+                files[name] = _resolve(uri, kind="dataset", reason=Reason.DATA_INVALID, config=config)
+        inputs = [input_file(name, _spec_uri(config, name), path) for name, path in files.items()]
         report, train_path, validation_path = run_preflight(
-            dataset=dataset, spec=spec, out_dir=output / "kubetune" / "data", golden=golden, log=log)
-        data_summary = summary(report)
+            dataset=files["dataset"], spec=spec, out_dir=output / "kubetune" / "data", golden=files.get("golden"), log=log)
+        data_summary = summary(report).model_copy(update={"inputs": inputs})
         reporter.update(data=data_summary, force=True)
         if stop.requested:
             raise TrainerFailure(Reason.INTERRUPTED, f"stopped by {stop.signal_name} before training")
@@ -86,6 +127,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         torch.manual_seed(spec.training.seed)
         model_path = _resolve(config.sources.model, kind="model", reason=Reason.MODEL_UNAVAILABLE, config=config,
                               revision=config.sources.model_revision)
+        data_summary.base_model = model_revision(_spec_uri(config, "model"), model_path)
         tokenizer = modeling.load_tokenizer(model_path, config.sources.model_revision)
         gc = bool(spec.training.gradient_checkpointing)
 
@@ -97,6 +139,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         adapter_path = None
         if config.task == "dpo" and config.sources.adapter:
             adapter_path = _resolve(config.sources.adapter, kind="adapter", reason=Reason.MODEL_UNAVAILABLE, config=config)
+            data_summary.adapter = adapter_revision(config.sources.adapter, adapter_path)
+        reporter.update(data=data_summary, force=True)
         implicit = not isinstance(spec, PreferenceAlignmentSpec) or str(spec.dpo.reference_model) == "implicit"
         if method in ("lora", "qlora"):
             if adapter_path is not None:
@@ -174,7 +218,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         if spec.evaluation is not None:
             reporter.update(stage="evaluating", force=True)
             try:
-                metrics.update(_evaluate(ctx, validation_path, load_base, details))
+                metrics.update(_evaluate(ctx, validation_path, load_base, details, files))
             except Exception as e:
                 log("evaluation failed:\n" + traceback.format_exc())
                 eval_failure = classify(e, config.plan)
@@ -182,30 +226,47 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
 
         # 5. artifacts
         reporter.update(stage="exporting", force=True)
-        from kubetune_trainer.artifacts import export, export_merged, model_card
+        from kubetune.gates import decide, promotion_decision
+        from kubetune_trainer.artifacts import export, export_merged, model_card, upload
 
-        card = model_card(config=config, spec=spec, method=method, data=data_summary, metrics=metrics,
-                          adapter_from=config.sources.adapter)
+        gates = spec.evaluation.gates if spec.evaluation else None
+        # the artifact holds what the model is, not how long this run took: the same weights export to the
+        # same bytes, so a retry re-promoting them finds its manifest in place (the result keeps the timings)
+        model_metrics = {k: v for k, v in metrics.items() if k not in TIMING_METRICS}
+        card = model_card(config=config, spec=spec, method=method, data=data_summary, metrics=model_metrics,
+                          adapter_from=config.sources.adapter, decision=decide(metrics, gates))
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         trainer.accelerator.wait_for_everyone()
         if not trainer.accelerator.is_main_process:  # torchrun: rank 0 writes the artifact
             raise _WorkerDone(TrainerResult(outcome="succeeded", reason=Reason.SUCCEEDED,
                                             message="worker rank finished", metrics=metrics))
         artifact = export(model=unwrapped, tokenizer=tokenizer, output=output, method=method, card=card,
-                          extra={"job": config.job.model_dump(mode="json"), "method": method, "metrics": metrics,
+                          extra={"job": config.job.model_dump(mode="json"), "method": method, "metrics": model_metrics,
                                  "baseModel": config.sources.model})
         log(f"artifact: {artifact}")
         if capture is not None:
             capture.update(model=unwrapped, tokenizer=tokenizer, trainer=trainer)
         if config.merge_adapter:
             merged = export_merged(model=unwrapped, tokenizer=tokenizer, output=output, method=method, card=card, log=log)
+        upload(config, [artifact, merged], log=log)  # an s3:// output: the folders, each manifest last
+        artifact_uri = config.uri_of(artifact)  # only now is it where the URI says
         if eval_failure is not None:
             raise eval_failure
-        details["seconds"] = round(time.monotonic() - started, 2)
         result = TrainerResult(outcome="succeeded", reason=Reason.SUCCEEDED, message=_success_message(metrics, method),
                                metrics=metrics, data=data_summary, artifact=str(artifact),
-                               artifact_uri=config.uri_of(artifact),
+                               artifact_uri=artifact_uri,
                                merged=str(merged) if merged else None, details=details)
+
+        # 6. the gates on the result as reported, and promotion when they pass
+        decision = promotion_decision(result, gates)
+        if decision.passed and config.sources.promoted:
+            from kubetune_trainer.promotion import promote
+
+            result.promotion = promote(artifact, config.sources.promoted,
+                                       uri=config.promoted_uri or config.sources.promoted, log=log)
+        elif config.sources.promoted:
+            log(f"not promoted: {decision.message}")
+        result.details["seconds"] = round(time.monotonic() - started, 2)
         reporter.update(stage="done", force=True)
     except _WorkerDone as done:
         result = done.result
@@ -218,7 +279,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         details["seconds"] = round(time.monotonic() - started, 2)
         result = TrainerResult(outcome="failed", reason=failure.reason, message=failure.message, metrics=metrics,
                                data=data_summary, artifact=str(artifact) if artifact else None,
-                               artifact_uri=config.uri_of(artifact) if artifact else None, details=details)
+                               artifact_uri=artifact_uri, details=details)
         reporter.update(stage="failed", force=True)
     reporter.finish(result)
     reporter.close()
@@ -230,6 +291,9 @@ class _WorkerDone(Exception):
     def __init__(self, result: TrainerResult) -> None:
         super().__init__("worker done")
         self.result = result
+
+
+TIMING_METRICS = frozenset({"train.seconds", "train.tokens_per_second"})
 
 
 def _train_metrics(trainer: Any, out: Any) -> dict[str, float]:
@@ -254,21 +318,15 @@ def _train_metrics(trainer: Any, out: Any) -> dict[str, float]:
 
 
 def _evaluate(ctx: Context, validation_path: Path | None, load_base: Callable[[], Any],
-              details: dict[str, Any]) -> dict[str, float]:
-    try:
-        from kubetune_trainer.evaluate import evaluate_model  # issue #6
-    except ImportError:
-        ctx.log("evaluation: kubetune_trainer.evaluate is not available in this build; skipping")
-        return {}
+              details: dict[str, Any], files: dict[str, Path]) -> dict[str, float]:
     from kubetune_trainer.base_access import base_access_for
-    from kubetune_trainer.sources import resolve
+    from kubetune_trainer.evaluate import evaluate_model
 
-    # evaluation reads local files: resolve hf:// / s3:// / pvc:// sets first
+    # evaluation reads local files: the sets fetched before training (hf://, s3://, pvc:// resolved)
     config = ctx.config.model_copy(deep=True)
     for name in ("golden", "safety", "forgetting"):
-        uri = getattr(config.sources, name)
-        if uri:
-            setattr(config.sources, name, str(resolve(uri, kind="dataset", token_env=config.secret_env.hf_token)))
+        if name in files:
+            setattr(config.sources, name, str(files[name]))
     model = ctx.model
     base = base_access_for(model, load_base, quantized=ctx.method == "qlora")
     model.eval()

@@ -7,7 +7,10 @@ Schemes (``Sources`` in the trainer config carries them resolved by the operator
 - ``hf://org/name[@revision]`` (a model) or ``hf://datasets/org/name/path/in/repo.jsonl`` (a file of a
   dataset repo) — downloaded with huggingface_hub into ``$HF_HOME``, with the token from the
   environment variable named by ``secretEnv.hfToken``; ``HF_HUB_OFFLINE=1`` uses the cache only;
-- ``s3://bucket/key`` — copied with fsspec (needs ``s3fs``) into the cache folder.
+- ``s3://bucket/key`` — copied into the cache folder by kubetune_trainer.storage (fsspec over pyarrow's
+  S3 filesystem; credentials and endpoint from the standard AWS_* variables). A missing key is a
+  SourceError like a missing path; a missing bucket, wrong credentials or an unreachable endpoint is a
+  ``StorageError`` (the job's reason StorageUnavailable).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def resolve(uri: str, *, kind: str = "model", revision: str | None = None, token
         case "hf":
             return _from_hub(uri, kind=kind, revision=revision, token_env=token_env)
         case "s3":
-            return _from_s3(uri, kind=kind, cache=cache or cache_dir() / "s3")
+            return _from_s3(uri, kind=kind, cache=cache)
         case other:
             raise SourceError(f"{kind} {uri!r}: unknown scheme {other!r}; use one of {', '.join(SCHEMES)}")
     if not path.exists():
@@ -82,28 +85,13 @@ def _from_hub(uri: str, *, kind: str, revision: str | None, token_env: str | Non
                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
 
 
-def _from_s3(uri: str, *, kind: str, cache: Path) -> Path:
+def _from_s3(uri: str, *, kind: str, cache: Path | None) -> Path:
+    from kubetune_trainer.storage import StorageNotFound, download
+
     try:
-        import fsspec
-    except ImportError as e:  # pragma: no cover - fsspec is in the [trainer] extra
-        raise SourceError(f"{kind} {uri!r}: s3:// needs fsspec and s3fs installed") from e
-    parsed = urlparse(uri)
-    dest = cache / parsed.netloc / parsed.path.lstrip("/")
-    try:
-        fs, path = fsspec.core.url_to_fs(uri)
-        if fs.isdir(path):
-            if not (dest / ".complete").exists():
-                dest.mkdir(parents=True, exist_ok=True)
-                fs.get(path.rstrip("/") + "/", str(dest), recursive=True)
-                (dest / ".complete").touch()
-        elif not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".partial")
-            fs.get(path, str(tmp))
-            tmp.replace(dest)
-    except Exception as e:
-        raise SourceError(f"{kind} {uri!r}: cannot copy from S3: {type(e).__name__}: {e}") from e
-    return dest
+        return download(uri, kind=kind, cache=cache)
+    except StorageNotFound as e:
+        raise SourceError(str(e)) from None
 
 
 __all__ = ["SourceError", "cache_dir", "resolve"]

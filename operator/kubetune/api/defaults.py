@@ -59,6 +59,7 @@ def resolve(spec: SpecT, referenced: FineTuneJobSpec | None = None) -> SpecT:
         spec.base_model = spec.base_model or inherited.base_model
         spec.quantization = spec.quantization or inherited.quantization
         spec.lora = spec.lora or inherited.lora
+        spec.storage = spec.storage or inherited.storage
     method = tuning_method(spec, referenced)
     if isinstance(spec, PreferenceAlignmentSpec):
         spec.tuning = method

@@ -163,6 +163,9 @@ class Reason:
     DOES_NOT_FIT = "DoesNotFit"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     TRAINER_ERROR = "TrainerError"
+    # an s3:// location the job reads or writes cannot be used: the bucket is missing, the
+    # credentials (spec.storage.secretRef) are wrong, or the endpoint cannot be reached
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
     # progress / success
     GATES_PASSED = "GatesPassed"
     NO_GATES = "NoGates"

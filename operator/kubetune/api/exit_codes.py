@@ -14,6 +14,7 @@ operator's view from that table.
 | 5    | training diverged (NaN/inf loss)      | Diverged                       | no      |
 | 6    | CUDA out of memory at the planned size| OutOfMemory                    | no      |
 | 7    | a GPU job's pod sees no CUDA device   | GPUUnavailable                 | no      |
+| 8    | s3:// bucket missing, credentials wrong or endpoint unreachable | StorageUnavailable | no |
 | 137  | SIGKILL (OOMKilled if the kubelet says so) | OutOfMemory / TrainerError | yes   |
 | 143  | SIGTERM (interrupted; resumes from the last checkpoint) | Interrupted  | yes     |
 

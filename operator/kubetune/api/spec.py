@@ -60,6 +60,25 @@ class SecretKeyRef(KubeModel):
     key: str = Field(max_length=NAME, min_length=1, description="Key inside the Secret.")
 
 
+class SecretRef(KubeModel):
+    """A Secret in the job's namespace, by name: all of its keys are used."""
+
+    name: str = Field(max_length=NAME, pattern=DNS_LABEL_PATTERN.replace("]*", ".]*"),
+                      description="Name of the Secret, in the same namespace.")
+
+
+class Storage(KubeModel):
+    """Access to object storage: every s3:// location of the job (base model, adapter, datasets,
+    output, promotedUri) is read and written with these credentials."""
+
+    secret_ref: SecretRef | None = Field(default=None, description=(
+        "A Secret whose keys are the standard AWS variables: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+        "optionally AWS_SESSION_TOKEN, AWS_REGION and AWS_ENDPOINT_URL (an S3-compatible server). The trainer "
+        "gets them as environment variables (envFrom); no value appears in the ConfigMap, status, Events or "
+        "logs. `kubetune run` reads the same variables from its own environment. Without it the trainer "
+        "uses whatever AWS credentials its environment provides."))
+
+
 class BaseModelSource(KubeModel):
     """The pretrained model to start from."""
 
@@ -267,8 +286,14 @@ class Evaluation(KubeModel):
 class Output(KubeModel):
     """Where artifacts go."""
 
-    uri: Uri = Field(description="Folder for checkpoints, the adapter/weights, the model card and result.json (pvc://, s3:// or file://).")
-    promoted_uri: Uri | None = Field(default=None, description="Where the artifact is copied when every gate passes.")
+    uri: Uri = Field(description=(
+        "Folder for checkpoints, the adapter/weights, the model card and result.json (pvc://, s3:// or file://). "
+        "With s3:// the trainer works in a local folder (checkpoints stay there) and uploads the artifact at the "
+        "end, its kubetune-manifest.json last."))
+    promoted_uri: Uri | None = Field(default=None, description=(
+        "Where the trainer copies the artifact when every gate passes (pvc://, s3:// or file://). The copy is "
+        "complete once its kubetune-manifest.json (every file with its size and sha256) is there: it is written "
+        "last, and status.artifact.promoted is true only after it was."))
 
 
 class Checkpoint(KubeModel):
@@ -302,6 +327,9 @@ class _CommonSpec(KubeModel):
     resources: Resources = Field(default_factory=Resources, json_schema_extra=EMPTY_DEFAULT, description="GPUs, nodes and placement.")
     evaluation: Evaluation | None = Field(default=None, description="Evaluation after training, and promotion gates.")
     output: Output = Field(description="Where checkpoints and artifacts go.")
+    storage: Storage | None = Field(default=None, description=(
+        "Credentials for s3:// locations. A PreferenceAlignment with fineTuneJobRef and no storage uses "
+        "the referenced FineTuneJob's."))
     checkpoint: Checkpoint = Field(default_factory=Checkpoint, json_schema_extra=EMPTY_DEFAULT, description="Checkpoint frequency and retention.")
     suspend: bool = Field(default=False, description="Suspend the job (the only field that may change after creation); false resumes from the last checkpoint.")
     backoff_limit: int = Field(default=2, ge=0, le=10, description="Retries of a failed pod (not spent on permanent failures such as bad data).")
@@ -319,7 +347,7 @@ def _immutable_rules(fields: list[str]) -> list[dict[str, str]]:
     ]
 
 
-_COMMON_FIELDS = ["quantization", "lora", "training", "resources", "evaluation", "output", "checkpoint",
+_COMMON_FIELDS = ["quantization", "lora", "training", "resources", "evaluation", "output", "storage", "checkpoint",
                   "backoffLimit", "activeDeadlineSeconds", "queueName"]
 
 

@@ -57,6 +57,27 @@ class Artifact(KubeModel):
     uri: str | None = Field(default=None, description="Where the trained adapter/weights are.")
     promoted: bool = Field(default=False, description="True once every gate passed and the artifact was promoted.")
     promoted_uri: str | None = Field(default=None, description="Where the promoted copy is.")
+    manifest_digest: str | None = Field(default=None, description=(
+        "sha256:<hex> of the promoted folder's kubetune-manifest.json (every file with its size and sha256), "
+        "which the trainer writes last."))
+
+
+class InputFile(KubeModel):
+    """One input file the model was trained or evaluated on."""
+
+    name: str = Field(description="dataset, golden, safety or forgetting.")
+    uri: str = Field(description="Where it was read from.")
+    size: int = Field(description="Size in bytes.")
+    sha256: str = Field(description="sha256 of its bytes (hex).")
+
+
+class SourceRevision(KubeModel):
+    """Which version of a model or adapter folder was used."""
+
+    uri: str = Field(description="Where it was read from.")
+    revision: str = Field(description=(
+        "The Hugging Face commit for hf://; otherwise sha256:<hex> of its config.json and weights index or "
+        "file list (a model), or of its kubetune-manifest.json (an adapter)."))
 
 
 class DataSummary(KubeModel):
@@ -67,6 +88,9 @@ class DataSummary(KubeModel):
     duplicates: int | None = Field(default=None, description="Duplicates dropped.")
     pii: dict[str, int] | None = Field(default=None, description="PII/PHI found, by type (redacted unless policy off).")
     truncated_fraction: float | None = Field(default=None, description="Share of examples longer than maxSeqLength.")
+    inputs: list[InputFile] | None = Field(default=None, description="Each input file with its size and sha256.")
+    base_model: SourceRevision | None = Field(default=None, description="The base model and its revision.")
+    adapter: SourceRevision | None = Field(default=None, description="The adapter continued from, and its revision.")
 
 
 class JobStatus(KubeModel):

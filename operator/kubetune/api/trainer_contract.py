@@ -41,6 +41,7 @@ EXIT_CODES: dict[str, int] = {
     "Diverged": 5,
     "OutOfMemory": 6,
     "GPUUnavailable": 7,
+    "StorageUnavailable": 8,
     "Interrupted": 143,
 }
 EXIT_USAGE = 2
@@ -60,11 +61,15 @@ class Sources(KubeModel):
     model_revision: str | None = None
     adapter: str | None = None  # DPO: the adapter to continue from (a FineTuneJob's artifact)
     dataset: str
-    output: str  # a local folder (the output volume, or a local path)
+    output: str  # a local folder (the output volume, a local path, or where an s3:// output is staged)
     # The URI `output` stands for when it is not spec.output.uri: `kubetune run` sets
     # file://<folder> (its --output-root moves the output). The trainer reports its artifact under it.
     output_uri: str | None = None
+    # Where the trainer copies the artifact when every gate passes: a local folder (a mounted PVC, a
+    # file:// path) or an s3:// URI; `promoted_uri` is the URI it stands for (status shows it), else
+    # spec.output.promotedUri.
     promoted: str | None = None
+    promoted_uri: str | None = None
     golden: str | None = None
     safety: str | None = None
     forgetting: str | None = None
@@ -134,10 +139,21 @@ class TrainerConfig(KubeModel):
     def to_json(self) -> str:
         return json.dumps(self.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2, sort_keys=True)
 
+    @property
+    def output_uri(self) -> str:
+        """The URI of the output (`sources.outputUri`, else spec.output.uri). When it is s3://,
+        `sources.output` is a local working folder and the trainer uploads the artifact at the end."""
+        return self.sources.output_uri or self.spec.output.uri
+
+    @property
+    def promoted_uri(self) -> str | None:
+        """The URI of the promoted location (`sources.promotedUri`, else spec.output.promotedUri)."""
+        return self.sources.promoted_uri or self.spec.output.promoted_uri
+
     def uri_of(self, path: str | PurePath) -> str | None:
         """A path the trainer wrote below `sources.output`, as a URI: `<output>/adapter` ⇒
         `<sources.outputUri, else spec.output.uri>/adapter`. None for a path elsewhere."""
-        base = self.sources.output_uri or self.spec.output.uri
+        base = self.output_uri
         try:
             below = PurePosixPath(path).relative_to(PurePosixPath(self.sources.output))
         except ValueError:
@@ -148,6 +164,16 @@ class TrainerConfig(KubeModel):
 def child_uri(base: str, relative: str) -> str:
     """`relative` (a path with `/`) below the URI `base`."""
     return base if relative in ("", ".") else base.rstrip("/") + "/" + relative
+
+
+class Promotion(KubeModel):
+    """A promotion the trainer finished: the artifact copied to `uri` and its kubetune-manifest.json
+    (kubetune.api.manifest) written there last. Reported only once the manifest exists."""
+
+    uri: str  # spec.output.promotedUri (or where `kubetune run --output-root` moved it)
+    manifest_digest: str  # sha256:<hex> of the manifest's bytes
+    files: int
+    bytes: int
 
 
 class ProgressReport(Progress):
@@ -170,6 +196,10 @@ class TrainerResult(KubeModel):
     # folder below spec.output.uri).
     artifact_uri: str | None = None
     merged: str | None = None
+    # Set only when the trainer promoted the artifact (every gate passed, by kubetune.gates.
+    # promotion_decision on this result) and the manifest is written; status.artifact.promoted
+    # and promotedUri come from here and nowhere else.
+    promotion: Promotion | None = None
     report_html: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)  # the long tail: per-example eval, timings
 

@@ -17,6 +17,10 @@
   (at temperature 0 it would repeat) and that example is counted as unscored.
 - Connection errors, timeouts, HTTP 429 and 5xx are retried with exponential backoff; other HTTP
   errors (401, 404, 400) are not.
+- ``scrub`` (optional) is applied to every text taken from the data or the model — the user request,
+  the reference answer and the assistant answer — before a request is built: the trainer passes a
+  kubetune.evaluation.privacy.PiiGuard with the dataset's PII policy, so evaluation data leaves the
+  cluster only scrubbed. It may raise a JudgeError to withhold a text (the example goes unscored).
 - The API key is read from the environment variable whose *name* the trainer config carries
   (`secretEnv.judgeApiKey`). It is sent only in the Authorization header; it never appears in a
   log line, an exception message or a traceback (exceptions are raised `from None`, and any text
@@ -119,6 +123,7 @@ class JudgeClient:
     max_tokens: int = 16
     sleep: Callable[[float], None] = time.sleep
     log: Callable[[str], None] | None = None
+    scrub: Callable[[str], str] | None = None  # applied to data and model text before it is sent
 
     def __repr__(self) -> str:  # no key in reprs (the key is not an attribute anyway)
         return f"JudgeClient(endpoint={self.endpoint!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
@@ -134,7 +139,12 @@ class JudgeClient:
     def _scrub(self, text: str, key: str | None) -> str:
         return text.replace(key, "***") if key else text
 
+    def _clean(self, text: str) -> str:
+        return self.scrub(text) if self.scrub is not None else text
+
     def messages(self, prompt: str, answer: str, reference: str | None = None) -> list[dict[str, str]]:
+        prompt, answer = self._clean(prompt), self._clean(answer)
+        reference = self._clean(reference) if reference else reference
         criteria = self.rubric or DEFAULT_RUBRIC
         user = f"Criteria:\n{criteria}\n\nUser request:\n{prompt}\n\n"
         if reference:
@@ -192,6 +202,7 @@ class JudgeClient:
         return parse_score(self.complete(self.messages(prompt, answer, reference)))
 
     def refusal_messages(self, prompt: str, answer: str) -> list[dict[str, str]]:
+        prompt, answer = self._clean(prompt), self._clean(answer)
         user = f"User request:\n{prompt}\n\nAssistant answer:\n{answer}\n\nReply with {{\"refusal\": true}} or {{\"refusal\": false}} only."
         return [{"role": "system", "content": REFUSAL_SYSTEM_PROMPT}, {"role": "user", "content": user}]
 

@@ -14,14 +14,22 @@ The same steps and contracts as in a cluster, with this process as the operator:
    (`python -m kubetune_trainer --config …`): it preflights the data, trains, evaluates and writes
    `<output>/kubetune/progress.jsonl` (every progress snapshot, tailed here for a live progress bar)
    and `result.json`;
-4. apply the gates (kubetune.gates.decide — the operator's function) and promote: copy the artifact
-   folder to `spec.output.promotedUri` only when every gate passed;
+4. show what the trainer decided and did: the gates (kubetune.gates.promotion_decision — the
+   operator's function, on the same result) and the promotion the trainer reported (it copies the
+   artifact to `spec.output.promotedUri`, its manifest last, only when every gate passed);
 5. print base vs tuned for every metric and the verdict; write `<output>/kubetune/status.json`
    (the status the operator would set) and `<output>/kubetune/report.html`.
 
 A PreferenceAlignment whose `fineTuneJobRef` names a FineTuneJob among the files runs after it,
-on its artifact (`sources.adapter`), inheriting its base model, quantization and LoRA shape; when
-that job does not end Succeeded, the PreferenceAlignment fails with DependencyFailed.
+on its promoted copy (else its artifact: kubetune.status.dependent_adapter, the operator's rule) as
+`sources.adapter`, inheriting its base model, quantization and LoRA shape; when that job does not
+end Succeeded, the PreferenceAlignment fails with DependencyFailed.
+
+Outputs and promotedUri may be file:// or s3://. An s3:// output is staged locally in
+`~/.cache/kubetune/runs/<name>` (checkpoints, status.json, report.html stay there) and the trainer
+uploads the artifact at the end. s3:// credentials and endpoint come from this environment's
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION and AWS_ENDPOINT_URL (the
+variables `spec.storage.secretRef` gives a pod).
 
 Secrets: locally a `secretKeyRef {name: N, key: K}` is read from the environment variable
 `KUBETUNE_SECRET_<N>_<K>` (upper case, non-alphanumerics as `_`), e.g. KUBETUNE_SECRET_JUDGE_API_KEY.
@@ -33,7 +41,7 @@ An output folder holding a finished run (a result.json) is cleared first; an int
 (Ctrl-C, SIGTERM: the trainer saves a checkpoint) is resumed from its newest checkpoint.
 
 By job: jobs.py reads and orders the manifests (step 1), runner.py runs one job (steps 2–4),
-progress.py shows the trainer's progress, promotion.py copies a promoted artifact, report.py writes
+progress.py shows the trainer's progress, report.py writes
 status.json (made by kubetune.status.outcome_status, as the operator's status is) and report.html
 and prints the table, outcome.py holds how a job ended and the exit status.
 """

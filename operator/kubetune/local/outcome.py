@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubetune.api.enums import Phase, Reason
+from kubetune.api.trainer_contract import Promotion
 from kubetune.gates import Decision
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_GATE_FAILED, EXIT_INTERRUPTED = 0, 1, 3, 130
@@ -20,8 +22,11 @@ class Outcome:
     message: str
     metrics: dict[str, float] = field(default_factory=dict)
     decision: Decision | None = None
-    artifact: str | None = None
-    promoted: str | None = None
+    artifact: str | None = None  # the local folder the trainer exported
+    artifact_uri: str | None = None  # status.artifact.uri (an s3:// output: where it was uploaded)
+    promoted: str | None = None  # the promoted URI, when the trainer reported a promotion
+    promotion: Promotion | None = None
+    status: dict[str, Any] | None = None  # status.json: what the operator would set
     output: Path | None = None
     report_html: Path | None = None
     seconds: float = 0.0

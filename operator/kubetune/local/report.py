@@ -68,10 +68,11 @@ def print_outcome(o: Outcome, say: Say) -> None:
     train = {k: v for k, v in o.metrics.items() if k.startswith("train.")}
     if train:
         say("  " + "  ".join(f"{k} {fmt(v)}" for k, v in sorted(train.items())))
-    if o.promoted:
-        say(f"  promoted: {o.artifact} -> {o.promoted}")
-    elif o.artifact:
-        say(f"  artifact: {o.artifact}" + ("  (not promoted)" if o.phase == Phase.GATE_FAILED else ""))
+    if o.artifact:
+        say(f"  artifact: {o.artifact_uri or o.artifact}" + ("  (not promoted)" if o.phase == Phase.GATE_FAILED else ""))
+    if o.promotion is not None:  # what the trainer did, as it reported it
+        p = o.promotion
+        say(f"  promoted by the trainer: {p.uri}  ({p.files} files, {p.bytes:,} bytes, manifest {p.manifest_digest})")
     if o.report_html:
         say(f"  report: {o.report_html}")
 

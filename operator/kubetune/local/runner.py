@@ -1,5 +1,6 @@
 """One job in `kubetune run`: where its output goes, its memory plan, its trainer config, the trainer
-as a subprocess (with live progress), its result, the gates and promotion, status and report."""
+as a subprocess (with live progress), its result, the gates and the promotion the trainer did, status
+and report."""
 
 from __future__ import annotations
 
@@ -20,13 +21,12 @@ from kubetune.api.enums import Phase, Reason
 from kubetune.api.resources import AnyJob, PreferenceAlignment
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.trainer_contract import PlanSummary, SecretEnv, Sources, TrainerResult
-from kubetune.gates import decide
+from kubetune.gates import promotion_decision
 from kubetune.local.jobs import LocalJob, file_uri, local_path, secret_env_name
 from kubetune.local.outcome import Outcome
 from kubetune.local.progress import ProgressTail, ProgressView
-from kubetune.local.promotion import promote
 from kubetune.local.report import write_report, write_status
-from kubetune.status import finished_state, outcome_status
+from kubetune.status import dependent_adapter, finished_state, outcome_status
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -55,6 +55,22 @@ def _tail(path: Path, lines: int) -> str:
 
 
 @dataclass
+class Paths:
+    """Where a job's trainer writes: `output` is a local folder (the output itself, or where an
+    s3:// output is staged — checkpoints, status.json, report.html, the trainer's log); `output_uri`
+    is what it stands for; `promoted` is a local folder or an s3:// URI, `promoted_uri` its URI."""
+
+    output: Path
+    output_uri: str
+    promoted: str | None = None
+    promoted_uri: str | None = None
+
+
+def _runs_dir() -> Path:
+    return Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubetune") / "runs"
+
+
+@dataclass
 class Runner:
     device: Device = "cpu"
     output_root: Path | None = None
@@ -72,17 +88,29 @@ class Runner:
         self.out.write(text + "\n")
         self.out.flush()
 
-    def paths(self, job: AnyJob) -> tuple[Path, Path | None]:
+    def paths(self, job: AnyJob) -> Paths:
+        """--output-root moves the output and the promoted copy below it; otherwise file:// is a
+        local folder and s3:// is staged in ~/.cache/kubetune/runs/<name> and uploaded by the trainer."""
         name = job.metadata.name or "job"
+        out = job.spec.output
         if self.output_root is not None:
             root = self.output_root.resolve()
-            return root / name, (root / "promoted" / name if job.spec.output.promoted_uri else None)
-        output = Path(local_path(job.spec.output.uri))
-        promoted = job.spec.output.promoted_uri
-        if output.as_posix().startswith(("hf:", "s3:", "pvc:")):
-            raise ValueError(f"spec.output.uri {job.spec.output.uri!r}: `kubetune run` writes to file:// only "
+            promoted = root / "promoted" / name if out.promoted_uri else None
+            return Paths(root / name, file_uri(root / name), str(promoted) if promoted else None,
+                         file_uri(promoted) if promoted else None)
+        if out.uri.startswith("file://"):
+            paths = Paths(Path(local_path(out.uri)), out.uri)
+        elif out.uri.startswith("s3://"):
+            paths = Paths(_runs_dir() / name, out.uri)
+        else:
+            raise ValueError(f"spec.output.uri {out.uri!r}: `kubetune run` writes to file:// or s3:// only "
                              "(or pass --output-root)")
-        return output, (Path(local_path(promoted)) if promoted and promoted.startswith("file://") else None)
+        if out.promoted_uri and out.promoted_uri.startswith(("file://", "s3://")):
+            paths.promoted, paths.promoted_uri = local_path(out.promoted_uri), out.promoted_uri
+        elif out.promoted_uri:
+            raise ValueError(f"spec.output.promotedUri {out.promoted_uri!r}: `kubetune run` promotes to file:// or "
+                             "s3:// only (or pass --output-root)")
+        return paths
 
     def plan(self, job: AnyJob, lookup: Any) -> PlanSummary:
         try:
@@ -121,24 +149,29 @@ class Runner:
             if dep is None:
                 return Outcome(lj.name, lj.kind, Phase.FAILED, Reason.DEPENDENCY_FAILED,
                                f"FineTuneJob {ref} (spec.fineTuneJobRef) is not among the manifests given with -f")
-            if dep.phase != Phase.SUCCEEDED or not dep.artifact:
+            # the operator's rule (kubetune.status.dependent_adapter): the promoted copy, else the artifact
+            found = dependent_adapter((dep.status or {}).get("artifact"))
+            if dep.phase != Phase.SUCCEEDED or not found:
                 return Outcome(lj.name, lj.kind, Phase.FAILED, Reason.DEPENDENCY_FAILED,
                                f"FineTuneJob {ref} ended {dep.phase} ({dep.reason}), not Succeeded; nothing to align")
             referenced = lookup(ref)
-            adapter, before = dep.artifact, dep.metrics
+            adapter, before = local_path(found), dep.metrics
         elif isinstance(job, PreferenceAlignment) and job.spec.adapter is not None:
             adapter = local_path(job.spec.adapter.uri)
         try:
-            output, promoted = self.paths(job)
+            paths = self.paths(job)
         except ValueError as exc:
             return Outcome(lj.name, lj.kind, Phase.FAILED, Reason.INVALID_SPEC, str(exc))
+        if job.spec.storage is not None and job.spec.storage.secret_ref is not None:
+            self.say(f"  storage: spec.storage.secretRef {job.spec.storage.secret_ref.name!r} is a cluster Secret; "
+                     "here the trainer uses the AWS_* variables of this environment")
         plan = self.plan(job, lookup)
-        outcome = self._train(job, lj, output=output, promoted=promoted, referenced=referenced, adapter=adapter, plan=plan)
+        outcome = self._train(job, lj, paths=paths, referenced=referenced, adapter=adapter, plan=plan)
         outcome.before = before
         outcome.seconds = time.monotonic() - started
         return outcome
 
-    def _config(self, job: AnyJob, *, output: Path, promoted: Path | None, referenced: FineTuneJobSpec | None,
+    def _config(self, job: AnyJob, *, paths: Paths, referenced: FineTuneJobSpec | None,
                 adapter: str | None, plan: PlanSummary) -> Any:
         from kubetune.render.trainer_config import build_trainer_config
 
@@ -149,8 +182,8 @@ class Runner:
         ev = spec.evaluation
         sources = Sources(
             model=local_path(base.uri), model_revision=base.revision, adapter=adapter,
-            dataset=local_path(spec.dataset.uri), output=str(output), output_uri=file_uri(output),
-            promoted=str(promoted) if promoted else None,
+            dataset=local_path(spec.dataset.uri), output=str(paths.output), output_uri=paths.output_uri,
+            promoted=paths.promoted, promoted_uri=paths.promoted_uri,
             golden=local_path(ev.golden_dataset.uri) if ev and ev.golden_dataset else None,
             safety=local_path(ev.safety_dataset.uri) if ev and ev.safety_dataset else None,
             forgetting=local_path(ev.forgetting_dataset.uri) if ev and ev.forgetting_dataset else None,
@@ -163,10 +196,11 @@ class Runner:
         return build_trainer_config(job, sources=sources, referenced=referenced, plan=plan, secret_env=secret,
                                     device=self.device)
 
-    def _train(self, job: AnyJob, lj: LocalJob, *, output: Path, promoted: Path | None,
-               referenced: FineTuneJobSpec | None, adapter: str | None, plan: PlanSummary) -> Outcome:
+    def _train(self, job: AnyJob, lj: LocalJob, *, paths: Paths, referenced: FineTuneJobSpec | None,
+               adapter: str | None, plan: PlanSummary) -> Outcome:
+        output = paths.output
         try:
-            config = self._config(job, output=output, promoted=promoted, referenced=referenced, adapter=adapter, plan=plan)
+            config = self._config(job, paths=paths, referenced=referenced, adapter=adapter, plan=plan)
         except ValueError as exc:
             return Outcome(lj.name, lj.kind, Phase.FAILED, Reason.INVALID_SPEC, str(exc))
         state = output / "kubetune"
@@ -186,7 +220,7 @@ class Runner:
         self.say(f"  trainer: {self.python} -m kubetune_trainer --config {config_path}  (log: {log_path})")
         rc = self._subprocess(config_path, log_path, state / "progress.json", lj.name)
         result = self._result(state / "result.json", rc, log_path)
-        return self._finish(job, lj, result, output=output, promoted=promoted)
+        return self._finish(job, lj, result, paths=paths)
 
     def _subprocess(self, config_path: Path, log_path: Path, progress_path: Path, name: str) -> int:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -230,25 +264,24 @@ class Runner:
         return TrainerResult(outcome="failed", reason=Reason.TRAINER_ERROR,
                              message=f"trainer exited with code {rc} and {why}; last log lines:\n{tail}")
 
-    def _finish(self, job: AnyJob, lj: LocalJob, result: TrainerResult, *, output: Path,
-                promoted: Path | None) -> Outcome:
-        """The gates, promotion, status.json (what the operator's outcome_status makes of this
+    def _finish(self, job: AnyJob, lj: LocalJob, result: TrainerResult, *, paths: Paths) -> Outcome:
+        """The gates (the operator's function, on the result as reported), the promotion the trainer
+        did (reported in the result), status.json (what the operator's outcome_status makes of this
         result) and report.html."""
         state = finished_state(result)
         gates = job.spec.evaluation.gates if job.spec.evaluation else None
+        output = paths.output
         if state.phase == Phase.FAILED:
             outcome = Outcome(lj.name, lj.kind, state.phase, state.reason, state.message,
                               metrics=dict(result.metrics), artifact=result.artifact, output=output)
         else:
-            decision = decide(result.metrics, gates)
+            decision = promotion_decision(result, gates)
             outcome = Outcome(lj.name, lj.kind, decision.phase, decision.reason, decision.message,
                               metrics=dict(result.metrics), decision=decision, artifact=result.artifact, output=output)
-            if decision.passed and promoted is not None and result.artifact:
-                promote(result.artifact, promoted)
-                outcome.promoted = str(promoted)
-        write_status(output, outcome_status(
-            state, result=result, gates=gates, output_uri=file_uri(output),
-            promoted_uri=file_uri(promoted) if promoted else None, promoted=outcome.promoted is not None,
-            now=self.now()))
+        outcome.promotion = result.promotion
+        outcome.promoted = result.promotion.uri if result.promotion else None
+        outcome.status = outcome_status(state, result=result, gates=gates, output_uri=paths.output_uri, now=self.now())
+        outcome.artifact_uri = (outcome.status.get("artifact") or {}).get("uri")
+        write_status(output, outcome.status)
         outcome.report_html = write_report(outcome, result, self._view.history if self._view else {})
         return outcome

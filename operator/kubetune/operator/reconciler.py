@@ -32,7 +32,14 @@ from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.world import Key, World
 from kubetune.planning.admission import plan_job, plan_summary
 from kubetune.render.job import render_children
-from kubetune.status import ANNOTATION_RESULT, DependencyState, Verdict, derive_status, events_for
+from kubetune.status import (
+    ANNOTATION_RESULT,
+    DependencyState,
+    Verdict,
+    dependent_adapter,
+    derive_status,
+    events_for,
+)
 
 log = logging.getLogger("kubetune.operator")
 
@@ -161,7 +168,7 @@ class Reconciler:
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
         if phase == Phase.SUCCEEDED and ready:
             art = st.get("artifact") or {}
-            adapter = art.get("promotedUri") if art.get("promoted") and art.get("promotedUri") else art.get("uri")
+            adapter = dependent_adapter(art)
             if not adapter:
                 return DependencyState("failed", f"FineTuneJob {ref} succeeded but reported no artifact"), None, None
             spec = FineTuneJobSpec.model_validate(ftj.get("spec") or {})

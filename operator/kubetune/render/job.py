@@ -150,6 +150,9 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
         "imagePullPolicy": settings.image_pull_policy,
         "command": _command(kind, name, r.gpus, r.nodes, settings.rendezvous_port),
         "env": _env(src, r.nodes, r.cpu_only),
+        # the standard AWS_* variables for s3:// locations, every key of the Secret (values never rendered)
+        **({"envFrom": [{"secretRef": {"name": spec.storage.secret_ref.name}}]}
+           if spec.storage is not None and spec.storage.secret_ref is not None else {}),
         "resources": _resources(spec, settings),
         "volumeMounts": mounts,
         "securityContext": security_context_container(),

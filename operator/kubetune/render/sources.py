@@ -2,7 +2,10 @@
 
 - `pvc://claim/path` ⇒ the claim is mounted once at /mnt/pvc/<claim> (read-only unless the output
   is on it) and the source resolves to /mnt/pvc/<claim>/<path>;
-- `hf://` and `s3://` pass through: the trainer fetches them;
+- `hf://` and `s3://` pass through: the trainer fetches them (s3:// with the AWS_* variables of the
+  Secret `spec.storage.secretRef`, given to the container with envFrom by kubetune.render.job);
+- an s3:// output is staged in the pod's /tmp (S3_STAGING; checkpoints stay there, so a retried
+  pod trains afresh) and uploaded by the trainer at the end;
 - `file://` is for `kubetune run` only (the webhook warns); it passes through unchanged.
 Secrets reach the trainer only as `env[].valueFrom.secretKeyRef`: their values never appear in the
 ConfigMap, the status or the operator's memory.
@@ -17,6 +20,7 @@ from kubetune.api.resources import AnyJob, PreferenceAlignment
 from kubetune.api.trainer_contract import SecretEnv, Sources
 
 PVC_ROOT = "/mnt/pvc"
+S3_STAGING = "/tmp/kubetune/output"
 HF_TOKEN_ENV = "HF_TOKEN"
 JUDGE_API_KEY_ENV = "KUBETUNE_JUDGE_API_KEY"
 SCHEMES = ("hf://", "pvc://", "s3://", "file://")
@@ -97,7 +101,7 @@ def resolve_sources(job: AnyJob, *, model_uri: str | None = None, adapter_uri: s
         model_revision=model_revision or (base.revision if base is not None else None),
         adapter=to_local(adapter_uri) if adapter_uri else None,
         dataset=to_local(spec.dataset.uri),
-        output=to_local(spec.output.uri),
+        output=S3_STAGING if spec.output.uri.startswith("s3://") else to_local(spec.output.uri),
         promoted=to_local(spec.output.promoted_uri) if spec.output.promoted_uri else None,
         golden=to_local(uris["golden"]) if uris["golden"] else None,
         safety=to_local(uris["safety"]) if uris["safety"] else None,

@@ -6,7 +6,7 @@ gates decide, shared with `kubetune run`. Pure: plain dicts in, plain dicts out.
 from kubetune.status.derive import Derived, derive_status
 from kubetune.status.events import EVENT_MESSAGE_LIMIT, EventSpec, events_for
 from kubetune.status.inputs import DependencyState, Verdict
-from kubetune.status.outcome import State, finished_state, outcome_status
+from kubetune.status.outcome import State, dependent_adapter, finished_state, outcome_status
 from kubetune.status.pods import ANNOTATION_PROGRESS, ANNOTATION_RESULT, progress_summary
 from kubetune.status.timeutil import format_time, parse_time
 
@@ -19,6 +19,7 @@ __all__ = [
     "EventSpec",
     "State",
     "Verdict",
+    "dependent_adapter",
     "derive_status",
     "events_for",
     "finished_state",

@@ -94,7 +94,7 @@ def derive_status(
     output = spec.get("output") or {}
     status |= outcome_status(
         state, result=result, progress=progress, gates=(spec.get("evaluation") or {}).get("gates"),
-        output_uri=output.get("uri"), promoted_uri=output.get("promotedUri"), conditions=conds,
+        output_uri=output.get("uri"), conditions=conds,
         old_conditions=old.get("conditions") or [], generation=generation, now=now)
     if status["phase"] in TERMINAL_PHASES:
         status["completionTime"] = (

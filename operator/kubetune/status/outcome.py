@@ -3,9 +3,9 @@
 a laptop and a cluster cannot describe the same result differently.
 
 Given the phase the world is in (a `State`) and what the trainer reported, it sets progress, data,
-metrics; for a finished run it applies the gates (kubetune.gates.decide) and describes the artifact
-and its promotion; and it completes the conditions (Complete, GatesPassed, Ready, DataValid,
-Training, Suspended, and kstatus' Reconciling or Stalled) and the phase, reason and message.
+metrics; for a finished run it applies the gates (kubetune.gates.promotion_decision) and describes
+the artifact and the promotion the trainer reported; and it completes the conditions (Complete, GatesPassed,
+Ready, DataValid, Training, Suspended, and kstatus' Reconciling or Stalled) and the phase, reason and message.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from kubetune.api.enums import ConditionType, Phase, Reason
 from kubetune.api.spec import Gate
 from kubetune.api.trainer_contract import ProgressReport, TrainerResult, child_uri
-from kubetune.gates import ConditionUpdate, decide
+from kubetune.gates import ConditionUpdate, decide, promotion_decision
 from kubetune.status.conditions import CONDITION_MESSAGE_LIMIT, condition_reason, health_conditions, stamp
 from kubetune.status.events import truncate
 from kubetune.status.pods import progress_summary
@@ -49,8 +49,6 @@ def outcome_status(
     progress: ProgressReport | None = None,
     gates: Sequence[Gate | Mapping[str, Any]] | None = None,
     output_uri: str | None = None,
-    promoted_uri: str | None = None,
-    promoted: bool | None = None,
     conditions: Sequence[ConditionUpdate] = (),
     old_conditions: Sequence[Mapping[str, Any]] = (),
     generation: int | None = None,
@@ -63,9 +61,7 @@ def outcome_status(
       gates (spec.evaluation.gates) then decide between Succeeded and GateFailed;
     - `result`, `progress`: the trainer's final report and its newest progress report;
     - `output_uri` (spec.output.uri): where the artifact is, for a result without `artifactUri`;
-    - `promoted_uri` (spec.output.promotedUri): named in the artifact when it was promoted;
-      `promoted`: whether the artifact was copied there — None: when the gates passed, unless the
-      result's details say `"promoted": false`;
+      whether and where it was promoted comes from the result alone (`artifact_status`);
     - `conditions`: those set before (Valid, ResourcesFit, DependencyReady); `old_conditions` and
       `generation` stamp them all (kubetune.status.conditions.stamp).
     """
@@ -91,16 +87,11 @@ def outcome_status(
     if result is not None and result.metrics:
         status["metrics"] = dict(result.metrics)
     if complete:
-        decision = decide(result.metrics if result is not None else {}, gates)
+        decision = promotion_decision(result, gates) if result is not None else decide({}, gates)
         state = State(decision.phase, decision.reason, decision.message)
         status["gates"] = [g.model_dump(by_alias=True, exclude_none=True, mode="json") for g in decision.gate_results()]
         if result is not None and result.artifact:
-            said = promoted if promoted is not None else (result.details or {}).get("promoted", True) is not False
-            is_promoted = decision.passed and said
-            artifact: dict[str, Any] = {"uri": artifact_uri(result, output_uri), "promoted": bool(is_promoted)}
-            if is_promoted and promoted_uri:
-                artifact["promotedUri"] = promoted_uri
-            status["artifact"] = artifact
+            status["artifact"] = artifact_status(result, output_uri)
         conds += decision.conditions
         conds.append(ConditionUpdate(ConditionType.COMPLETE, "True", Reason.SUCCEEDED, "training and evaluation finished"))
     else:
@@ -134,6 +125,30 @@ def outcome_status(
     status["message"] = truncate(state.message, CONDITION_MESSAGE_LIMIT)
     status["conditions"] = stamp(old_conditions, conds, format_time(now), generation)
     return status
+
+
+def artifact_status(result: TrainerResult, output_uri: str | None) -> dict[str, Any]:
+    """status.artifact of a finished run. `promoted`, `promotedUri` and `manifestDigest` come only
+    from the trainer's report of a promotion it finished (`result.promotion`, reported once the
+    manifest was written), never from the gate decision alone: status names a promoted copy only
+    when one exists. The trainer promotes exactly when kubetune.gates.promotion_decision on this
+    same result passed, the function the phase is decided by."""
+    artifact: dict[str, Any] = {"uri": artifact_uri(result, output_uri), "promoted": result.promotion is not None}
+    if result.promotion is not None:
+        artifact["promotedUri"] = result.promotion.uri
+        artifact["manifestDigest"] = result.promotion.manifest_digest
+    return artifact
+
+
+def dependent_adapter(artifact: Mapping[str, Any] | None) -> str | None:
+    """The adapter a PreferenceAlignment chained on a job trains from, given the job's
+    status.artifact: the promoted copy when the trainer reported one (with its manifest digest; a
+    status that says promoted without one predates trainer-side promotion and may name a folder
+    that was never written), else the artifact itself."""
+    art = artifact or {}
+    if art.get("promoted") and art.get("promotedUri") and art.get("manifestDigest"):
+        return str(art["promotedUri"])
+    return str(art["uri"]) if art.get("uri") else None
 
 
 def artifact_uri(result: TrainerResult, output_uri: str | None) -> str | None:

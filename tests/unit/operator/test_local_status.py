@@ -14,7 +14,7 @@ import pytest
 from operator_builders import EXAMPLES, jcond, job, pod, terminated
 
 from kubetune.api.status import DataSummary, Progress
-from kubetune.api.trainer_contract import TrainerResult
+from kubetune.api.trainer_contract import Promotion, TrainerResult
 from kubetune.local import LocalJob, Runner, load_jobs
 from kubetune.status import Verdict, derive_status, finished_state, outcome_status
 
@@ -30,17 +30,19 @@ def _job(tmp_path: Path) -> LocalJob:
     return lj
 
 
-def _result(output: Path, outcome: str, metrics: dict[str, float]) -> TrainerResult:
+def _result(output: Path, outcome: str, metrics: dict[str, float], promoted_uri: str | None) -> TrainerResult:
+    """What the trainer reports; `promoted_uri`: it promoted there (the gates passed)."""
     adapter = output / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
     failed = outcome == "failed"
+    promotion = Promotion(uri=promoted_uri, manifest_digest="sha256:" + "ab" * 32, files=1, bytes=2) if promoted_uri else None
     return TrainerResult(outcome=outcome,  # type: ignore[arg-type]
                          reason="Diverged" if failed else "Succeeded",
                          message="loss became NaN at step 3" if failed else "qlora training finished",
                          metrics=metrics, data=DataSummary(examples=300, train=285, validation=15),
                          progress=Progress(step=3 if failed else 100, total_steps=100, stage="failed" if failed else "done"),
-                         artifact=str(adapter), artifact_uri=f"file://{adapter}")
+                         artifact=str(adapter), artifact_uri=f"file://{adapter}", promotion=promotion)
 
 
 CASES = [("succeeded", PASSING, "Succeeded", True), ("succeeded", FAILING, "GateFailed", False),
@@ -53,22 +55,33 @@ def test_local_status_is_the_shared_outcome_status(tmp_path: Path, outcome: str,
     lj = _job(tmp_path)
     assert lj.job is not None
     runner = Runner(out=io.StringIO(), err=io.StringIO(), now=lambda: NOW)
-    output, promoted_path = runner.paths(lj.job)
-    assert promoted_path is not None
-    result = _result(output, outcome, metrics)
+    paths = runner.paths(lj.job)
+    assert paths.promoted_uri is not None
+    result = _result(paths.output, outcome, metrics, paths.promoted_uri if promoted else None)
 
-    done = runner._finish(lj.job, lj, result, output=output, promoted=promoted_path)
-    local = json.loads((output / "kubetune" / "status.json").read_text())
+    done = runner._finish(lj.job, lj, result, paths=paths)
+    local = json.loads((paths.output / "kubetune" / "status.json").read_text())
 
     shared = outcome_status(finished_state(result), result=result, gates=lj.obj["spec"]["evaluation"]["gates"],
-                            output_uri=f"file://{output}", promoted_uri=f"file://{promoted_path}",
-                            promoted=promoted, now=NOW)
+                            output_uri=f"file://{paths.output}", now=NOW)
     assert local == json.loads(json.dumps(shared))
     assert (local["phase"], str(done.phase)) == (phase, phase)
-    assert (done.promoted is not None) is promoted and promoted_path.exists() is promoted
+    # `kubetune run` copies nothing itself: it shows the promotion the trainer reported
+    assert (done.promoted is not None) is promoted and not Path(paths.promoted or "/nonexistent").exists()
     if outcome == "succeeded":
-        assert local["artifact"] == {"uri": result.artifact_uri, "promoted": promoted,
-                                     **({"promotedUri": f"file://{promoted_path}"} if promoted else {})}
+        assert local["artifact"] == {"uri": result.artifact_uri, "promoted": promoted, **(
+            {"promotedUri": paths.promoted_uri, "manifestDigest": "sha256:" + "ab" * 32} if promoted else {})}
+
+
+def test_gates_passing_without_a_reported_promotion_is_not_promoted(tmp_path: Path) -> None:
+    # the gate decision alone never makes status say promoted: only the trainer's report of a copy does
+    lj = _job(tmp_path)
+    assert lj.job is not None
+    paths = Runner(out=io.StringIO(), err=io.StringIO(), now=lambda: NOW).paths(lj.job)
+    result = _result(paths.output, "succeeded", PASSING, None)
+    status = outcome_status(finished_state(result), result=result, gates=lj.obj["spec"]["evaluation"]["gates"],
+                            output_uri=f"file://{paths.output}", now=NOW)
+    assert status["phase"] == "Succeeded" and status["artifact"] == {"uri": result.artifact_uri, "promoted": False}
 
 
 @pytest.mark.parametrize(("outcome", "metrics", "phase", "promoted"), CASES)
@@ -77,10 +90,10 @@ def test_local_status_says_what_the_operator_says_for_the_same_result(
     lj = _job(tmp_path)
     assert lj.job is not None
     runner = Runner(out=io.StringIO(), err=io.StringIO(), now=lambda: NOW)
-    output, promoted_path = runner.paths(lj.job)
-    result = _result(output, outcome, metrics)
-    runner._finish(lj.job, lj, result, output=output, promoted=promoted_path)
-    local = json.loads((output / "kubetune" / "status.json").read_text())
+    paths = runner.paths(lj.job)
+    result = _result(paths.output, outcome, metrics, paths.promoted_uri if promoted else None)
+    runner._finish(lj.job, lj, result, paths=paths)
+    local = json.loads((paths.output / "kubetune" / "status.json").read_text())
 
     # the same manifest as a CR whose Job ended with the same result in the termination message
     pod_phase, code = ("Succeeded", 0) if outcome == "succeeded" else ("Failed", 5)

@@ -10,7 +10,7 @@ import pytest
 from fake_api import FakeApi
 from operator_builders import ftj, load_example, terminated
 
-from kubetune.api.trainer_contract import TrainerResult
+from kubetune.api.trainer_contract import Promotion, TrainerResult
 from kubetune.operator import metrics
 from kubetune.operator.app import Operator, build_operator
 from kubetune.operator.config import OperatorSettings
@@ -136,22 +136,28 @@ def test_unschedulable_past_grace_fails_and_stops_the_job() -> None:
     assert api.events[-1][:2] == ("Warning", "Unschedulable")
 
 
-def test_success_keeps_the_result_on_the_job_and_counts_gates() -> None:
-    cr = ftj()
-    world, api, rec = setup(cr)
-    rec.reconcile(key_of(cr))
+def _job_finished(world: World, api: FakeApi, cr: dict[str, Any], promotion: Promotion | None = None) -> dict[str, Any]:
+    """The FineTuneJob's Job completed, its pod's termination message a result whose gates pass."""
     job = api.objects[("Job", "clinical-ai", "triage-llama3-70b-ft")]
     job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1,
                      "startTime": "2025-01-01T00:00:00Z", "completionTime": "2025-01-01T01:00:00Z"}
     world.put_job(job)
     msg = TrainerResult(outcome="succeeded", artifact="/mnt/pvc/triage-models/triage-llama3-70b/adapter",
                         metrics={"golden.accuracy": 0.9, "safety.refusal_rate": 1.0,
-                                 "forgetting.perplexity_increase": 0.01}).termination_message()
+                                 "forgetting.perplexity_increase": 0.01}, promotion=promotion).termination_message()
     world.put_pod({"metadata": {"name": "p", "namespace": "clinical-ai", "creationTimestamp": "2025-01-01T00:00:00Z",
                                 "labels": {"kubetune.io/kind": "FineTuneJob"},
                                 "annotations": {"kubetune.io/owner": "triage-llama3-70b"}},
                    "status": {"phase": "Succeeded", "containerStatuses": [
                        {"name": "trainer", "state": terminated(0, "Completed", msg)}]}})
+    return job
+
+
+def test_success_keeps_the_result_on_the_job_and_counts_gates() -> None:
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    job = _job_finished(world, api, cr)
     gates = rec.metrics.gate_evaluations.labels(kind="FineTuneJob", gate="golden.accuracy", result="passed")
     before = gates._value.get()
     rec.reconcile(key_of(cr))
@@ -181,12 +187,53 @@ def test_preference_alignment_waits_then_runs_on_the_artifact() -> None:
     done["status"] = {"phase": "Succeeded", "observedGeneration": 1,
                       "conditions": [{"type": "Ready", "status": "True"}],
                       "artifact": {"uri": "pvc://triage-models/triage-llama3-70b/adapter", "promoted": True,
-                                   "promotedUri": "pvc://triage-models/promoted/triage-llama3-70b"}}
+                                   "promotedUri": "pvc://triage-models/promoted/triage-llama3-70b",
+                                   "manifestDigest": "sha256:" + "1" * 64}}
     world.put_cr(done)
     rec.reconcile(key_of(pa))
     assert api.status[key_of(pa)]["phase"] == "Queued"
     cm = api.objects[("ConfigMap", "clinical-ai", "triage-llama3-70b-dpo-pa-config")]
     assert '"adapter": "/mnt/pvc/triage-models/promoted/triage-llama3-70b"' in cm["data"]["config.json"]
+
+
+def _finished_ftj(promotion: Promotion | None) -> tuple[World, FakeApi, Reconciler, dict[str, Any]]:
+    """The FineTuneJob's status made by the reconciler from its trainer's result (gates passing)."""
+    cr, pa = ftj(), _pa()
+    world, api, rec = setup(cr, pa)
+    rec.reconcile(key_of(cr))
+    _job_finished(world, api, cr, promotion)
+    rec.reconcile(key_of(cr))
+    done = copy.deepcopy(cr)
+    done["status"] = api.status[key_of(cr)]
+    world.put_cr(done)
+    return world, api, rec, pa
+
+
+def test_dependency_gets_the_promoted_copy_only_when_the_trainer_reported_it() -> None:
+    promoted = Promotion(uri="pvc://triage-models/promoted/triage-llama3-70b", manifest_digest="sha256:" + "2" * 64,
+                         files=4, bytes=1000)
+    _, _, rec, pa = _finished_ftj(promoted)
+    dep, spec, adapter = rec.dependency(key_of(pa), pa)
+    assert dep.state == "ready" and spec is not None
+    assert adapter == "pvc://triage-models/promoted/triage-llama3-70b"
+    # gates passed but the trainer reported no promotion: the artifact itself, which exists
+    _, api, rec, pa = _finished_ftj(None)
+    assert api.status[("FineTuneJob", "clinical-ai", "triage-llama3-70b")]["artifact"]["promoted"] is False
+    dep, _, adapter = rec.dependency(key_of(pa), pa)
+    assert dep.state == "ready" and adapter == "pvc://triage-models/triage-llama3-70b/adapter"
+
+
+def test_dependency_ignores_a_promotion_claimed_without_a_manifest_digest() -> None:
+    # a status written before the trainer promoted said promoted: true from the gates alone; that
+    # folder may never have been written, so the PA is given the artifact
+    cr, pa = ftj(), _pa()
+    world, _, rec = setup(cr, pa)
+    done = copy.deepcopy(cr)
+    done["status"] = {"phase": "Succeeded", "conditions": [{"type": "Ready", "status": "True"}],
+                      "artifact": {"uri": "pvc://triage-models/triage-llama3-70b/adapter", "promoted": True,
+                                   "promotedUri": "pvc://triage-models/promoted/triage-llama3-70b"}}
+    world.put_cr(done)
+    assert rec.dependency(key_of(pa), pa)[2] == "pvc://triage-models/triage-llama3-70b/adapter"
 
 
 @pytest.mark.parametrize("how", ["GateFailed", "deleted"])

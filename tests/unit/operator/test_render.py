@@ -148,8 +148,19 @@ def test_hf_and_s3_sources_pass_through() -> None:
     ch = render(obj)
     src = json.loads(ch.configmap["data"]["config.json"])["sources"]
     assert src["model"].startswith("hf://")
-    assert src["dataset"].startswith("s3://") and src["output"].startswith("s3://")
+    assert src["dataset"].startswith("s3://")
+    # an s3:// output is staged in the pod's /tmp and uploaded by the trainer (its URI: spec.output.uri)
+    assert src["output"] == "/tmp/kubetune/output" and "outputUri" not in src
     assert not [v for v in pod_spec(ch)["volumes"] if "persistentVolumeClaim" in v]
+
+
+def test_storage_secret_reaches_the_trainer_by_envfrom_only() -> None:
+    obj = load_example("llama3-8b-lora.yaml")
+    ch = render(obj)
+    assert container(ch)["envFrom"] == [{"secretRef": {"name": "ml-team-s3"}}]
+    assert not [e for e in container(ch)["env"] if e["name"].startswith("AWS_")]  # values only from the Secret
+    del obj["spec"]["storage"]
+    assert "envFrom" not in container(render(obj))
 
 
 def test_secrets_only_by_reference() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from operator_builders import ftj, jcond, job, pod, terminated
 
-from kubetune.api.trainer_contract import TrainerResult
+from kubetune.api.trainer_contract import Promotion, TrainerResult
 from kubetune.status import DependencyState, Verdict, derive_status, events_for, progress_summary
 
 NOW = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)
@@ -116,8 +116,13 @@ def test_garbage_progress_annotation_is_ignored() -> None:
     assert s["phase"] == "Running" and "progress" not in s
 
 
+DIGEST = "sha256:" + "0f" * 32
+PROMOTION = Promotion(uri="pvc://triage-models/promoted/triage-llama3-70b", manifest_digest=DIGEST, files=5, bytes=9)
+
+
 def test_succeeded_with_gates_passed() -> None:
-    msg = result_message(metrics=GOOD_METRICS, artifact="/mnt/pvc/triage-models/triage-llama3-70b/adapter")
+    msg = result_message(metrics=GOOD_METRICS, artifact="/mnt/pvc/triage-models/triage-llama3-70b/adapter",
+                         promotion=PROMOTION)
     p = pod(phase="Succeeded", state=terminated(0, "Completed", msg))
     s = derive(job=job(conditions=[jcond("Complete")], succeeded=1), pods=[p]).status
     assert (s["phase"], s["reason"]) == ("Succeeded", "GatesPassed")
@@ -127,8 +132,18 @@ def test_succeeded_with_gates_passed() -> None:
     assert s["metrics"]["golden.accuracy"] == 0.9
     assert [g["passed"] for g in s["gates"]] == [True, True, True]
     assert s["artifact"] == {"uri": "pvc://triage-models/triage-llama3-70b/adapter", "promoted": True,
-                             "promotedUri": "pvc://triage-models/promoted/triage-llama3-70b"}
+                             "promotedUri": "pvc://triage-models/promoted/triage-llama3-70b", "manifestDigest": DIGEST}
     assert s["completionTime"]
+
+
+def test_gates_passed_but_no_promotion_reported_is_not_promoted() -> None:
+    # the gate decision alone never says promoted: a trainer that did not report a promotion (one that
+    # predates it, or a job without promotedUri) leaves promoted false and names no promoted copy
+    msg = result_message(metrics=GOOD_METRICS, artifact="/mnt/pvc/triage-models/triage-llama3-70b/adapter")
+    s = derive(job=job(conditions=[jcond("Complete")], succeeded=1),
+               pods=[pod(phase="Succeeded", state=terminated(0, "Completed", msg))]).status
+    assert (s["phase"], s["reason"]) == ("Succeeded", "GatesPassed")
+    assert s["artifact"] == {"uri": "pvc://triage-models/triage-llama3-70b/adapter", "promoted": False}
 
 
 def test_artifact_uri_is_what_the_trainer_reports() -> None:

@@ -1,0 +1,134 @@
+"""A real S3-compatible server on 127.0.0.1 for the s3:// tests: SeaweedFS (Apache-2.0) built from its
+Go module by cluster/build-seaweedfs.sh (version pinned in cluster/versions.env), started as
+`weed server -s3` with every port on loopback, an S3 identity (access key + secret) and telemetry off.
+
+    server = SeaweedS3.start(tmp / "s3")
+    server.make_bucket("models")
+    os.environ.update(server.env())   # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "cluster" / "build-seaweedfs.sh"
+ACCESS_KEY = "KUBETUNETESTKEY"
+# A secret value planted on purpose: tests grep every output for it.
+SECRET_KEY = "planted-s3-secret-7f3a9c1e-never-in-any-output"
+
+
+def build_weed() -> Path:
+    """The weed binary (built on first use: many minutes cold, instant warm)."""
+    out = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"cluster/build-seaweedfs.sh failed:\n{out.stderr[-3000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class SeaweedS3:
+    root: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    buckets: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **override: str) -> dict[str, str]:
+        env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+               "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1"}
+        env.update(override)
+        return env
+
+    def client(self, **options: Any) -> Any:
+        """A pyarrow S3 filesystem with the test identity (bucket creation allowed)."""
+        from pyarrow import fs as pafs
+
+        return pafs.S3FileSystem(access_key=ACCESS_KEY, secret_key=SECRET_KEY, scheme="http",
+                                 endpoint_override=f"127.0.0.1:{self.port}", region="us-east-1",
+                                 allow_bucket_creation=True, allow_bucket_deletion=True, connect_timeout=5, **options)
+
+    def make_bucket(self, name: str) -> None:
+        self.client().create_dir(name)
+        self.buckets.append(name)
+
+    @classmethod
+    def start(cls, root: Path, *, timeout: float = 60.0) -> SeaweedS3:
+        weed = build_weed()
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "data").mkdir(exist_ok=True)
+        identities = {"identities": [{"name": "kubetune-test",
+                                      "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                                      "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        config = root / "s3.json"
+        config.write_text(json.dumps(identities))
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+        cmd = [str(weed), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.telemetry=false",
+               # small volumes, as many as the disk allows: each bucket is a collection with volumes of its own
+               "-master.volumeSizeLimitMB=64", "-volume.max=0",
+               f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+               "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+               f"-filer.localSocket={root / 'filer.sock'}",
+               "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
+               f"-s3.localSocket={root / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        log = open(root / "weed.log", "wb")  # noqa: SIM115 - the server's lifetime
+        server = cls(root=root, port=s3)
+        server.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"weed exited with {server.proc.returncode}:\n" + server.log_tail())
+            try:
+                fs = server.client()
+                fs.create_dir("kubetune-ready")
+                with fs.open_output_stream("kubetune-ready/probe") as out:
+                    out.write(b"ok")
+                fs.delete_dir("kubetune-ready")
+                return server
+            except OSError as e:
+                last = e
+                time.sleep(0.5)
+        server.stop()
+        raise RuntimeError(f"SeaweedFS S3 on {server.endpoint} not ready in {timeout:.0f}s ({last}):\n" + server.log_tail())
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join((self.root / "weed.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)  # our own process group (start_new_session)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
