@@ -32,6 +32,12 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """N of a ``checkpoint-N`` folder."""
+    m = _CHECKPOINT.match(path.name)
+    return int(m.group(1)) if m else None
+
+
 def is_complete(path: Path) -> bool:
     return (path / MARKER).is_file()
 
@@ -95,5 +101,15 @@ def completion_callback() -> Any:
     return CompletionMarker()
 
 
-__all__ = ["MARKER", "checkpoints", "completion_callback", "is_complete", "is_final", "load_final", "mark_complete",
-           "newest_complete", "prepare_resume"]
+__all__ = [
+    "MARKER",
+    "checkpoint_step",
+    "checkpoints",
+    "completion_callback",
+    "is_complete",
+    "is_final",
+    "load_final",
+    "mark_complete",
+    "newest_complete",
+    "prepare_resume",
+]

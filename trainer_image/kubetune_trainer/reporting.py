@@ -218,6 +218,20 @@ class Metrics:
         self.server.shutdown()
 
 
+def _count_start(path: Path) -> int | None:
+    """1 + the starts recorded in `path`, recorded; None when the output cannot be written yet."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            before = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            before = 0
+        write_atomic(path, f"{before + 1}\n")
+    except OSError:
+        return None
+    return before + 1
+
+
 class Reporter:
     """Progress and the final result, through every channel the config turns on."""
 
@@ -230,12 +244,16 @@ class Reporter:
         self.history_path = self.progress_path.with_suffix(".jsonl")
         self.result_path = self.dir / "result.json"
         self.progress = ProgressReport()
+        # Starts of the trainer on this output (pod deleted, preempted, evicted: the Job's next pod
+        # comes back here); the operator reads it from progress, since a deleted pod leaves no trace.
+        self.main_rank = os.environ.get("RANK", "0") in ("", "0")
+        if self.main_rank:
+            self.progress.attempt = _count_start(self.dir / "attempts")
         self._last_file = 0.0
         self._last_log = 0.0
         self._last_line: str | None = None
         self.metrics: Metrics | None = None
         # Under torchrun only global rank 0 reports progress (every rank writes its own result).
-        self.main_rank = os.environ.get("RANK", "0") in ("", "0")
         if config.report.metrics_port and self.main_rank:
             try:
                 self.metrics = Metrics(config.report.metrics_port,

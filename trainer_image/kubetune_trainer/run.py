@@ -119,7 +119,13 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         reporter.update(stage="loading", force=True)
         import torch
 
-        from kubetune_trainer.checkpoints import completion_callback, is_final, load_final, prepare_resume
+        from kubetune_trainer.checkpoints import (
+            checkpoint_step,
+            completion_callback,
+            is_final,
+            load_final,
+            prepare_resume,
+        )
         from kubetune_trainer.common import Context
         from kubetune_trainer.data import dpo_rows, read_jsonl, sft_rows
         from kubetune_trainer.reporting import progress_callback
@@ -191,6 +197,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         if resume is not None:
             log(f"resuming from {resume.name}")
             details["resumedFrom"] = resume.name
+            reporter.update(resumed_from_step=checkpoint_step(resume), force=True)
         if stop.requested:
             raise TrainerFailure(Reason.INTERRUPTED, f"stopped by {stop.signal_name} before training")
         if resume is not None and is_final(resume, spec.training.max_steps):

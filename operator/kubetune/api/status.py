@@ -40,6 +40,10 @@ class Progress(KubeModel):
     eta_seconds: float | None = Field(default=None, description="Estimated seconds to the end of training.")
     peak_gpu_memory_bytes: int | None = Field(default=None, description="Peak GPU memory allocated by the trainer.")
     stage: str | None = Field(default=None, max_length=32, description="preflight | loading | training | evaluating | exporting | done.")
+    attempt: int | None = Field(default=None, ge=1, description=(
+        "Which start of the trainer this is for this output: 2 after a pod was restarted (deleted, preempted, evicted)."))
+    resumed_from_step: int | None = Field(default=None, ge=0, description=(
+        "The step of the checkpoint this start resumed from; absent when it started at step 0."))
     summary: str | None = Field(default=None, max_length=64, description="Short form for printer columns, e.g. 60% (120/200).")
     updated_at: str | None = Field(default=None, description="When the trainer reported this (RFC 3339).")
 

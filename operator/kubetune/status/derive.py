@@ -83,8 +83,9 @@ def derive_status(
                                 image_pull_grace_seconds)
         js = job.get("status") or {}
         status["jobName"] = (job.get("metadata") or {}).get("name")
+        # a deleted or preempted pod is counted nowhere in the Job: the trainer counts its starts
         status["attempts"] = max(len(pods_.ordered), int(js.get("failed") or 0) + int(js.get("succeeded") or 0)
-                                 + int(js.get("active") or 0))
+                                 + int(js.get("active") or 0), (progress.attempt if progress else None) or 0)
         if js.get("startTime"):
             status["startTime"] = js["startTime"]
     elif job_name:

@@ -49,6 +49,9 @@ def oom_advice(verdict: Verdict) -> str:
     elif verdict.plan and verdict.plan.get("fits"):
         parts.append("; try a smaller training.batchSize or training.maxSeqLength, or more resources.memory "
                      "for the host process")
+    elif verdict.fits is None:  # no plan to go by (e.g. a pvc:// model without spec.baseModel.architecture)
+        parts.append("; try a smaller training.batchSize or training.maxSeqLength, more resources.memory (a CPU "
+                     "job) or a GPU with more memory, and set spec.baseModel.architecture for a memory plan")
     return "".join(parts)
 
 

@@ -214,6 +214,16 @@ def test_oom_killed_after_retries_is_out_of_memory_with_plan_advice() -> None:
     assert cond(s, "Ready")["status"] == "False"
 
 
+def test_oom_killed_without_a_plan_says_what_to_change() -> None:
+    verdict = Verdict(fits=None, plan_message="cannot plan memory: set spec.baseModel.architecture")
+    p = pod("p-0", "Failed", state=terminated(137, "OOMKilled"))
+    j = job(conditions=[jcond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")],
+            failed=1)
+    s = derive(job=j, pods=[p], verdict=verdict).status
+    assert (s["phase"], s["reason"]) == ("Failed", "OutOfMemory")
+    assert "the plan: cannot plan memory" in s["message"] and "more resources.memory" in s["message"]
+
+
 def test_oom_while_retrying_is_still_running_with_a_note() -> None:
     pods = [pod("p-0", "Failed", created="2025-01-01T00:00:00Z", state=terminated(137, "OOMKilled")),
             pod("p-1", "Running", created="2025-01-01T00:05:00Z")]
