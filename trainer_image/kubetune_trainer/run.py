@@ -1,7 +1,8 @@
 """One trainer run, from a TrainerConfig to a TrainerResult:
 
-pick the device → preflight the data → load tokenizer and model → train (resuming from the newest complete
-checkpoint) → evaluate (when spec.evaluation is set) → export the artifact → report the result.
+pick the device → the checked data (the preflight stage's, or the preflight here) → load tokenizer and
+model → train (resuming from the newest complete checkpoint) → evaluate (when spec.evaluation is set) →
+export the artifact → report the result.
 Every ending is a TrainerResult with a Reason; nothing escapes as a raw traceback.
 """
 
@@ -56,20 +57,11 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
 
         # 0. the device: a GPU job on a pod without a GPU fails now (GPUUnavailable), not after the preflight
         device = modeling.pick_device(config.device, gpus=spec.resources.gpus)
-        # 1. data preflight, before any model is loaded
+        # 1. the checked data (the preflight stage's, or the preflight run here), before any model is loaded
         reporter.update(stage="preflight", force=True)
-        from kubetune_trainer.data import run_preflight, summary
+        from kubetune_trainer.data import prepare_data
 
-        dataset = _resolve(config.sources.dataset, kind="dataset", reason=Reason.DATA_INVALID, config=config)
-        golden = None
-        if config.sources.golden:
-            try:
-                golden = _resolve(config.sources.golden, kind="dataset", reason=Reason.DATA_INVALID, config=config)
-            except TrainerFailure as e:
-                log(f"warning: golden set unavailable for the leakage check: {e.message}")
-        report, train_path, validation_path = run_preflight(
-            dataset=dataset, spec=spec, out_dir=output / "kubetune" / "data", golden=golden, log=log)
-        data_summary = summary(report)
+        data_summary, train_path, validation_path = prepare_data(config, output=output, log=log)
         reporter.update(data=data_summary, force=True)
         if stop.requested:
             raise TrainerFailure(Reason.INTERRUPTED, f"stopped by {stop.signal_name} before training")
