@@ -3,7 +3,9 @@
 - `pvc://claim/path` ⇒ the claim is mounted once at /mnt/pvc/<claim> (read-only unless the output
   is on it) and the source resolves to /mnt/pvc/<claim>/<path>;
 - `hf://` and `s3://` pass through: the trainer fetches them;
-- `file://` is for `kubetune run` only (the webhook warns); it passes through unchanged.
+- `file://` is for `kubetune run` only (the webhook warns); it passes through unchanged;
+- the checked data (`sources.checkedData`) lies below the output: the preflight pod writes it there
+  (the output claim is mounted writable in both pods), the trainer pod reads it.
 Secrets reach the trainer only as `env[].valueFrom.secretKeyRef`: their values never appear in the
 ConfigMap, the status or the operator's memory.
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.resources import AnyJob, PreferenceAlignment
-from kubetune.api.trainer_contract import SecretEnv, Sources
+from kubetune.api.trainer_contract import CHECKED_DATA_DIR, SecretEnv, Sources, child_uri
 
 PVC_ROOT = "/mnt/pvc"
 HF_TOKEN_ENV = "HF_TOKEN"
@@ -102,6 +104,7 @@ def resolve_sources(job: AnyJob, *, model_uri: str | None = None, adapter_uri: s
         golden=to_local(uris["golden"]) if uris["golden"] else None,
         safety=to_local(uris["safety"]) if uris["safety"] else None,
         forgetting=to_local(uris["forgetting"]) if uris["forgetting"] else None,
+        checked_data=to_local(child_uri(spec.output.uri, CHECKED_DATA_DIR)),
     ))
     for i, claim in enumerate(claims):
         read_only = claim not in writable
