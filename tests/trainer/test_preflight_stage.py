@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,23 @@ def test_training_reads_the_checked_data_without_a_second_scan(tiny_model: Path,
     assert result.data is not None and result.data.examples == 41 and result.data.pii == {"EMAIL": 1}
     assert any("no second scan" in line for line in lines)
     assert not (tmp_path / "out" / "kubetune" / "data").exists()  # the inline preflight never ran
+
+
+def test_a_remote_location_is_written_locally_then_uploaded_result_last(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An s3:// output: the stage writes to a temporary folder and puts every file there with fsspec,
+    result.json last (a reader that finds it finds the rest); fsspec's memory filesystem stands in."""
+    import fsspec
+
+    put: list[str] = []
+    memory = fsspec.filesystem("memory")
+    original = memory.put_file
+    monkeypatch.setattr(memory, "put_file", lambda lpath, rpath, **kw: (put.append(rpath), original(lpath, rpath, **kw)))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = _config(tmp_path, instruction_records(30))
+    config.sources.checked_data = "memory://bucket/out/kubetune/preflight"
+    result = run_stage(config, log=lambda _: None)
+    assert result.outcome == "succeeded", result.message
+    assert [p.rsplit("/", 1)[1] for p in put] == ["report.json", "train.jsonl", "validation.jsonl", "result.json"]
+    assert TrainerResult.parse(memory.cat_file("/bucket/out/kubetune/preflight/result.json").decode()).data == result.data
+    assert not list(tmp_path.glob("kubetune-preflight-*"))  # the local copy is gone
