@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.status import DataSummary
 from kubetune.api.trainer_contract import TrainerResult
 from kubetune_devcluster import Cluster, finish_pod, wait_for_pods, wait_until
 
@@ -52,6 +53,10 @@ class OperatorProcess:
             "KUBETUNE_UNSCHEDULABLE_GRACE": "5",
             "KUBETUNE_IMAGE_PULL_GRACE": "5",
             "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:e2e",
+            # the one 32-CPU kwok node holds 64 of these (4 CPUs each, the default, would fit only 8:
+            # twenty jobs at once would wait for CPUs past the 5 s unschedulable grace)
+            "KUBETUNE_PREFLIGHT_RESOURCES": json.dumps({"requests": {"cpu": "500m", "memory": "1Gi"},
+                                                        "limits": {"cpu": "2", "memory": "2Gi"}}),
             **env,
         }
         if webhook:
@@ -144,8 +149,36 @@ def wait_phase(cluster: Cluster, kind: str, ns: str, name: str, *phases: str, ti
 
 def trainer_pods(cluster: Cluster, ns: str, name: str, phase: str = "Running", count: int = 1,
                  timeout: float = 60) -> list[dict[str, Any]]:
-    return wait_for_pods(cluster.kubeconfig, ns, f"kubetune.io/job={name}", phase=phase, count=count,
-                         timeout=timeout, kubectl=cluster.kubectl_path)
+    return wait_for_pods(cluster.kubeconfig, ns, f"kubetune.io/job={name},kubetune.io/component=trainer",
+                         phase=phase, count=count, timeout=timeout, kubectl=cluster.kubectl_path)
+
+
+def preflight_pod(cluster: Cluster, ns: str, name: str, phase: str = "Running", timeout: float = 60) -> dict[str, Any]:
+    (pod,) = wait_for_pods(cluster.kubeconfig, ns, f"kubetune.io/job={name},kubetune.io/component=preflight",
+                           phase=phase, count=1, timeout=timeout, kubectl=cluster.kubectl_path)
+    return pod
+
+
+DATA_OK = TrainerResult(outcome="succeeded", reason="Succeeded", message="1,000 usable examples (950 train, 50 validation)",
+                        data=DataSummary(examples=1000, train=950, validation=50, invalid=0, duplicates=0))
+
+
+def pass_preflight(cluster: Cluster, ns: str, name: str, result: TrainerResult = DATA_OK) -> dict[str, Any]:
+    """What the data preflight's pod does when the data is ok: exit 0 with its result; returns the pod."""
+    pod = preflight_pod(cluster, ns, name)
+    finish(cluster, ns, pod["metadata"]["name"], "succeeded", result=result)
+    return pod
+
+
+def gpu_requests(cluster: Cluster, ns: str) -> list[str]:
+    """Jobs and pods in `ns` that request a GPU, by kind/name."""
+    found = []
+    for kind in ("jobs", "pods"):
+        for obj in cluster.get(kind, "-n", ns)["items"]:
+            spec = obj["spec"]["template"]["spec"] if kind == "jobs" else obj["spec"]
+            if "nvidia.com/gpu" in json.dumps([c.get("resources") for c in spec["containers"]]):
+                found.append(f"{kind}/{obj['metadata']['name']}")
+    return found
 
 
 def report_progress(cluster: Cluster, ns: str, pod: str, **progress: Any) -> None:

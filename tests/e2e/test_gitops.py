@@ -32,6 +32,7 @@ from operator_helpers import (
     ftj,
     get_cr,
     pa,
+    pass_preflight,
     report_progress,
     trainer_pods,
     wait_phase,
@@ -131,6 +132,7 @@ def test_kstatus_through_a_finetunejob_life(cluster: Cluster, operator: Operator
     # Pending: created, before the trainer runs
     h.capture(h.create(ftj("tune", namespace)), "new")
     assert h.kstatus("FineTuneJob", "tune", "Pending") == "InProgress"
+    pass_preflight(cluster, namespace, "tune")
     (pod,) = trainer_pods(cluster, namespace, "tune")
     name = pod["metadata"]["name"]
     h.phase("FineTuneJob", "tune", "Running")
@@ -144,6 +146,7 @@ def test_kstatus_through_a_finetunejob_life(cluster: Cluster, operator: Operator
     assert h.kstatus("FineTuneJob", "tune", "Succeeded") == "Current"
 
     h.create(ftj("weak", namespace))
+    pass_preflight(cluster, namespace, "weak")
     (pod,) = trainer_pods(cluster, namespace, "weak")
     finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(FAIL))
     h.capture(h.phase("FineTuneJob", "weak", "GateFailed"), "gate-failed")
@@ -151,6 +154,7 @@ def test_kstatus_through_a_finetunejob_life(cluster: Cluster, operator: Operator
 
     # a trainer reason of 200 characters of free text: the status still updates, in CamelCase
     h.create(ftj("crash", namespace))
+    pass_preflight(cluster, namespace, "crash")
     (pod,) = trainer_pods(cluster, namespace, "crash")
     crash = TrainerResult(outcome="failed", reason=LONG_REASON, message="the trainer crashed at step 1187")
     finish(cluster, namespace, pod["metadata"]["name"], "failed", exit_code=1, result=crash)
@@ -173,6 +177,7 @@ def test_suspended_stale_and_preference_alignment(cluster: Cluster, operator: Op
     h.capture(h.create(pa("align", namespace, "base")), "new")
     h.capture(h.phase("PreferenceAlignment", "align", "Waiting"), "waiting")
     assert h.kstatus("PreferenceAlignment", "align", "Waiting") == "InProgress"
+    pass_preflight(cluster, namespace, "base")
     h.phase("FineTuneJob", "base", "Running")
 
     # spec.suspend changes the generation: until the operator has seen it, the status is stale
@@ -187,6 +192,7 @@ def test_suspended_stale_and_preference_alignment(cluster: Cluster, operator: Op
     finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(PASS))
     h.phase("FineTuneJob", "base", "Succeeded")
 
+    pass_preflight(cluster, namespace, "align")
     (pod,) = trainer_pods(cluster, namespace, "align")
     h.capture(h.phase("PreferenceAlignment", "align", "Running"), "running")
     finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result({}))
@@ -195,6 +201,7 @@ def test_suspended_stale_and_preference_alignment(cluster: Cluster, operator: Op
 
     # an alignment of a FineTuneJob whose gates failed can never run
     h.create(ftj("weak", namespace))
+    pass_preflight(cluster, namespace, "weak")
     (pod,) = trainer_pods(cluster, namespace, "weak")
     finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(FAIL))
     h.phase("FineTuneJob", "weak", "GateFailed")

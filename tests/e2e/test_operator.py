@@ -1,6 +1,8 @@
 """The operator on the real local control plane: both kinds through their lifecycle, with pod phases
 driven by kwok and the trainer's reports injected through the real channel (the progress
-annotation on the pod, the TrainerResult JSON in the termination message)."""
+annotation on the pod, the TrainerResult JSON in the termination message). Every job first runs
+its data preflight pod (CPU only) — the tests end it as the preflight would — and only then gets
+its GPU Job."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 from operator_helpers import (
+    DATA_OK,
     REPO,
     TRAINER_CLUSTER_ROLE,
     OperatorProcess,
@@ -22,12 +25,16 @@ from operator_helpers import (
     finish,
     ftj,
     get_cr,
+    gpu_requests,
     pa,
+    pass_preflight,
+    preflight_pod,
     report_progress,
     trainer_pods,
     wait_phase,
 )
 
+from kubetune.api.status import DataSummary
 from kubetune.api.trainer_contract import TrainerResult
 from kubetune_devcluster import Cluster, wait_until
 
@@ -66,9 +73,22 @@ def cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
 
 def test_lifecycle_succeeded(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("tune", namespace))
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "tune", "Validating")
+    # the data is checked first, in a CPU pod: no GPU is requested meanwhile
+    check = preflight_pod(cluster, namespace, "tune")
+    assert check["spec"]["nodeName"] == "kwok-cpu-0"  # an untainted CPU node, never a GPU one
+    assert check["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                                           "limits": {"cpu": "2", "memory": "2Gi"}}
+    assert children(cluster, namespace, "tune")["jobs"] == ["tune-ft-preflight"]
+    assert gpu_requests(cluster, namespace) == []
+    wait_until(lambda: get_cr(cluster, "FineTuneJob", namespace, "tune")["status"].get("reason") == "CheckingData",
+               timeout=30, what="CheckingData")
+    assert cond(get_cr(cluster, "FineTuneJob", namespace, "tune"), "DataValid")["status"] == "Unknown"
+    pass_preflight(cluster, namespace, "tune")
     obj = wait_phase(cluster, "FineTuneJob", namespace, "tune", "Queued", "Running")
+    assert obj["status"]["data"]["examples"] == 1000 and cond(obj, "DataValid")["status"] == "True"
     kids = children(cluster, namespace, "tune")
-    assert kids["jobs"] == ["tune-ft"] and kids["configmaps"] == ["tune-ft-config"]
+    assert sorted(kids["jobs"]) == ["tune-ft", "tune-ft-preflight"] and kids["configmaps"] == ["tune-ft-config"]
     job = cluster.get("job", "tune-ft", "-n", namespace)
     assert job["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
     (pod,) = trainer_pods(cluster, namespace, "tune")
@@ -99,12 +119,13 @@ def test_lifecycle_succeeded(cluster: Cluster, operator: OperatorProcess, namesp
     assert obj["status"]["artifact"]["uri"] == "s3://bucket/out/tune/adapter"  # under spec.output.uri
     events = cluster.get("events", "-n", namespace, "--field-selector", "involvedObject.name=tune")["items"]
     reasons = {e["reason"] for e in events}
-    assert {"JobCreated", "Running", "GatesPassed"} <= reasons
+    assert {"CheckingData", "JobCreated", "Running", "GatesPassed"} <= reasons
     assert re.search(r'kubetune_jobs\{kind="FineTuneJob",phase="Succeeded"\} [1-9]', operator.metrics())
 
 
 def test_gate_failed(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("weak", namespace))
+    pass_preflight(cluster, namespace, "weak")
     (pod,) = trainer_pods(cluster, namespace, "weak")
     finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(FAIL))
     obj = wait_phase(cluster, "FineTuneJob", namespace, "weak", "GateFailed")
@@ -116,6 +137,7 @@ def test_gate_failed(cluster: Cluster, operator: OperatorProcess, namespace: str
 
 def test_oom_killed(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("oom", namespace))
+    pass_preflight(cluster, namespace, "oom")
     (pod,) = trainer_pods(cluster, namespace, "oom")
     finish(cluster, namespace, pod["metadata"]["name"], "oomkilled")
     obj = wait_phase(cluster, "FineTuneJob", namespace, "oom", "Failed")
@@ -123,20 +145,40 @@ def test_oom_killed(cluster: Cluster, operator: OperatorProcess, namespace: str)
     assert "OOM-killed" in obj["status"]["message"] and "per GPU" in obj["status"]["message"]
 
 
-def test_permanent_failure_is_not_retried(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+def test_failing_preflight_never_requests_a_gpu(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("baddata", namespace, backoffLimit=3))
-    (pod,) = trainer_pods(cluster, namespace, "baddata")
-    r = TrainerResult(outcome="failed", reason="InsufficientData", message="only 3 valid examples; minExamples is 10")
+    pod = preflight_pod(cluster, namespace, "baddata")
+    r = TrainerResult(outcome="failed", reason="InsufficientData", message="found 3 valid examples, need at least 10",
+                      data=DataSummary(examples=3, invalid=1, duplicates=0))
     finish(cluster, namespace, pod["metadata"]["name"], "failed", exit_code=3, result=r)
     obj = wait_phase(cluster, "FineTuneJob", namespace, "baddata", "Failed")
-    assert obj["status"]["reason"] == "InsufficientData"
+    assert (obj["status"]["reason"], obj["status"]["message"]) == ("InsufficientData", r.message)
     assert cond(obj, "DataValid")["status"] == "False"
+    assert obj["status"]["data"] == {"examples": 3, "invalid": 1, "duplicates": 0}
+    time.sleep(3)  # several resyncs: a failed preflight is final
     pods = cluster.get("pods", "-n", namespace, "-l", "kubetune.io/job=baddata")["items"]
+    assert len(pods) == 1  # the podFailurePolicy failed the Job at once, without a retry
+    assert children(cluster, namespace, "baddata")["jobs"] == ["baddata-ft-preflight"]
+    assert gpu_requests(cluster, namespace) == []  # no GPU Job or pod ever existed
+    events = cluster.get("events", "-n", namespace, "--field-selector", "involvedObject.name=baddata")["items"]
+    assert "JobCreated" not in {e["reason"] for e in events}
+
+
+def test_permanent_trainer_failure_is_not_retried(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, ftj("diverges", namespace, backoffLimit=3))
+    pass_preflight(cluster, namespace, "diverges")
+    (pod,) = trainer_pods(cluster, namespace, "diverges")
+    r = TrainerResult(outcome="failed", reason="Diverged", message="training loss became nan at step 12")
+    finish(cluster, namespace, pod["metadata"]["name"], "failed", exit_code=5, result=r)
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "diverges", "Failed")
+    assert obj["status"]["reason"] == "Diverged"
+    pods = cluster.get("pods", "-n", namespace, "-l", "kubetune.io/job=diverges,kubetune.io/component=trainer")["items"]
     assert len(pods) == 1  # the podFailurePolicy failed the Job at once
 
 
 def test_unschedulable(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("huge", namespace, resources={"gpus": 16, "gpuMemory": "80Gi"}))
+    pass_preflight(cluster, namespace, "huge")
     obj = wait_phase(cluster, "FineTuneJob", namespace, "huge", "Failed", timeout=90)
     assert obj["status"]["reason"] == "Unschedulable"
     assert "nvidia.com/gpu" in obj["status"]["message"]
@@ -144,8 +186,9 @@ def test_unschedulable(cluster: Cluster, operator: OperatorProcess, namespace: s
 
 
 def test_image_pull_failure(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
-    # kwok keeps the trainer pod of a job named "image-pull-fails" Pending in ErrImagePull
-    # (cluster/kubetune_devcluster/stages.yaml); the operator's image-pull grace is 5 s here
+    # kwok keeps the pods of a job named "image-pull-fails" Pending in ErrImagePull
+    # (cluster/kubetune_devcluster/stages.yaml) — here the data preflight's, the first to use the
+    # trainer image; the operator's image-pull grace is 5 s here
     apply(cluster, ftj("image-pull-fails", namespace))
     wait_until(lambda: get_cr(cluster, "FineTuneJob", namespace, "image-pull-fails").get("status", {}).get("reason")
                == "ImageUnavailable", timeout=30, what="ImageUnavailable while within the grace period")
@@ -153,14 +196,18 @@ def test_image_pull_failure(cluster: Cluster, operator: OperatorProcess, namespa
     assert obj["status"]["reason"] == "ImageUnavailable"
     assert "cannot pull the trainer image (ErrImagePull)" in obj["status"]["message"]
     assert "ghcr.io/kubetune/trainer:e2e" in obj["status"]["message"]
-    assert cluster.get("job", "image-pull-fails-ft", "-n", namespace)["spec"]["suspend"] is True
+    assert cluster.get("job", "image-pull-fails-ft-preflight", "-n", namespace)["spec"]["suspend"] is True
     pods = cluster.get("pods", "-n", namespace, "-l", "kubetune.io/job=image-pull-fails")["items"]
     assert all(p["status"].get("phase") != "Running" for p in pods)  # it never started
+    assert children(cluster, namespace, "image-pull-fails")["jobs"] == ["image-pull-fails-ft-preflight"]
 
 
 def test_kueue_queue_name(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     # No Kueue here: the test plays its part (admission = un-suspending the Job) and checks the contract
     apply(cluster, ftj("queued", namespace, queueName="gpu-team-a"))
+    check = preflight_pod(cluster, namespace, "queued")  # the data is checked at once: it holds no GPU
+    assert "kueue.x-k8s.io/queue-name" not in check["metadata"]["labels"]
+    pass_preflight(cluster, namespace, "queued")
     wait_phase(cluster, "FineTuneJob", namespace, "queued", "Queued")
     wait_until(lambda: get_cr(cluster, "FineTuneJob", namespace, "queued")["status"].get("reason") == "PendingAdmission",
                timeout=30, what="PendingAdmission")
@@ -170,7 +217,7 @@ def test_kueue_queue_name(cluster: Cluster, operator: OperatorProcess, namespace
     assert "Kueue" in get_cr(cluster, "FineTuneJob", namespace, "queued")["status"]["message"]
     time.sleep(3)  # several resyncs: the operator must not un-suspend a queued Job itself
     assert cluster.get("job", "queued-ft", "-n", namespace)["spec"]["suspend"] is True
-    assert not cluster.get("pods", "-n", namespace, "-l", "kubetune.io/job=queued")["items"]
+    assert not cluster.get("pods", "-n", namespace, "-l", "kubetune.io/job=queued,kubetune.io/component=trainer")["items"]
 
     cluster.kubectl("patch", "job", "queued-ft", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}',
                     check=True)  # Kueue admits it
@@ -183,6 +230,7 @@ def test_kueue_queue_name(cluster: Cluster, operator: OperatorProcess, namespace
 def test_multi_node(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     # 2 nodes × 8 GPUs: an Indexed Job of two pods, one per 80 GB node, found by torchrun through a headless Service
     apply(cluster, ftj("wide", namespace, method="lora", resources={"gpus": 8, "nodes": 2, "gpuMemory": "80Gi"}))
+    pass_preflight(cluster, namespace, "wide")
     pods = sorted(trainer_pods(cluster, namespace, "wide", count=2),
                   key=lambda p: p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
     assert {p["spec"]["nodeName"] for p in pods} == {"kwok-h100-0", "kwok-h100-1"}
@@ -205,6 +253,7 @@ def test_multi_node(cluster: Cluster, operator: OperatorProcess, namespace: str)
 
 def test_suspend_resume(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("pause", namespace))
+    pass_preflight(cluster, namespace, "pause")
     trainer_pods(cluster, namespace, "pause")
     cluster.kubectl("patch", "ftj", "pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}',
                     check=True)
@@ -218,6 +267,7 @@ def test_suspend_resume(cluster: Cluster, operator: OperatorProcess, namespace: 
 
 def test_delete_garbage_collects_children(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("gone", namespace))
+    pass_preflight(cluster, namespace, "gone")
     trainer_pods(cluster, namespace, "gone")
     cluster.kubectl("delete", "ftj", "gone", "-n", namespace, "--wait=true", check=True, timeout=60)
     wait_until(lambda: children(cluster, namespace, "gone") == {"jobs": [], "configmaps": [], "services": []},
@@ -230,6 +280,7 @@ def test_deleted_and_applied_again_gets_a_fresh_job(cluster: Cluster, operator: 
     old Job (same name, still being garbage-collected) nor show its result. A finalizer holds the
     old Job, so the race the garbage collector may or may not lose is the case every time."""
     apply(cluster, ftj("again", namespace))
+    pass_preflight(cluster, namespace, "again")
     (pod,) = trainer_pods(cluster, namespace, "again")
     finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(PASS))
     old = wait_phase(cluster, "FineTuneJob", namespace, "again", "Succeeded")
@@ -243,6 +294,9 @@ def test_deleted_and_applied_again_gets_a_fresh_job(cluster: Cluster, operator: 
         assert new_uid != old["metadata"]["uid"]
         wait_until(lambda: cluster.get("job", "again-ft", "-n", namespace)["metadata"].get("deletionTimestamp"),
                    timeout=60, what="the old Job marked for deletion by the garbage collector")
+        # the new run checks its data (the old preflight Job had no finalizer: it is gone), then
+        # finds the GPU Job's name still taken
+        pass_preflight(cluster, namespace, "again")
 
         def waiting() -> bool:
             events = cluster.get("events", "-n", namespace, "--field-selector", f"involvedObject.uid={new_uid}")
@@ -258,7 +312,7 @@ def test_deleted_and_applied_again_gets_a_fresh_job(cluster: Cluster, operator: 
                         "-p", '[{"op":"remove","path":"/metadata/finalizers"}]')
 
     def fresh_job() -> dict[str, Any] | None:
-        jobs = cluster.get("jobs", "-n", namespace, "-l", "kubetune.io/job=again")["items"]
+        jobs = cluster.get("jobs", "-n", namespace, "-l", "kubetune.io/job=again,kubetune.io/component=trainer")["items"]
         return next((j for j in jobs if j["metadata"]["uid"] != old_job["metadata"]["uid"]), None)
 
     job = wait_until(fresh_job, timeout=60, what="a fresh Job for the new FineTuneJob")
@@ -278,9 +332,12 @@ def test_preference_alignment_waits_then_runs(cluster: Cluster, operator: Operat
     obj = wait_phase(cluster, "PreferenceAlignment", namespace, "align", "Waiting")
     assert cond(obj, "DependencyReady")["status"] == "False"
     assert children(cluster, namespace, "align")["jobs"] == []
+    pass_preflight(cluster, namespace, "base")
     (pod,) = trainer_pods(cluster, namespace, "base")
     finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(PASS))
     wait_phase(cluster, "FineTuneJob", namespace, "base", "Succeeded")
+    wait_phase(cluster, "PreferenceAlignment", namespace, "align", "Validating")
+    pass_preflight(cluster, namespace, "align")
     wait_phase(cluster, "PreferenceAlignment", namespace, "align", "Queued", "Running")
     cm = cluster.get("configmap", "align-pa-config", "-n", namespace)
     config = json.loads(cm["data"]["config.json"])
@@ -294,6 +351,7 @@ def test_preference_alignment_waits_then_runs(cluster: Cluster, operator: Operat
 
 def test_preference_alignment_dependency_failed(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("base", namespace), pa("align", namespace, "base"))
+    pass_preflight(cluster, namespace, "base")
     (pod,) = trainer_pods(cluster, namespace, "base")
     finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(FAIL))
     wait_phase(cluster, "FineTuneJob", namespace, "base", "GateFailed")
@@ -326,6 +384,9 @@ def test_schema_refuses_malformed_manifests(cluster: Cluster, operator: Operator
 def test_restricted_namespace_admits_trainer_pods(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", check=True)
     apply(cluster, ftj("strict", namespace))
+    check = pass_preflight(cluster, namespace, "strict")
+    assert check["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert check["spec"]["automountServiceAccountToken"] is False
     (pod,) = trainer_pods(cluster, namespace, "strict")
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
@@ -346,15 +407,21 @@ def test_one_job_per_cr_across_operator_sigkills(cluster: Cluster, operator: Ope
         batch = 0
         for p in pods:
             owner = p["metadata"]["labels"]["kubetune.io/job"]
-            if p["status"].get("phase") == "Running" and owner not in finished and batch < 5:
-                batch += 1  # at most 5 per round: the operator is killed between rounds
+            if p["status"].get("phase") != "Running" or owner in finished or batch >= 5:
+                continue
+            batch += 1  # at most 5 per round: the operator is killed between rounds
+            if p["metadata"]["labels"]["kubetune.io/component"] == "preflight":
+                finish(cluster, namespace, p["metadata"]["name"], "succeeded", result=DATA_OK)
+            else:
                 finish(cluster, namespace, p["metadata"]["name"], "succeeded", result=result(PASS))
                 finished.add(owner)
         time.sleep(0.5)
     assert kills == 3
     jobs = cluster.get("jobs", "-n", namespace)["items"]
-    owners = [j["metadata"]["ownerReferences"][0]["name"] for j in jobs]
-    assert sorted(owners) == sorted(f"j{i}" for i in range(n))  # exactly one Job per CR
+    for component in ("preflight", "trainer"):  # exactly one Job of each per CR
+        owners = [j["metadata"]["ownerReferences"][0]["name"] for j in jobs
+                  if j["metadata"]["labels"]["kubetune.io/component"] == component]
+        assert sorted(owners) == sorted(f"j{i}" for i in range(n)), component
     for i in range(n):
         wait_phase(cluster, "FineTuneJob", namespace, f"j{i}", "Succeeded", "GateFailed", "Failed", timeout=60)
 
@@ -382,10 +449,14 @@ def test_kubectl_apply_the_examples(cluster: Cluster, operator: OperatorProcess)
     out = cluster.kubectl("apply", "-f", str(REPO / "examples" / "llama3-70b-qlora-triage.yaml"),
                           "-f", str(REPO / "examples" / "triage-dpo.yaml"), check=True).stdout
     assert "finetunejob.kubetune.io/triage-llama3-70b created" in out
+    check = pass_preflight(cluster, ns, "triage-llama3-70b")
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"].get("readOnly", False)
+              for v in check["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"triage-data": True, "triage-models": False}  # it writes the checked data to the output
     obj = wait_phase(cluster, "FineTuneJob", ns, "triage-llama3-70b", "Queued", "Running")
     assert obj["status"]["plan"]["fits"] is True
     kids = children(cluster, ns, "triage-llama3-70b")
-    assert len(kids["jobs"]) == 1 and len(kids["configmaps"]) == 1
+    assert len(kids["jobs"]) == 2 and len(kids["configmaps"]) == 1
     (pod,) = trainer_pods(cluster, ns, "triage-llama3-70b")
     assert pod["spec"]["nodeName"] in {"kwok-h100-0", "kwok-h100-1"}
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
@@ -397,6 +468,7 @@ def test_kubectl_apply_the_examples(cluster: Cluster, operator: OperatorProcess)
     finish(cluster, ns, pod["metadata"]["name"], "succeeded",
            result=TrainerResult(outcome="succeeded", metrics=metrics, artifact="/output/adapter"))
     wait_phase(cluster, "FineTuneJob", ns, "triage-llama3-70b", "Succeeded")
+    pass_preflight(cluster, ns, "triage-llama3-70b-dpo")
     wait_phase(cluster, "PreferenceAlignment", ns, "triage-llama3-70b-dpo", "Queued", "Running")
     (dpo_pod,) = trainer_pods(cluster, ns, "triage-llama3-70b-dpo")
     assert dpo_pod["spec"]["nodeName"] in {"kwok-h100-0", "kwok-h100-1"}

@@ -150,6 +150,23 @@ def test_unmeetable_gates_end_gate_failed_and_the_pa_dependency_failed(workdir):
     assert "FAIL" in text
 
 
+def test_bad_data_ends_the_job_before_the_trainer_starts(workdir):
+    """The preflight runs first, in its own process, as in the cluster: the trainer never starts."""
+    _jsonl(workdir / "few.jsonl", [{"instruction": f"patient {i} has a rash", "output": "Urgency: ROUTINE"}
+                                   for i in range(5)])
+    job = ftj("tiny-few", [])
+    job["spec"]["dataset"]["uri"] = "file://few.jsonl"
+    out = io.StringIO()
+    code, [outcome] = run([manifest(workdir, "few.yaml", job)], device="cpu", out=out, err=io.StringIO(), tty=False)
+    assert code == 1 and (outcome.phase, outcome.reason) == ("Failed", "InsufficientData"), out.getvalue()
+    assert "found 5 valid examples, need at least 20" in outcome.message
+    state = workdir / "runs" / "tiny-few" / "kubetune"
+    assert (state / "preflight.log").exists() and not (state / "trainer.log").exists()
+    status = json.loads((state / "status.json").read_text())
+    assert status["data"]["examples"] == 5
+    assert {c["type"]: c["status"] for c in status["conditions"]}["DataValid"] == "False"
+
+
 def test_exit_status_rules():
     from kubetune.local import Outcome
 

@@ -4,7 +4,12 @@ The operator mounts the config (kubetune.io/trainer-config/v1, a JSON file from 
 /etc/kubetune/config.json; `kubetune run` writes it to a file and runs this same entry point.
 
     kubetune-trainer --config /etc/kubetune/config.json
+    kubetune-trainer --config /etc/kubetune/config.json --stage preflight
     python -m kubetune_trainer --config run/config.json --device cpu
+
+`--stage preflight` only checks the data (CPU only; no model, no torch) into the config's
+sources.checkedData, which training then reads without a second scan; the operator runs it in a
+pod of its own before the GPU Job, `kubetune run` before the trainer (kubetune_trainer.preflight).
 
 Progress goes to <output>/kubetune/progress.json (and the pod annotation, and /metrics), the result
 to <output>/kubetune/result.json and the termination log. Exit status: 0 succeeded; otherwise the
@@ -17,6 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kubetune.api.trainer_contract import TrainerResult
 
 DEFAULT_CONFIG = "/etc/kubetune/config.json"
 
@@ -28,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
                    help="trainer config JSON (default: $KUBETUNE_CONFIG or %(default)s)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
     p.add_argument("--output", help="override sources.output (a local folder)")
+    p.add_argument("--stage", choices=["train", "preflight"], default="train",
+                   help="train (default): the whole job; preflight: only the data check")
     return p
 
 
@@ -35,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from pydantic import ValidationError
 
-    from kubetune.api.trainer_contract import EXIT_CODES, EXIT_USAGE, TrainerConfig
+    from kubetune.api.trainer_contract import EXIT_USAGE, TrainerConfig
 
     try:
         with open(args.config, encoding="utf-8") as fh:
@@ -47,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         config.device = args.device
     if args.output:
         config.sources.output = args.output
+    if args.stage == "preflight":
+        from kubetune_trainer.preflight import run_stage
+
+        return exit_status(run_stage(config))
     threads = os.environ.get("KUBETUNE_TORCH_THREADS")
     from kubetune_trainer.run import run
 
@@ -54,10 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(int(threads))
-    result = run(config)
-    if result.outcome == "succeeded":
-        return 0
-    return EXIT_CODES.get(result.reason or "", 1)
+    return exit_status(run(config))
+
+
+def exit_status(result: TrainerResult) -> int:
+    from kubetune.api.trainer_contract import EXIT_CODES
+
+    return 0 if result.outcome == "succeeded" else EXIT_CODES.get(result.reason or "", 1)
 
 
 if __name__ == "__main__":

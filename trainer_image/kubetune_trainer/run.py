@@ -1,9 +1,10 @@
 """One trainer run, from a TrainerConfig to a TrainerResult:
 
 pick the device → check every location (s3:// buckets, credentials, endpoints; the outputs writable) and
-fetch the data sets → preflight the data → load tokenizer and model → train (resuming from the newest
-complete checkpoint) → evaluate (when spec.evaluation is set) → export the artifact (uploaded when
-the output is s3://) → apply the gates and promote (kubetune_trainer.promotion) → report the result.
+fetch the data sets → the checked data (the preflight stage's, or the preflight here) → load tokenizer and
+model → train (resuming from the newest complete checkpoint) → evaluate (when spec.evaluation is set) →
+export the artifact (uploaded when the output is s3://) → apply the gates and promote
+(kubetune_trainer.promotion) → report the result.
 Every ending is a TrainerResult with a Reason; nothing escapes as a raw traceback.
 """
 
@@ -96,9 +97,10 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
 
         # 0. the device: a GPU job on a pod without a GPU fails now (GPUUnavailable), not after the preflight
         device = modeling.pick_device(config.device, gpus=spec.resources.gpus)
-        # 1. every location, then the data preflight, before any model is loaded
+        # 1. every location, then the checked data (the preflight stage's, or the preflight run here),
+        #    before any model is loaded; the inputs' digests for provenance
         reporter.update(stage="preflight", force=True)
-        from kubetune_trainer.data import run_preflight, summary
+        from kubetune_trainer.data import prepare_data
         from kubetune_trainer.provenance import adapter_revision, input_file, model_revision
 
         _check_storage(config)
@@ -108,9 +110,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
             if uri:
                 files[name] = _resolve(uri, kind="dataset", reason=Reason.DATA_INVALID, config=config)
         inputs = [input_file(name, _spec_uri(config, name), path) for name, path in files.items()]
-        report, train_path, validation_path = run_preflight(
-            dataset=files["dataset"], spec=spec, out_dir=output / "kubetune" / "data", golden=files.get("golden"), log=log)
-        data_summary = summary(report).model_copy(update={"inputs": inputs})
+        data_summary, train_path, validation_path = prepare_data(config, output=output, log=log)
+        data_summary = data_summary.model_copy(update={"inputs": inputs})
         reporter.update(data=data_summary, force=True)
         if stop.requested:
             raise TrainerFailure(Reason.INTERRUPTED, f"stopped by {stop.signal_name} before training")

@@ -16,6 +16,11 @@ CATEGORY = "kubetune"
 LABEL_JOB = f"{GROUP}/job"  # the CR's name
 LABEL_KIND = f"{GROUP}/kind"  # FineTuneJob | PreferenceAlignment
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# Which of a job's two batch/v1 Jobs (and their pods) an object belongs to: the data preflight (CPU
+# only, first) or the trainer (GPUs, created once the preflight passed). A Job without it is a trainer.
+LABEL_COMPONENT = f"{GROUP}/component"
+COMPONENT_PREFLIGHT = "preflight"
+COMPONENT_TRAINER = "trainer"
 
 # The trainer -> operator channel (see docs/trainer-channel.md): the trainer patches these
 # annotations on its own Pod; the operator reads them from the Pod it watches.

@@ -132,7 +132,7 @@ class ConditionType(StrEnum):
     VALID = "Valid"  # spec passed semantic validation
     RESOURCES_FIT = "ResourcesFit"  # the memory plan fits resources.gpuMemory (a CPU job: resources.memory)
     DEPENDENCY_READY = "DependencyReady"  # PreferenceAlignment: the referenced FineTuneJob is Ready
-    DATA_VALID = "DataValid"  # the trainer's data preflight passed
+    DATA_VALID = "DataValid"  # the data preflight passed (its own pod, before the GPU Job)
     TRAINING = "Training"  # the trainer is training now
     COMPLETE = "Complete"  # training and evaluation finished
     GATES_PASSED = "GatesPassed"  # every gate in spec.evaluation.gates passed
@@ -176,6 +176,7 @@ class Reason:
     WAITING_FOR_DEPENDENCY = "WaitingForDependency"
     DEPENDENCY_SUCCEEDED = "DependencySucceeded"
     JOB_CREATED = "JobCreated"
+    CHECKING_DATA = "CheckingData"  # the data preflight pod (CPU only) is checking the data; no GPU requested yet
     PENDING_ADMISSION = "PendingAdmission"
     RUNNING = "Running"
     EVALUATING = "Evaluating"

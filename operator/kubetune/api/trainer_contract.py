@@ -45,6 +45,7 @@ EXIT_CODES: dict[str, int] = {
     "Interrupted": 143,
 }
 EXIT_USAGE = 2
+CHECKED_DATA_DIR = "kubetune/preflight"  # below the output: the data preflight stage's files (Sources.checked_data)
 
 
 class JobIdentity(KubeModel):
@@ -73,6 +74,11 @@ class Sources(KubeModel):
     golden: str | None = None
     safety: str | None = None
     forgetting: str | None = None
+    # Where the data preflight stage (`kubetune-trainer --stage preflight`, its own CPU pod) writes the
+    # checked, redacted splits, its report and its result, and where training reads them without a
+    # second scan: `<output>/kubetune/preflight` (a local folder, or an s3:// URI). Unset: the trainer
+    # runs the preflight itself as its first step (a config from an operator that predates the pod).
+    checked_data: str | None = None
 
 
 class PlanSummary(KubeModel):

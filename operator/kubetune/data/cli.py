@@ -4,6 +4,7 @@
     kubetune check-data train.jsonl.gz --format preference --pii reject --output json
     kubetune check-data train.jsonl --format instruction --redact clean.jsonl --error-policy skip
     kubetune check-data train.jsonl --format chat --near-duplicates
+    kubetune check-data big.jsonl --format chat --processes 8
 
 Exit 0 when the data is ok, 1 when it is not (the report says why), 2 for bad arguments.
 No traceback reaches the user for any input file.
@@ -82,8 +83,25 @@ def build_parser(prog: str = "kubetune check-data") -> argparse.ArgumentParser:
         metavar="N",
         help=f"largest record accepted (default {DEFAULT_MAX_LINE_BYTES} = 1 MiB)",
     )
+    p.add_argument(
+        "--processes",
+        type=_processes,
+        default=None,
+        metavar="N",
+        help="processes checking the records (default auto: one per 4 MiB of file, up to the CPUs this process "
+        "may use); the report and the files written do not depend on it",
+    )
     p.add_argument("--output", choices=["text", "json"], default="text", help="report format (default text)")
     return p
+
+
+def _processes(text: str) -> int | None:
+    if text == "auto":
+        return None
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or >= 1, got {text}")
+    return n
 
 
 def check_data_main(argv: list[str]) -> int:
@@ -110,6 +128,7 @@ def check_data_main(argv: list[str]) -> int:
             max_bad_fraction=args.max_bad_fraction,
             max_line_bytes=args.max_line_bytes,
             near_duplicates=args.near_duplicates,
+            processes=args.processes,
         )
     except (ValueError, PiiScanUnavailable) as e:
         print(f"kubetune check-data: error: {e}", file=sys.stderr)

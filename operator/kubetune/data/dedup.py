@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from kubetune.data.near_dup import Field, NearDuplicates
+    from kubetune.data.near_dup import Field, NearDuplicates, Sketch
 
 _EMPTY = 0
 
@@ -142,15 +142,19 @@ class Deduplicator:
     def check(self, canonical: str, fields: Sequence[Field] | None = None) -> Duplicate | None:
         """``fields``: the example's near-duplicate view (``near_dup.fields``); by default the
         canonical text as one field."""
-        exact = hash64(canonical)
-        norm = hash64(normalize(canonical))
+        near = self._near.sketch([(canonical, False)] if fields is None else fields) if self._near is not None else None
+        return self.check_hashes(hash64(canonical), hash64(normalize(canonical)), near)
+
+    def check_hashes(self, exact: int, norm: int, near: Sketch | None = None) -> Duplicate | None:
+        """:meth:`check` for an example hashed (and sketched) beforehand, in another process
+        perhaps: ``hash64`` of its canonical text and of that text normalized."""
         new_exact = self._exact.add(exact)
         new_norm = self._normalized.add(norm)
         if not new_exact:
             return Duplicate.EXACT
         if not new_norm:
             return Duplicate.NORMALIZED
-        if self._near is not None and self._near.check([(canonical, False)] if fields is None else fields):
+        if self._near is not None and self._near.check_sketch(near):
             return Duplicate.NEAR
         return None
 

@@ -109,7 +109,7 @@ def words(text: str) -> list[str]:
     return _WORD.findall(fold(text))
 
 
-class _WordHashes(dict[str, int]):
+class WordHashes(dict[str, int]):
     """word → hash64(word), computed on first use; cleared when it reaches ``limit`` words."""
 
     def __init__(self, limit: int = 1 << 16) -> None:
@@ -126,7 +126,7 @@ class _WordHashes(dict[str, int]):
 def shingle_hashes(parts: Iterable[Field], cache: dict[str, int] | None = None) -> list[int]:
     """A signed 64-bit hash of every shingle of ``parts`` (repeats included): ``hash()`` of the
     tuple of its words' hash64 values. ``cache`` keeps word hashes across calls."""
-    lookup = (cache if cache is not None else _WordHashes()).__getitem__
+    lookup = (cache if cache is not None else WordHashes()).__getitem__
     out: list[int] = []
     for text, whole in parts:
         h = list(map(lookup, words(text)))
@@ -156,6 +156,13 @@ class Sketch:
         # A value falls in one bin only, so equal keys of different bands are unlikely enough
         # without mixing in the band number; all-empty bands would match any short text: skipped.
         self.bands = [key for key in map(hash, zip(*[rows] * ROWS, strict=True)) if key != _EMPTY_BAND]
+
+
+def sketch(parts: Iterable[Field], cache: dict[str, int] | None = None) -> Sketch | None:
+    """The sketch of an example's fields; None for one without a single word. Pure: the same in
+    every process and run, so a parallel preflight sketches examples where it checks them for PII."""
+    hashes = shingle_hashes(parts, cache)
+    return Sketch(hashes) if hashes else None
 
 
 def similarity(a: bytes | bytearray, b: bytes | bytearray) -> float:
@@ -223,7 +230,7 @@ class NearDuplicates:
         self._bands = _BandTable()
         self._signatures = bytearray()
         self._kept = 0
-        self._words = _WordHashes()
+        self._words = WordHashes()
 
     def __len__(self) -> int:
         return self._kept
@@ -234,10 +241,17 @@ class NearDuplicates:
         An example without a single word (only punctuation, say) is never a near-duplicate and is
         not indexed.
         """
-        hashes = shingle_hashes(parts, self._words)
-        if not hashes:
+        return self.check_sketch(self.sketch(parts))
+
+    def sketch(self, parts: Iterable[Field]) -> Sketch | None:
+        """:func:`sketch` with this index's word-hash cache."""
+        return sketch(parts, self._words)
+
+    def check_sketch(self, sketch: Sketch | None) -> bool:
+        """:meth:`check` for a sketch made beforehand (:func:`sketch`, in another process perhaps):
+        the same verdict, the same index."""
+        if sketch is None:
             return False
-        sketch = Sketch(hashes)
         sig, table = sketch.signature, self._bands
         misses: list[tuple[int, int]] = []
         seen: set[int] = set()

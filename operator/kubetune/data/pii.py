@@ -311,13 +311,18 @@ class PiiScanner:
         self._p = _presidio()
         self._person = person_detector
 
+    @staticmethod
+    def coverage(person: bool) -> tuple[list[PiiType], list[PiiType]]:
+        """(covered, not covered) types of a scanner with (``person``) or without a person detector."""
+        return [t for t in PiiType if t is not PiiType.PERSON or person], [] if person else [PiiType.PERSON]
+
     @property
     def covered(self) -> list[PiiType]:
-        return [t for t in PiiType if t is not PiiType.PERSON or self._person is not None]
+        return self.coverage(self._person is not None)[0]
 
     @property
     def not_covered(self) -> list[PiiType]:
-        return [] if self._person is not None else [PiiType.PERSON]
+        return self.coverage(self._person is not None)[1]
 
     # -- detection --
 

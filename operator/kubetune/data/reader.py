@@ -10,6 +10,10 @@ Memory stays bounded by ``max_line_bytes`` (plus a read chunk), whatever the fil
 
 Per-line problems come back as :class:`Item` with an ``error``; problems that end the file (missing,
 empty, binary, truncated gzip, broken array) raise :class:`DataFileError` with the line reached.
+
+:func:`read_items` splits the work for a parallel preflight: it yields JSONL lines undecoded
+(``Item.raw``), and :func:`parse` decodes one in whichever process checks it. :func:`read_records`
+is the two together: the same items, in the same order, as one process sees them.
 """
 
 from __future__ import annotations
@@ -56,11 +60,13 @@ class DataFileError(Exception):
 
 @dataclass(frozen=True)
 class Item:
-    """One record (``value``) or one bad line (``error``), with the line where it starts."""
+    """One record (``value``) or one bad line (``error``), with the line where it starts; or a JSONL
+    line not decoded yet (``raw``, from :func:`read_items`: :func:`parse` makes it one of the others)."""
 
     line: int
     value: Any = None
     error: RecordError | None = None
+    raw: bytes | None = None
 
 
 def human_bytes(n: int) -> str:
@@ -108,6 +114,15 @@ def read_records(
     path: str | os.PathLike[str], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 ) -> Iterator[Item]:
     """Yield the records of ``path`` in order. Raises :class:`DataFileError` for unreadable files."""
+    return map(parse, read_items(path, max_line_bytes=max_line_bytes))
+
+
+def read_items(
+    path: str | os.PathLike[str], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[Item]:
+    """:func:`read_records` without decoding JSONL lines: each comes with ``raw`` set (its bytes,
+    non-blank, a first line's BOM removed), for :func:`parse`. Array elements, and lines too long to
+    keep, come as :func:`read_records` gives them. Raises :class:`DataFileError` as it does."""
     path = Path(path)
     stream = _open(path)
     line = 0
@@ -159,27 +174,30 @@ def _read_jsonl(stream: io.BufferedReader, limit: int) -> Iterator[Item]:
             raw = raw[3:]
         if not raw.strip():
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield Item(
-                line,
-                error=RecordError(
-                    ErrorClass.NON_UTF8, f"not valid UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}"
-                ),
-            )
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield Item(
-                line, error=RecordError(ErrorClass.INVALID_JSON, f"invalid JSON: {e.msg} (column {e.colno})")
-            )
-            continue
-        except RecursionError:
-            yield Item(line, error=RecordError(ErrorClass.INVALID_JSON, "invalid JSON: nested too deeply"))
-            continue
-        yield Item(line, value)
+        yield Item(line, raw=raw)
+
+
+def parse(item: Item) -> Item:
+    """A line from :func:`read_items` decoded: the record, or why it is not one (UTF-8, JSON)."""
+    raw, line = item.raw, item.line
+    if raw is None:
+        return item
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Item(
+            line,
+            error=RecordError(
+                ErrorClass.NON_UTF8, f"not valid UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}"
+            ),
+        )
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return Item(line, error=RecordError(ErrorClass.INVALID_JSON, f"invalid JSON: {e.msg} (column {e.colno})"))
+    except RecursionError:
+        return Item(line, error=RecordError(ErrorClass.INVALID_JSON, "invalid JSON: nested too deeply"))
+    return Item(line, value)
 
 
 def _read_array(stream: io.BufferedReader, limit: int) -> Iterator[Item]:

@@ -86,6 +86,7 @@ class DataReport(BaseModel):
     outputs: dict[str, str] = Field(default_factory=dict, description="Files written (only when ok).")
     bytes: int = 0
     seconds: float = 0.0
+    processes: int = Field(1, description="Processes that checked the records (1: the calling process).")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -31,7 +31,11 @@ class Splitter:
         self._threshold = int(validation_split * 2**64)
 
     def is_validation(self, canonical_text: str) -> bool:
-        return hash64(normalize(canonical_text), key=self._key) < self._threshold
+        return self.is_validation_normalized(normalize(canonical_text))
+
+    def is_validation_normalized(self, normalized: str) -> bool:
+        """:meth:`is_validation` for a text already normalized (``dedup.normalize``)."""
+        return hash64(normalized, key=self._key) < self._threshold
 
 
 _PROMPT_KEYS = ("prompt", "input", "instruction", "question", "query")

@@ -10,10 +10,13 @@ The same steps and contracts as in a cluster, with this process as the operator:
 2. plan memory (kubetune.planning) and print the plan (a warning locally, not an error: the local
    device is not `spec.resources`);
 3. render the trainer config (kubetune.render.build_trainer_config — the pod's ConfigMap) into
-   `<output>/kubetune/trainer-config.json` and run the trainer as a subprocess
-   (`python -m kubetune_trainer --config …`): it preflights the data, trains, evaluates and writes
-   `<output>/kubetune/progress.jsonl` (every progress snapshot, tailed here for a live progress bar)
-   and `result.json`;
+   `<output>/kubetune/trainer-config.json`; run the data preflight as a subprocess
+   (`python -m kubetune_trainer --config … --stage preflight`, what the cluster's preflight pod
+   runs): it checks the data with the cores of this machine into `<output>/kubetune/preflight/` —
+   bad data ends the job here (DataInvalid, InsufficientData); then the trainer
+   (`python -m kubetune_trainer --config …`): it reads the checked data, trains, evaluates and
+   writes `<output>/kubetune/progress.jsonl` (every progress snapshot, tailed here for a live
+   progress bar) and `result.json`;
 4. show what the trainer decided and did: the gates (kubetune.gates.promotion_decision — the
    operator's function, on the same result) and the promotion the trainer reported (it copies the
    artifact to `spec.output.promotedUri`, its manifest last, only when every gate passed);

@@ -20,7 +20,7 @@ from typing import IO, Any, Literal
 from kubetune.api.enums import Phase, Reason
 from kubetune.api.resources import AnyJob, PreferenceAlignment
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.api.trainer_contract import PlanSummary, SecretEnv, Sources, TrainerResult
+from kubetune.api.trainer_contract import CHECKED_DATA_DIR, PlanSummary, SecretEnv, Sources, TrainerResult
 from kubetune.gates import promotion_decision
 from kubetune.local.jobs import LocalJob, file_uri, local_path, secret_env_name
 from kubetune.local.outcome import Outcome
@@ -187,6 +187,7 @@ class Runner:
             golden=local_path(ev.golden_dataset.uri) if ev and ev.golden_dataset else None,
             safety=local_path(ev.safety_dataset.uri) if ev and ev.safety_dataset else None,
             forgetting=local_path(ev.forgetting_dataset.uri) if ev and ev.forgetting_dataset else None,
+            checked_data=str(paths.output / CHECKED_DATA_DIR),
         )
         secret = SecretEnv(
             hf_token=secret_env_name(base.token_secret_ref.name, base.token_secret_ref.key) if base.token_secret_ref else None,
@@ -216,16 +217,27 @@ class Runner:
             (state / stale).unlink(missing_ok=True)
         config_path = state / "trainer-config.json"
         config_path.write_text(config.to_json() + "\n", encoding="utf-8")
+        # 1. the data preflight, as the cluster runs it in its own pod before the GPU Job
+        log_path = state / "preflight.log"
+        self.say(f"  preflight: {self.python} -m kubetune_trainer --config {config_path} --stage preflight  "
+                 f"(log: {log_path})")
+        rc = self._subprocess(config_path, log_path, state / "progress.json", lj.name, stage="preflight")
+        checked = self._result(output / CHECKED_DATA_DIR / "result.json", rc, log_path)
+        if checked.outcome != "succeeded":
+            return self._finish(job, lj, checked, paths=paths)
+        self.say(f"  data: {checked.message}")
+        # 2. the trainer, on the checked data
         log_path = state / "trainer.log"
         self.say(f"  trainer: {self.python} -m kubetune_trainer --config {config_path}  (log: {log_path})")
         rc = self._subprocess(config_path, log_path, state / "progress.json", lj.name)
         result = self._result(state / "result.json", rc, log_path)
         return self._finish(job, lj, result, paths=paths)
 
-    def _subprocess(self, config_path: Path, log_path: Path, progress_path: Path, name: str) -> int:
+    def _subprocess(self, config_path: Path, log_path: Path, progress_path: Path, name: str,
+                    stage: str = "train") -> int:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        cmd = [self.python, "-m", "kubetune_trainer", "--config", str(config_path)]
+        cmd = [self.python, "-m", "kubetune_trainer", "--config", str(config_path), "--stage", stage]
         view = ProgressView(name, self.err, tty=self.tty)
         self._view = view
         with open(log_path, "w", encoding="utf-8") as log:

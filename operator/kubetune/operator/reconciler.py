@@ -1,6 +1,11 @@
 """One reconcile of one CR: verdict (semantic rules + memory plan, cached per generation) →
-dependency (PreferenceAlignment) → children created idempotently → status derived from the world
+dependency (PreferenceAlignment) → children created idempotently, in two steps: the ConfigMap and
+the data preflight's Job (CPU only); once that Job succeeded, the Service and the trainer's Job (the
+GPUs) — a failing preflight ends the CR and no GPU is ever requested → status derived from the world
 → patched only when it changed, with Events and metrics for what changed.
+
+A trainer Job found without a preflight Job (made by an operator that predates the preflight pod)
+goes on as it is: its trainer runs the preflight itself.
 
 The Kubernetes calls go through `api` (a kubetune.operator.k8s.KubeApi, or a fake that records them
 in tests).
@@ -25,7 +30,7 @@ from kubetune.api.enums import TERMINAL_PHASES, Phase
 from kubetune.api.resources import AnyJob, PreferenceAlignment, parse_resource
 from kubetune.api.semantics import semantic_problems
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.api.trainer_contract import PlanSummary
+from kubetune.api.trainer_contract import PlanSummary, TrainerResult
 from kubetune.operator.config import OperatorSettings
 from kubetune.operator.k8s import ForeignChild
 from kubetune.operator.metrics import OperatorMetrics
@@ -35,10 +40,12 @@ from kubetune.render.job import render_children
 from kubetune.status import (
     ANNOTATION_RESULT,
     DependencyState,
+    Pods,
     Verdict,
     dependent_adapter,
     derive_status,
     events_for,
+    preflight_passed,
 )
 
 log = logging.getLogger("kubetune.operator")
@@ -196,13 +203,14 @@ class Reconciler:
         self._rbac_done.add(namespace)
 
     def _create_children(self, key: Key, cr: Mapping[str, Any], job: AnyJob, referenced: FineTuneJobSpec | None,
-                         adapter: str | None, summary: PlanSummary | None) -> dict[str, Any] | None:
-        """The Job (created, or this CR's own found on a 409); None while a child's name is taken."""
+                         adapter: str | None, summary: PlanSummary | None, *, training: bool) -> dict[str, Any] | None:
+        """The data preflight's Job, or with `training` the trainer's (created, or this CR's own found on
+        a 409), after the objects it needs; None while a child's name is taken."""
         self._ensure_trainer_rbac(key[1])
         children = render_children(job, self.settings.render, referenced=referenced, adapter_uri=adapter, plan=summary)
         created: dict[str, Any] = {}
         try:
-            for obj in children.all():
+            for obj in children.training_objects() if training else children.preflight_objects():
                 created = self.api.create(obj)
         except ForeignChild as exc:
             self._wait_for_previous_run(key, cr, exc)
@@ -228,7 +236,9 @@ class Reconciler:
         log.warning("%s %s/%s: %s", key[0], key[1], key[2], msg)
         self._post_event(cr, "Normal" if exc.owner else "Warning", WAITING_FOR_PREVIOUS_RUN, msg)
 
-    def _sync_suspend(self, cr: Mapping[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    def _sync_suspend(self, cr: Mapping[str, Any], job: dict[str, Any], *, queued: bool = True) -> dict[str, Any]:
+        """spec.suspend onto a Job not finished yet; `queued`: the Job goes through Kueue when spec.queueName
+        is set (the trainer's; never the preflight's)."""
         spec = cr.get("spec") or {}
         js = job.get("spec") or {}
         done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
@@ -236,7 +246,7 @@ class Reconciler:
         if done:
             return job
         want = bool(spec.get("suspend"))
-        if not want and spec.get("queueName"):
+        if not want and queued and spec.get("queueName"):
             return job  # Kueue decides when a queued Job runs
         if bool(js.get("suspend")) != want:
             meta = job["metadata"]
@@ -256,18 +266,24 @@ class Reconciler:
         verdict, job_typed, summary = self.verdict(cr)
         dep, referenced, adapter = self.dependency(key, cr)
         job = self.world.job(key)
+        preflight = self.world.preflight_job(key)
         can_run = (job_typed is not None and not verdict.problems and verdict.fits is not False
                    and dep.state in ("none", "ready"))
         if job is None and can_run:
             assert job_typed is not None
             if isinstance(job_typed, PreferenceAlignment) and job_typed.spec.fine_tune_job_ref and referenced is None:
                 pass  # not ready yet
-            else:
-                job = self._create_children(key, cr, job_typed, referenced, adapter, summary)
+            elif preflight is None:  # 1. the data, checked in a CPU pod
+                preflight = self._create_children(key, cr, job_typed, referenced, adapter, summary, training=False)
+            elif preflight_passed(preflight, Pods.of(self.world.preflight_pods_of(key))):  # 2. the GPUs
+                job = self._create_children(key, cr, job_typed, referenced, adapter, summary, training=True)
         if job is not None:
             job = self._sync_suspend(cr, job)
+        elif preflight is not None:
+            preflight = self._sync_suspend(cr, preflight, queued=False)
         rs = self.settings.render
         derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=self.world.pods_of(key),
+                                preflight=preflight, preflight_pods=self.world.preflight_pods_of(key),
                                 now=self.clock(), unschedulable_grace_seconds=rs.unschedulable_grace_seconds,
                                 image_pull_grace_seconds=rs.image_pull_grace_seconds)
         new = derived.status
@@ -279,15 +295,21 @@ class Reconciler:
                 self.world.update_cr_status(key, new)
             self._last_patch[key] = time.monotonic()
             self._announce(cr, old, new)
-        if job is not None and derived.stop_job and not (job.get("spec") or {}).get("suspend"):
-            jm = job["metadata"]
-            self.world.put_job(self.api.patch_job(jm["namespace"], jm["name"], {"spec": {"suspend": True}}))
-        if job is not None and derived.result is not None:
-            ann = (job.get("metadata") or {}).get("annotations") or {}
-            if ANNOTATION_RESULT not in ann:
-                jm = job["metadata"]
-                self.world.put_job(self.api.patch_job(jm["namespace"], jm["name"], {"metadata": {"annotations": {
-                    ANNOTATION_RESULT: derived.result.termination_message()}}}))
+        for child, stop, result in ((job, derived.stop_job, derived.result),
+                                    (preflight, derived.stop_preflight, derived.preflight_result)):
+            if child is not None:
+                self._finish_job(child, stop, result)
+
+    def _finish_job(self, job: dict[str, Any], stop: str | None, result: TrainerResult | None) -> None:
+        """Suspend a Job whose pod can never start (`stop`); keep its pod's result on it, for when
+        the pod is gone."""
+        jm = job["metadata"]
+        if stop and not (job.get("spec") or {}).get("suspend"):
+            job = self.api.patch_job(jm["namespace"], jm["name"], {"spec": {"suspend": True}})
+            self.world.put_job(job)
+        if result is not None and ANNOTATION_RESULT not in ((job.get("metadata") or {}).get("annotations") or {}):
+            self.world.put_job(self.api.patch_job(jm["namespace"], jm["name"], {"metadata": {"annotations": {
+                ANNOTATION_RESULT: result.termination_message()}}}))
 
     def _announce(self, cr: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         kind = str(cr.get("kind"))

@@ -4,7 +4,10 @@ belong to. The reconciler reads the world from here, so a reconcile costs no GET
 Jobs and Pods are indexed by the CR's name (label and annotation), but a CR deleted and created
 again under the same name is another CR: its children are only those whose controlling owner is
 the CR's uid (Job) or the current Job's uid (Pods). An old run's Job or Pods, still being
-garbage-collected, are never read as the new run's."""
+garbage-collected, are never read as the new run's.
+
+A CR has up to two Jobs: the data preflight's (label kubetune.io/component=preflight) and the
+trainer's (any other); each has its own table, and its pods are those it controls."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from kubetune.api.constants import LABEL_KIND
+from kubetune.api.constants import COMPONENT_PREFLIGHT, LABEL_COMPONENT, LABEL_KIND
 from kubetune.render.meta import ANNOTATION_OWNER, controller_uid
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -55,7 +58,8 @@ class World:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self.crs: dict[Key, dict[str, Any]] = {}
-        self.jobs: dict[Key, dict[str, Any]] = {}
+        self.jobs: dict[Key, dict[str, Any]] = {}  # trainer Jobs
+        self.preflights: dict[Key, dict[str, Any]] = {}  # data preflight Jobs
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}
         self.deleted: set[Key] = set()  # CRs seen deleted by this process
 
@@ -76,6 +80,7 @@ class World:
         with self._lock:
             self.crs.pop(key, None)
             self.jobs.pop(key, None)
+            self.preflights.pop(key, None)
             self.pods.pop(key, None)
             self.deleted.add(key)
 
@@ -94,31 +99,44 @@ class World:
                 self.crs[key] = {**cr, "status": status}
 
     # Jobs
+    def _table(self, obj: Mapping[str, Any]) -> dict[Key, dict[str, Any]]:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return self.preflights if labels.get(LABEL_COMPONENT) == COMPONENT_PREFLIGHT else self.jobs
+
     def put_job(self, obj: Mapping[str, Any]) -> Key | None:
         key = owner_key(obj)
         if key is not None:
             with self._lock:
-                old = self.jobs.get(key)
+                table = self._table(obj)
+                old = table.get(key)
                 # never replace a newer object with an older one (a create response racing a watch event)
                 if old is None or _rv(obj) >= _rv(old):
-                    self.jobs[key] = trim(obj)
+                    table[key] = trim(obj)
         return key
 
     def drop_job(self, obj: Mapping[str, Any]) -> Key | None:
         key = owner_key(obj)
         if key is not None:
             with self._lock:
-                cur = self.jobs.get(key)
+                table = self._table(obj)
+                cur = table.get(key)
                 if cur is not None and (cur.get("metadata") or {}).get("uid") == (obj.get("metadata") or {}).get("uid"):
-                    self.jobs.pop(key, None)
+                    table.pop(key, None)
         return key
 
-    def job(self, key: Key) -> dict[str, Any] | None:
-        """The CR's Job: only one whose controlling owner is this CR (by uid) — not an orphan."""
+    def _owned(self, table: dict[Key, dict[str, Any]], key: Key) -> dict[str, Any] | None:
         with self._lock:
-            job = self.jobs.get(key)
+            job = table.get(key)
             cr_uid = ((self.crs.get(key) or {}).get("metadata") or {}).get("uid")
         return job if job is not None and controller_uid(job) == cr_uid else None
+
+    def job(self, key: Key) -> dict[str, Any] | None:
+        """The CR's trainer Job: only one whose controlling owner is this CR (by uid) — not an orphan."""
+        return self._owned(self.jobs, key)
+
+    def preflight_job(self, key: Key) -> dict[str, Any] | None:
+        """The CR's data preflight Job, owned as :meth:`job` is."""
+        return self._owned(self.preflights, key)
 
     # Pods
     def put_pod(self, obj: Mapping[str, Any]) -> tuple[Key | None, dict[str, Any] | None]:
@@ -141,13 +159,23 @@ class World:
         return key
 
     def pods_of(self, key: Key) -> list[dict[str, Any]]:
-        """The pods of the CR's current Job (none before it has one); a pod without an owner (made by
-        hand, never by the Job controller) is kept."""
+        """The pods of the CR's current trainer Job (none before it has one); a pod without an owner
+        (made by hand, never by the Job controller) is kept."""
         job = self.job(key)
         job_uid = (job.get("metadata") or {}).get("uid") if job is not None else None
         with self._lock:
             pods = list(self.pods.get(key, {}).values())
         return [p for p in pods if controller_uid(p) in (None, job_uid)]
+
+    def preflight_pods_of(self, key: Key) -> list[dict[str, Any]]:
+        """The pods of the CR's data preflight Job."""
+        job = self.preflight_job(key)
+        if job is None:
+            return []
+        job_uid = (job.get("metadata") or {}).get("uid")
+        with self._lock:
+            pods = list(self.pods.get(key, {}).values())
+        return [p for p in pods if controller_uid(p) == job_uid]
 
     def dependents(self, ftj_key: Key) -> list[Key]:
         """PreferenceAlignments referencing a FineTuneJob."""

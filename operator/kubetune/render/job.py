@@ -1,4 +1,11 @@
-"""The batch/v1 Job running the trainer, and `render_children`, which builds every child of a CR.
+"""The batch/v1 Jobs of a CR — the data preflight's, then the trainer's — and `render_children`,
+which builds every child of a CR.
+
+The preflight Job (`build_preflight_job`) runs `kubetune-trainer --stage preflight` in a small CPU
+pod: no GPU request, toleration or affinity, the operator's preflight resources and placement, no
+API token (it reports only through its termination message), the same image, config and sources as
+the trainer, the output mounted writable for the checked data. The reconciler creates the trainer's
+Job only once it succeeded.
 
 Pod shape, in order of concern: placement (GPU count, GPU memory affinity, taint toleration, the
 spec's nodeSelector/tolerations/priority), storage (config, /dev/shm, /tmp, HF cache, PVCs), the
@@ -12,9 +19,11 @@ job: no GPU request, GPU toleration or GPU-memory affinity, only the spec's and 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.api.constants import COMPONENT_PREFLIGHT, COMPONENT_TRAINER, LABEL_COMPONENT
 from kubetune.api.defaults import resolve
 from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
 from kubetune.api.resources import AnyJob, FineTuneJob
@@ -23,13 +32,15 @@ from kubetune.api.trainer_contract import PlanSummary, ReportChannel, SecretEnv,
 from kubetune.planning.quantity import parse_quantity
 from kubetune.render.configmap import CONFIG_DIR, CONFIG_PATH, build_configmap
 from kubetune.render.meta import ANNOTATION_OWNER, child_labels, child_metadata
-from kubetune.render.names import configmap_name, job_name, service_name
+from kubetune.render.names import configmap_name, job_name, preflight_job_name, service_name
 from kubetune.render.service import build_service, master_address
 from kubetune.render.settings import RenderSettings
 from kubetune.render.sources import ResolvedSources, resolve_sources
 from kubetune.render.trainer_config import build_trainer_config, pod_device
 
 CONTAINER = "trainer"
+PREFLIGHT_CONTAINER = "preflight"
+PREFLIGHT_CPUS_ENV = "KUBETUNE_PREFLIGHT_CPUS"  # kubetune_trainer.preflight reads it
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TERMINATION_LOG = "/dev/termination-log"
 HF_HOME = "/var/cache/huggingface"
@@ -121,13 +132,23 @@ def _env(src: ResolvedSources, nodes: int, cpu_only: bool) -> list[dict[str, Any
     return env + src.env
 
 
+def _failure_policy(container: str) -> dict[str, Any]:
+    return {"rules": [
+        # Permanent trainer failures (bad data, diverged, no model, bad config): fail now.
+        {"action": "FailJob", "onExitCodes": {"containerName": container, "operator": "In",
+                                              "values": sorted(int(c) for c in PERMANENT_EXIT_CODES)}},
+        # Preemption, eviction, node drain: not the trainer's fault; retry without counting.
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]}
+
+
 def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src: ResolvedSources,
               settings: RenderSettings) -> dict[str, Any]:
     kind, name = job.kind, job.metadata.name or ""
     ns, uid = job.metadata.namespace or "default", job.metadata.uid
     r = spec.resources
     labels = child_labels(kind, name)
-    job_labels: dict[str, str] = {}
+    job_labels: dict[str, str] = {LABEL_COMPONENT: COMPONENT_TRAINER}
     if spec.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
     volumes = [
@@ -150,9 +171,7 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
         "imagePullPolicy": settings.image_pull_policy,
         "command": _command(kind, name, r.gpus, r.nodes, settings.rendezvous_port),
         "env": _env(src, r.nodes, r.cpu_only),
-        # the standard AWS_* variables for s3:// locations, every key of the Secret (values never rendered)
-        **({"envFrom": [{"secretRef": {"name": spec.storage.secret_ref.name}}]}
-           if spec.storage is not None and spec.storage.secret_ref is not None else {}),
+        **_storage_env_from(spec),
         "resources": _resources(spec, settings),
         "volumeMounts": mounts,
         "securityContext": security_context_container(),
@@ -176,13 +195,7 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
         pod_spec["subdomain"] = service_name(kind, name)
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
-        "podFailurePolicy": {"rules": [
-            # Permanent trainer failures (bad data, diverged, no model, bad config): fail now.
-            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                  "values": sorted(int(c) for c in PERMANENT_EXIT_CODES)}},
-            # Preemption, eviction, node drain: not the trainer's fault; retry without counting.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        ]},
+        "podFailurePolicy": _failure_policy(CONTAINER),
         "suspend": bool(spec.suspend or spec.queue_name),
         "template": {
             "metadata": {
@@ -206,15 +219,116 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
     }
 
 
+def _storage_env_from(spec: FineTuneJobSpec | PreferenceAlignmentSpec) -> dict[str, Any]:
+    """The standard AWS_* variables for s3:// locations: every key of the Secret spec.storage names
+    (values never rendered)."""
+    if spec.storage is None or spec.storage.secret_ref is None:
+        return {}
+    return {"envFrom": [{"secretRef": {"name": spec.storage.secret_ref.name}}]}
+
+
+def _preflight_env(src: ResolvedSources, resources: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "KUBETUNE_CONFIG", "value": CONFIG_PATH},
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    # One worker process per CPU of its limit (else of its request), rounded up: not one per node core
+    cpu = "limits.cpu" if "cpu" in (resources.get("limits") or {}) else (
+        "requests.cpu" if "cpu" in (resources.get("requests") or {}) else None)
+    if cpu:
+        env.append({"name": PREFLIGHT_CPUS_ENV, "valueFrom": {"resourceFieldRef": {
+            "containerName": PREFLIGHT_CONTAINER, "resource": cpu, "divisor": "1"}}})
+    return env + src.env
+
+
+def build_preflight_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src: ResolvedSources,
+                        settings: RenderSettings) -> dict[str, Any]:
+    """The data preflight's Job: see the module docstring."""
+    kind, name = job.kind, job.metadata.name or ""
+    ns, uid = job.metadata.namespace or "default", job.metadata.uid
+    component = {LABEL_COMPONENT: COMPONENT_PREFLIGHT}
+    resources = settings.preflight_resources
+    container: dict[str, Any] = {
+        "name": PREFLIGHT_CONTAINER,
+        "image": settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["kubetune-trainer", "--config", CONFIG_PATH, "--stage", "preflight"],
+        "env": _preflight_env(src, resources),
+        **_storage_env_from(spec),  # the preflight reads s3:// data sets too
+        "resources": {k: dict(v) for k, v in resources.items()},
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "hf-cache", "mountPath": HF_HOME},
+            *src.mounts,
+        ],
+        "securityContext": security_context_container(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.trainer_service_account,
+        "automountServiceAccountToken": False,  # it reads the data and writes files; it calls no API
+        "securityContext": security_context_pod(),
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": configmap_name(kind, name)}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "hf-cache", "emptyDir": {}},
+            *src.volumes,
+        ],
+    }
+    if settings.preflight_node_selector:
+        pod_spec["nodeSelector"] = dict(settings.preflight_node_selector)
+    if settings.preflight_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.preflight_tolerations]
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "podFailurePolicy": _failure_policy(PREFLIGHT_CONTAINER),
+        "suspend": bool(spec.suspend),  # never queued: Kueue admits the GPU Job, not this one
+        "completions": 1,
+        "parallelism": 1,
+        "template": {
+            "metadata": {
+                "labels": {**child_labels(kind, name), **component, **settings.extra_pod_labels},
+                "annotations": {ANNOTATION_OWNER: name, **settings.extra_pod_annotations},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if spec.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": child_metadata(kind, name, ns, uid, preflight_job_name(kind, name), labels=component),
+        "spec": job_spec,
+    }
+
+
 @dataclass
 class Children:
     config: TrainerConfig
     configmap: dict[str, Any]
+    preflight: dict[str, Any]
     job: dict[str, Any]
     service: dict[str, Any] | None
 
+    def preflight_objects(self) -> list[dict[str, Any]]:
+        """What the data preflight needs, in creation order: the ConfigMap, then its Job."""
+        return [self.configmap, self.preflight]
+
     def all(self) -> list[dict[str, Any]]:
-        """In creation order: the ConfigMap and Service before the Job whose pods need them."""
+        """Every child once, in the order they are created."""
+        return [self.configmap, self.preflight, *([self.service] if self.service else []), self.job]
+
+    def training_objects(self) -> list[dict[str, Any]]:
+        """What training needs once the preflight passed, in creation order: the ConfigMap (already
+        there: the create finds it) and Service before the Job whose pods need them."""
         return [self.configmap, *([self.service] if self.service else []), self.job]
 
 
@@ -245,4 +359,5 @@ def render_children(job: AnyJob, settings: RenderSettings, *, referenced: FineTu
     if spec.resources.nodes > 1:
         service = build_service(kind, name, ns, uid, port=settings.rendezvous_port)
     return Children(config=config, configmap=build_configmap(config, uid=uid),
+                    preflight=build_preflight_job(job, spec, src, settings),
                     job=build_job(job, spec, src, settings), service=service)

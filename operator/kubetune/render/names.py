@@ -39,6 +39,11 @@ def job_name(kind: str, name: str) -> str:
     return base_name(kind, name)
 
 
+def preflight_job_name(kind: str, name: str) -> str:
+    """The data preflight's Job (not Indexed: up to 62 characters is fine)."""
+    return base_name(kind, name) + "-preflight"
+
+
 def configmap_name(kind: str, name: str) -> str:
     return base_name(kind, name) + "-config"
 

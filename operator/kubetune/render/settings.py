@@ -10,6 +10,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+# The data preflight pod: CPUs are its worker processes (one each), memory ~150 MiB per process plus
+# the dedup tables (~40 MiB per million examples; 200-500 MiB more with nearDuplicates).
+DEFAULT_PREFLIGHT_RESOURCES: Mapping[str, Mapping[str, str]] = {
+    "requests": {"cpu": "4", "memory": "4Gi"},
+    "limits": {"cpu": "4", "memory": "4Gi"},
+}
 
 
 def _json(text: str | None) -> Any:
@@ -48,6 +54,13 @@ class RenderSettings:
     tolerations: tuple[Mapping[str, Any], ...] = ()  # KUBETUNE_TRAINER_TOLERATIONS (JSON list)
     extra_pod_labels: Mapping[str, str] = field(default_factory=dict)
     extra_pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    # The data preflight pod (CPU only, before the GPU Job): its resources (its worker processes follow
+    # its CPU limit, else its CPU request) and placement — not the trainer's GPU placement, nor the
+    # spec's nodeSelector/tolerations (they pick GPU nodes); the operator's defaults above do not apply.
+    preflight_resources: Mapping[str, Mapping[str, str]] = field(
+        default_factory=lambda: dict(DEFAULT_PREFLIGHT_RESOURCES))  # KUBETUNE_PREFLIGHT_RESOURCES (JSON)
+    preflight_node_selector: Mapping[str, str] = field(default_factory=dict)  # KUBETUNE_PREFLIGHT_NODE_SELECTOR (JSON)
+    preflight_tolerations: tuple[Mapping[str, Any], ...] = ()  # KUBETUNE_PREFLIGHT_TOLERATIONS (JSON list)
 
     ENV: ClassVar[dict[str, str]] = {
         "trainer_image": "KUBETUNE_TRAINER_IMAGE",
@@ -87,4 +100,9 @@ class RenderSettings:
         kwargs["image_pull_secrets"] = tuple(x.strip() for x in secrets.split(",") if x.strip())
         kwargs["node_selector"] = dict(_json(env.get("KUBETUNE_TRAINER_NODE_SELECTOR")) or {})
         kwargs["tolerations"] = tuple(_json(env.get("KUBETUNE_TRAINER_TOLERATIONS")) or ())
+        resources = _json(env.get("KUBETUNE_PREFLIGHT_RESOURCES"))
+        if resources is not None:
+            kwargs["preflight_resources"] = {k: dict(v) for k, v in dict(resources).items() if v}
+        kwargs["preflight_node_selector"] = dict(_json(env.get("KUBETUNE_PREFLIGHT_NODE_SELECTOR")) or {})
+        kwargs["preflight_tolerations"] = tuple(_json(env.get("KUBETUNE_PREFLIGHT_TOLERATIONS")) or ())
         return cls(**kwargs)

@@ -7,6 +7,8 @@
 - an s3:// output is staged in the pod's /tmp (S3_STAGING; checkpoints stay there, so a retried
   pod trains afresh) and uploaded by the trainer at the end;
 - `file://` is for `kubetune run` only (the webhook warns); it passes through unchanged.
+- the checked data (`sources.checkedData`) lies below the output: the preflight pod writes it there
+  (the output claim is mounted writable in both pods), the trainer pod reads it.
 Secrets reach the trainer only as `env[].valueFrom.secretKeyRef`: their values never appear in the
 ConfigMap, the status or the operator's memory.
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.resources import AnyJob, PreferenceAlignment
-from kubetune.api.trainer_contract import SecretEnv, Sources
+from kubetune.api.trainer_contract import CHECKED_DATA_DIR, SecretEnv, Sources, child_uri
 
 PVC_ROOT = "/mnt/pvc"
 S3_STAGING = "/tmp/kubetune/output"
@@ -106,6 +108,7 @@ def resolve_sources(job: AnyJob, *, model_uri: str | None = None, adapter_uri: s
         golden=to_local(uris["golden"]) if uris["golden"] else None,
         safety=to_local(uris["safety"]) if uris["safety"] else None,
         forgetting=to_local(uris["forgetting"]) if uris["forgetting"] else None,
+        checked_data=to_local(child_uri(spec.output.uri, CHECKED_DATA_DIR)),
     ))
     for i, claim in enumerate(claims):
         read_only = claim not in writable

@@ -1,5 +1,5 @@
-"""Status from the world: the CR, its plan verdict, its dependency, its Job and Pods, and the
-trainer's reports ⇒ phase, conditions, progress, metrics, gates (`derive_status`), and the Events
+"""Status from the world: the CR, its plan verdict, its dependency, its two Jobs (the data
+preflight's, the trainer's) and their Pods, and their reports ⇒ phase, conditions, progress, metrics, gates (`derive_status`), and the Events
 that announce the change (`events_for`). `outcome_status` is the part a trainer's result and the
 gates decide, shared with `kubetune run`. Pure: plain dicts in, plain dicts out."""
 
@@ -7,7 +7,8 @@ from kubetune.status.derive import Derived, derive_status
 from kubetune.status.events import EVENT_MESSAGE_LIMIT, EventSpec, events_for
 from kubetune.status.inputs import DependencyState, Verdict
 from kubetune.status.outcome import State, dependent_adapter, finished_state, outcome_status
-from kubetune.status.pods import ANNOTATION_PROGRESS, ANNOTATION_RESULT, progress_summary
+from kubetune.status.pods import ANNOTATION_PROGRESS, ANNOTATION_RESULT, Pods, progress_summary
+from kubetune.status.preflight import passed as preflight_passed
 from kubetune.status.timeutil import format_time, parse_time
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "DependencyState",
     "Derived",
     "EventSpec",
+    "Pods",
     "State",
     "Verdict",
     "dependent_adapter",
@@ -26,5 +28,6 @@ __all__ = [
     "format_time",
     "outcome_status",
     "parse_time",
+    "preflight_passed",
     "progress_summary",
 ]

@@ -2,15 +2,17 @@
 
 Inputs are what the operator observed: the CR (spec, generation; the old conditions are read only
 to keep their lastTransitionTime when nothing flipped), the verdict of validation and the memory
-plan, the dependency (PreferenceAlignment), the batch/v1 Job, its Pods (phases, conditions,
-container states, termination messages) and the trainer's progress annotation. Nothing is
-incremented from the old status.
+plan, the dependency (PreferenceAlignment), the data preflight's batch/v1 Job and its Pod (its
+result: the data summary), the trainer's Job, its Pods (phases, conditions, container states,
+termination messages) and the trainer's progress annotation. Nothing is incremented from the old
+status. Until the trainer's Job exists the preflight's decides the phase (preflight.py); after,
+the trainer's does, and the preflight's result still gives `data` until the trainer reports it.
 
 Terminal phases are facts: once Succeeded, GateFailed or Failed for the current generation, the
 status stays as it is (the world may forget — pods are garbage-collected, a Job deleted).
 
-Phases: Pending → Validating → (Waiting) → Queued → Running → Evaluating → Succeeded | GateFailed |
-Failed; Suspended.
+Phases: Pending → Validating (spec, then the data in the preflight pod) → (Waiting) → Queued →
+Running → Evaluating → Succeeded | GateFailed | Failed; Suspended.
 
 The steps live beside this module: pods.py reads the Pods and the trainer's reports, job.py turns
 the Job into a phase, failures.py explains a failure, outcome.py adds what the result and the gates
@@ -31,6 +33,7 @@ from kubetune.status.inputs import DependencyState, Verdict
 from kubetune.status.job import failure_time, job_state
 from kubetune.status.outcome import State, outcome_status
 from kubetune.status.pods import Pods
+from kubetune.status.preflight import preflight_state
 from kubetune.status.timeutil import format_time
 
 
@@ -40,6 +43,8 @@ class Derived:
     stop_job: str | None = None  # a reason: the Job must be stopped (suspended) — a terminal failure
     result: TrainerResult | None = None  # the trainer's final report, when seen
     notes: list[str] = field(default_factory=list)
+    stop_preflight: str | None = None  # a reason: the preflight Job must be stopped (its pod cannot start)
+    preflight_result: TrainerResult | None = None  # the data preflight's report, when seen
 
 
 def derive_status(
@@ -49,6 +54,8 @@ def derive_status(
     dependency: DependencyState | None = None,
     job: Mapping[str, Any] | None = None,
     pods: Sequence[Mapping[str, Any]] = (),
+    preflight: Mapping[str, Any] | None = None,
+    preflight_pods: Sequence[Mapping[str, Any]] = (),
     now: datetime,
     unschedulable_grace_seconds: float = 120.0,
     image_pull_grace_seconds: float = 120.0,
@@ -66,8 +73,11 @@ def derive_status(
     pods_ = Pods.of(pods)
     progress = pods_.progress()
     result = pods_.result(job)
+    checks = Pods.of(preflight_pods)
+    checked = checks.result(preflight) if preflight is not None else None
     status: dict[str, Any] = {"observedGeneration": generation}
     stop: str | None = None
+    stop_preflight: str | None = None
     if verdict.plan is not None:
         status["plan"] = dict(verdict.plan)
 
@@ -76,7 +86,15 @@ def derive_status(
     if state.phase != Phase.FAILED:
         state = _from_dependency(dependency or DependencyState(), job, conds, state)
 
-    # 3. the Job and its pods
+    # 3. the data preflight, until the trainer's Job exists
+    if job is None and preflight is not None and state.phase not in (Phase.FAILED, Phase.WAITING):
+        state, stop_preflight = preflight_state(
+            preflight, checks, checked, suspend_wanted=bool(spec.get("suspend")), now=now,
+            unschedulable_grace=unschedulable_grace_seconds, image_pull_grace=image_pull_grace_seconds)
+        # Unknown until the data is known (outcome_status sets True or False then)
+        conds.append(ConditionUpdate(ConditionType.DATA_VALID, "Unknown", state.reason, state.message))
+
+    # 4. the trainer's Job and its pods
     if job is not None and state.phase not in (Phase.FAILED,):
         state, stop = job_state(job, pods_, result, progress, verdict, bool(spec.get("suspend")),
                                 bool(spec.get("queueName")), now, unschedulable_grace_seconds,
@@ -91,17 +109,19 @@ def derive_status(
     elif job_name:
         status["jobName"] = job_name
 
-    # 4. progress, data, metrics, gates, artifact and the remaining conditions
+    # 5. progress, data, metrics, gates, artifact and the remaining conditions
     output = spec.get("output") or {}
     status |= outcome_status(
         state, result=result, progress=progress, gates=(spec.get("evaluation") or {}).get("gates"),
         output_uri=output.get("uri"), conditions=conds,
-        old_conditions=old.get("conditions") or [], generation=generation, now=now)
+        old_conditions=old.get("conditions") or [], generation=generation, now=now,
+        data=checked.data if checked is not None else None)
     if status["phase"] in TERMINAL_PHASES:
         status["completionTime"] = (
             ((job or {}).get("status") or {}).get("completionTime") if status["phase"] != Phase.FAILED else None
-        ) or failure_time(job) or format_time(now)
-    return Derived(status={k: v for k, v in status.items() if v is not None}, stop_job=stop, result=result)
+        ) or failure_time(job or preflight) or format_time(now)
+    return Derived(status={k: v for k, v in status.items() if v is not None}, stop_job=stop, result=result,
+                   stop_preflight=stop_preflight, preflight_result=checked)
 
 
 def _from_verdict(verdict: Verdict) -> tuple[list[ConditionUpdate], State]:
@@ -119,7 +139,7 @@ def _from_verdict(verdict: Verdict) -> tuple[list[ConditionUpdate], State]:
     else:
         conds.append(ConditionUpdate(ConditionType.RESOURCES_FIT, "Unknown", Reason.CANNOT_PLAN,
                                      verdict.plan_message or "no memory plan"))
-    return conds, State(Phase.VALIDATING, Reason.VALIDATED, "validated; creating the training Job")
+    return conds, State(Phase.VALIDATING, Reason.VALIDATED, "validated; creating the data preflight Job")
 
 
 def _from_dependency(dep: DependencyState, job: Mapping[str, Any] | None, conds: list[ConditionUpdate],

@@ -70,16 +70,28 @@ def job_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, 
         step = progress_summary(progress.step, progress.total_steps) if progress is not None else None
         msg = f"training: {step}" if step else f"the trainer is running ({stage or 'starting'})"
         return State(Phase.RUNNING, Reason.RUNNING, msg + previous), None
-    pending = pods.phase("Pending")
-    for pod in pending:
+    stuck = pending_state(pods, now, unschedulable_grace, image_pull_grace, what="trainer", phase=Phase.QUEUED)
+    if stuck is not None:
+        return stuck
+    if pods.phase("Pending"):
+        return State(Phase.QUEUED, Reason.JOB_CREATED, "the trainer pod is starting" + previous), None
+    return State(Phase.QUEUED, Reason.JOB_CREATED, "the training Job was created" + previous), None
+
+
+def pending_state(pods: Pods, now: datetime, unschedulable_grace: float, image_pull_grace: float, *, what: str,
+                  phase: Phase) -> tuple[State, str | None] | None:
+    """A pending pod that cannot start — no node for it, or its image cannot be pulled: in `phase`
+    while within the grace period, then Failed with the reason to stop its Job. None when no pod is
+    stuck. `what` names the pod ("trainer", "data preflight")."""
+    for pod in pods.phase("Pending"):
         sched = pod_condition(pod, "PodScheduled")
         if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
             since = parse_time(sched.get("lastTransitionTime")) or parse_time(created(pod)) or now
-            msg = f"no node can run the trainer pod: {sched.get('message', '')}".strip()
+            msg = f"no node can run the {what} pod: {sched.get('message', '')}".strip()
             if (now - since).total_seconds() >= unschedulable_grace:
                 return State(Phase.FAILED, Reason.UNSCHEDULABLE,
                              msg + f" (unschedulable for over {int(unschedulable_grace)}s)"), Reason.UNSCHEDULABLE
-            return State(Phase.QUEUED, Reason.UNSCHEDULABLE, msg), None
+            return State(phase, Reason.UNSCHEDULABLE, msg), None
         wait = waiting(pod)
         if wait and wait.get("reason") in IMAGE_PULL_REASONS:
             since = parse_time((pod.get("status") or {}).get("startTime")) or parse_time(created(pod)) or now
@@ -87,7 +99,5 @@ def job_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, 
             if (wait.get("reason") in PERMANENT_IMAGE_REASONS
                     or (now - since).total_seconds() >= image_pull_grace):
                 return State(Phase.FAILED, Reason.IMAGE_UNAVAILABLE, msg), Reason.IMAGE_UNAVAILABLE
-            return State(Phase.QUEUED, Reason.IMAGE_UNAVAILABLE, msg), None
-    if pending:
-        return State(Phase.QUEUED, Reason.JOB_CREATED, "the trainer pod is starting" + previous), None
-    return State(Phase.QUEUED, Reason.JOB_CREATED, "the training Job was created" + previous), None
+            return State(phase, Reason.IMAGE_UNAVAILABLE, msg), None
+    return None

@@ -18,6 +18,7 @@ from typing import Any
 
 from kubetune.api.enums import ConditionType, Phase, Reason
 from kubetune.api.spec import Gate
+from kubetune.api.status import DataSummary
 from kubetune.api.trainer_contract import ProgressReport, TrainerResult, child_uri
 from kubetune.gates import ConditionUpdate, decide, promotion_decision
 from kubetune.status.conditions import CONDITION_MESSAGE_LIMIT, condition_reason, health_conditions, stamp
@@ -53,6 +54,7 @@ def outcome_status(
     old_conditions: Sequence[Mapping[str, Any]] = (),
     generation: int | None = None,
     now: datetime,
+    data: DataSummary | None = None,
 ) -> dict[str, Any]:
     """Status fields from the state and the trainer's reports: progress, data, metrics, gates,
     artifact, phase, reason, message, conditions (absent ones left out).
@@ -63,7 +65,9 @@ def outcome_status(
     - `output_uri` (spec.output.uri): where the artifact is, for a result without `artifactUri`;
       whether and where it was promoted comes from the result alone (`artifact_status`);
     - `conditions`: those set before (Valid, ResourcesFit, DependencyReady); `old_conditions` and
-      `generation` stamp them all (kubetune.status.conditions.stamp).
+      `generation` stamp them all (kubetune.status.conditions.stamp);
+    - `data`: the data preflight's summary (its own pod's result), for as long as the trainer has
+      reported none.
     """
     status: dict[str, Any] = {}
     conds = list(conditions)
@@ -79,7 +83,10 @@ def outcome_status(
         if state.phase == Phase.SUCCEEDED or state.phase == Phase.GATE_FAILED:
             pd["stage"] = "done"
         status["progress"] = {k: v for k, v in pd.items() if v is not None}
-    data = (result.data if result is not None and result.data is not None else (progress.data if progress else None))
+    if result is not None and result.data is not None:
+        data = result.data
+    elif progress is not None and progress.data is not None:
+        data = progress.data
     if data is not None:
         status["data"] = data.model_dump(by_alias=True, exclude_none=True, mode="json")
 
@@ -103,7 +110,7 @@ def outcome_status(
         # Ready=False on failure; Unknown while the outcome is open (kubectl wait keeps waiting).
         conds.append(ConditionUpdate(ConditionType.READY, ready_status, state.reason, state.message))
 
-    # DataValid: from the trainer's preflight
+    # DataValid: from the data preflight (its pod's result, or the trainer's report of it)
     if state.reason in (Reason.DATA_INVALID, Reason.INSUFFICIENT_DATA):
         conds.append(ConditionUpdate(ConditionType.DATA_VALID, "False", state.reason, state.message))
     elif data is not None or (progress is not None and progress.stage not in (None, "preflight", "loading")):

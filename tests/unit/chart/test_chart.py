@@ -48,7 +48,10 @@ ALL_ON: dict[str, Any] = {
     "trainer": {"serviceAccount": {"namespaces": ["research", "team-a"], "annotations": {"a": "b"}},
                 "nodeSelector": {"pool": "gpu"},
                 "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
-                "imagePullSecrets": ["regcred"]},
+                "imagePullSecrets": ["regcred"],
+                "preflight": {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "8"}},
+                              "nodeSelector": {"pool": "cpu"},
+                              "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}]}},
     "imagePullSecrets": [{"name": "regcred"}],
     "commonLabels": {"team": "ml-platform"},
     "podAnnotations": {"example.com/a": "b"},
@@ -501,6 +504,8 @@ BAD_VALUES = [
     ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
     ({"trainer": {"gpu": {"memoryTolerance": 0.9}}}, "memoryTolerance"),
     ({"trainer": {"shmSize": "lots"}}, "shmSize"),
+    ({"trainer": {"preflight": {"resources": {"limits": {"cpu": "four"}}}}}, "cpu"),
+    ({"trainer": {"preflight": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}}, "nvidia.com/gpu"),
     ({"metrics": {"port": 70000}}, "port"),
     ({"logLevel": "verbose"}, "logLevel"),
     ({"crds": {"keep": "yes"}}, "keep"),
@@ -638,6 +643,11 @@ def test_trainer_defaults_reach_the_operator(render: Render) -> None:
     assert settings.image_pull_secrets == ("regcred",)
     assert settings.trainer_service_account == "kubetune-trainer"
     assert settings.trainer_image == "ghcr.io/kubetune/trainer:0.1.0"
+    # Helm merges values into the defaults: the memory limit not set stays the default's
+    assert settings.preflight_resources == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                            "limits": {"cpu": "8", "memory": "4Gi"}}
+    assert dict(settings.preflight_node_selector) == {"pool": "cpu"}
+    assert [dict(t) for t in settings.preflight_tolerations] == ALL_ON["trainer"]["preflight"]["tolerations"]
 
 
 # --- kind ----------------------------------------------------------------------------------------

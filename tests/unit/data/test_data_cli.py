@@ -105,6 +105,16 @@ def test_bad_files_exit_1_without_traceback(
     assert captured.out.startswith("NOT OK (DataInvalid)")
 
 
+def test_processes_flag(tmp_path: Path, chat: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _write(tmp_path / "d.jsonl", [chat(i) for i in range(300)])
+    assert check_data_main([str(data), "--format", "chat", "--output", "json", "--processes", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["processes"] == 2
+    assert check_data_main([str(data), "--format", "chat", "--output", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["processes"] == 1  # auto: a small file stays in one process
+    assert check_data_main([str(data), "--format", "chat", "--processes", "0"]) == 2
+    assert "must be auto or >= 1" in capsys.readouterr().err
+
+
 def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert check_data_main(["x.jsonl"]) == 2  # --format is required
     assert check_data_main(["x.jsonl", "--format", "alpaca"]) == 2

@@ -58,11 +58,12 @@ def test_two_operators_in_one_process_share_nothing() -> None:
     a.handlers.on_cr_event({"type": "ADDED", "object": cr})
     assert len(a.world.crs) == 1 and not b.world.crs
     assert [k for k in api_a.objects if k[0] == "Job"] and not api_b.objects
-    queued = {"kind": "FineTuneJob", "phase": "Queued"}
-    assert a.metrics.registry.get_sample_value("kubetune_jobs", queued) == 1
-    assert b.metrics.registry.get_sample_value("kubetune_jobs", queued) == 0
-    assert a.metrics.registry.get_sample_value("kubetune_events_total", {"type": "Normal", "reason": "JobCreated"}) == 1
-    assert b.metrics.registry.get_sample_value("kubetune_events_total", {"type": "Normal", "reason": "JobCreated"}) is None
+    validating = {"kind": "FineTuneJob", "phase": "Validating"}
+    assert a.metrics.registry.get_sample_value("kubetune_jobs", validating) == 1
+    assert b.metrics.registry.get_sample_value("kubetune_jobs", validating) == 0
+    checking = {"type": "Normal", "reason": "CheckingData"}
+    assert a.metrics.registry.get_sample_value("kubetune_events_total", checking) == 1
+    assert b.metrics.registry.get_sample_value("kubetune_events_total", checking) is None
 
 
 def test_the_default_api_is_a_client_of_its_own() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fake_api import FakeApi
 from kubernetes.client.exceptions import ApiException
-from operator_builders import ftj, terminated
+from operator_builders import ftj, preflight_done, terminated
 
 from kubetune.api.trainer_contract import TrainerResult
 from kubetune.operator.app import Operator, build_operator
@@ -154,9 +154,16 @@ def event(type_: str, obj: dict[str, Any]) -> Any:
     return {"type": type_, "object": obj}
 
 
+def pass_preflight(op: Operator, api: FakeApi) -> None:
+    preflight = api.objects[("Job", NS, f"{JOB}-preflight")]
+    op.handlers.on_pod_event(event("MODIFIED", preflight_done(preflight)))
+    op.handlers.on_job_event(event("MODIFIED", preflight))
+
+
 def finish_first_run(op: Operator, api: FakeApi) -> dict[str, Any]:
-    """The first CR's Job completes with a passing result; returns that Job."""
+    """The first CR's data passes and its Job completes with a passing result; returns that Job."""
     op.handlers.on_cr_event(event("ADDED", cr_with_uid("cr-old")))
+    pass_preflight(op, api)
     job = api.objects[("Job", NS, JOB)]
     op.handlers.on_pod_event(event("MODIFIED", pod_of(job, "old-pod", result=PASSED)))  # the pod ends first
     job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1,
@@ -191,6 +198,10 @@ def test_applied_again_gets_a_fresh_job_and_never_the_old_result() -> None:
     for obj in gone:
         if obj["kind"] == "Job":
             op.handlers.on_job_event(event("DELETED", obj))
+    assert ("Job", NS, JOB) not in api.objects  # the new run's data is checked first: no GPU Job yet
+    assert api.objects[("Job", NS, f"{JOB}-preflight")]["metadata"]["ownerReferences"][0]["uid"] == "cr-new"
+    assert (op.world.cr(KEY) or {})["status"]["phase"] == "Validating"
+    pass_preflight(op, api)
     new_job = api.objects[("Job", NS, JOB)]
     assert new_job["metadata"]["uid"] != old_job["metadata"]["uid"]
     assert new_job["metadata"]["ownerReferences"][0]["uid"] == "cr-new"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from fake_api import FakeApi
-from operator_builders import ftj, load_example, terminated
+from operator_builders import DATA_OK, ftj, load_example, preflight_done, preflight_pod, terminated, typed
 
 from kubetune.api.trainer_contract import Promotion, TrainerResult
 from kubetune.operator import metrics
@@ -16,6 +16,7 @@ from kubetune.operator.app import Operator, build_operator
 from kubetune.operator.config import OperatorSettings
 from kubetune.operator.reconciler import Reconciler, status_patch
 from kubetune.operator.world import World
+from kubetune.render.job import render_children
 
 NOW = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)
 
@@ -36,17 +37,157 @@ def key_of(cr: dict[str, Any]) -> tuple[str, str, str]:
     return (cr["kind"], cr["metadata"]["namespace"], cr["metadata"]["name"])
 
 
-def test_creates_children_once_and_queues() -> None:
+def jobs(api: FakeApi, cr: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the preflight Job, the trainer Job) of `cr` in the fake API, or None."""
+    base = f"{cr['metadata']['name']}-{'ft' if cr['kind'] == 'FineTuneJob' else 'pa'}"
+    ns = cr["metadata"]["namespace"]
+    return api.objects.get(("Job", ns, base + "-preflight")), api.objects.get(("Job", ns, base))
+
+
+def pass_preflight(world: World, api: FakeApi, rec: Reconciler, cr: dict[str, Any], **ended: Any) -> dict[str, Any]:
+    """The preflight pod ends (ok by default) and its Job with it; the operator sees both."""
+    preflight, _ = jobs(api, cr)
+    assert preflight is not None
+    world.put_pod(preflight_done(preflight, **ended))
+    world.put_job(preflight)
+    rec.reconcile(key_of(cr))
+    return preflight
+
+
+def set_suspend(world: World, rec: Reconciler, cr: dict[str, Any], value: bool) -> None:
+    """The user patches spec.suspend; the operator sees it."""
+    changed = copy.deepcopy(world.cr(key_of(cr)))
+    assert changed is not None
+    changed["spec"]["suspend"] = value
+    world.put_cr(changed)
+    rec.reconcile(key_of(cr))
+
+
+def test_creates_the_preflight_then_the_gpu_job_once() -> None:
     cr = ftj()
-    _world, api, rec = setup(cr)
+    world, api, rec = setup(cr)
     rec.reconcile(key_of(cr))
     kinds = [k for v, k in api.calls if v == "create"]
     assert kinds == ["ServiceAccount", "RoleBinding", "ConfigMap", "Job"]
-    assert api.status[key_of(cr)]["phase"] == "Queued"
-    assert [e[1] for e in api.events] == ["JobCreated"]
+    preflight, trainer = jobs(api, cr)
+    assert preflight is not None and trainer is None  # no GPU is requested while the data is checked
+    assert "nvidia.com" not in str(preflight)
+    st = api.status[key_of(cr)]
+    assert (st["phase"], st["reason"]) == ("Validating", "CheckingData")
+    data_valid = next(c for c in st["conditions"] if c["type"] == "DataValid")
+    assert (data_valid["status"], data_valid["reason"]) == ("Unknown", "CheckingData")
+    world.put_pod(preflight_pod(preflight, phase="Running"))
+    rec.reconcile(key_of(cr))
+    assert "checking the data in pod pf-1" in api.status[key_of(cr)]["message"]
+
+    pass_preflight(world, api, rec, cr)
+    assert [k for v, k in api.calls if v == "create"][4:] == ["ConfigMap", "Job"]  # the ConfigMap is found (409)
+    _, trainer = jobs(api, cr)
+    assert trainer is not None and trainer["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "nvidia.com/gpu"] == "1"
+    st = api.status[key_of(cr)]
+    assert st["phase"] == "Queued" and st["jobName"] == "triage-llama3-70b-ft"
+    assert st["data"] == {"examples": 1000, "train": 950, "validation": 50, "invalid": 0, "duplicates": 3,
+                          "pii": {"EMAIL": 2}}  # the preflight's report, until the trainer reports its own
+    assert next(c for c in st["conditions"] if c["type"] == "DataValid")["status"] == "True"
+    assert [e[1] for e in api.events] == ["CheckingData", "JobCreated"]
+    assert "kubetune.io/result" in preflight["metadata"]["annotations"]  # kept for when the pod is gone
     n = len(api.calls)
     rec.reconcile(key_of(cr))
     assert len(api.calls) == n  # nothing changed: no request at all
+
+
+@pytest.mark.parametrize(("reason", "message"), [
+    ("DataInvalid", "12 of 1,000 records are bad: invalid_json (12)"),
+    ("InsufficientData", "found 120 valid examples, need at least 200"),
+])
+def test_a_failing_preflight_ends_the_job_and_no_gpu_is_ever_requested(reason: str, message: str) -> None:
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    bad = TrainerResult(outcome="failed", reason=reason, message=message,
+                        data=DATA_OK.data.model_copy(update={"examples": 120}) if DATA_OK.data else None)
+    preflight = pass_preflight(world, api, rec, cr, result=bad, exit_code=3, reason="Error",
+                               job_reason="PodFailurePolicy")
+    st = api.status[key_of(cr)]
+    assert (st["phase"], st["reason"], st["message"]) == ("Failed", reason, message)
+    assert st["data"]["examples"] == 120
+    assert next(c for c in st["conditions"] if c["type"] == "DataValid")["status"] == "False"
+    assert st["completionTime"] == "2025-01-01T00:30:00Z"
+    assert jobs(api, cr)[1] is None
+    assert not [o for o in api.objects.values() if "nvidia.com/gpu" in str(o)]
+    assert api.events[-1][:2] == ("Warning", reason)
+    assert "kubetune.io/result" in preflight["metadata"]["annotations"]
+    n = len(api.calls)
+    rec.reconcile(key_of(cr))
+    assert len(api.calls) == n and jobs(api, cr)[1] is None  # terminal: nothing more, ever
+
+
+def test_an_oom_killed_preflight_says_how_to_give_it_memory() -> None:
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    pass_preflight(world, api, rec, cr, result=None, exit_code=137, reason="OOMKilled", job_reason="BackoffLimitExceeded")
+    st = api.status[key_of(cr)]
+    assert (st["phase"], st["reason"]) == ("Failed", "OutOfMemory")
+    assert "data preflight was OOM-killed" in st["message"] and "trainer.preflight.resources" in st["message"]
+    assert jobs(api, cr)[1] is None
+
+
+def test_an_unschedulable_preflight_pod_fails_after_the_grace_and_is_stopped() -> None:
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    preflight, _ = jobs(api, cr)
+    assert preflight is not None
+    pod = preflight_pod(preflight, phase="Pending")
+    since = (NOW - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                    "lastTransitionTime": since, "message": "0/4 nodes have 4 free CPUs"}]
+    pod["status"]["containerStatuses"] = []
+    world.put_pod(pod)
+    rec.reconcile(key_of(cr))
+    st = api.status[key_of(cr)]
+    assert (st["phase"], st["reason"]) == ("Failed", "Unschedulable")
+    assert "no node can run the data preflight pod: 0/4 nodes have 4 free CPUs" in st["message"]
+    assert preflight["spec"]["suspend"] is True and jobs(api, cr)[1] is None
+
+
+def test_suspended_before_the_data_was_checked() -> None:
+    cr = ftj(suspend=True)
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    preflight, _ = jobs(api, cr)
+    assert preflight is not None and preflight["spec"]["suspend"] is True
+    assert api.status[key_of(cr)]["phase"] == "Suspended"
+    set_suspend(world, rec, cr, False)
+    assert preflight["spec"]["suspend"] is False and api.status[key_of(cr)]["phase"] == "Validating"
+
+
+def test_a_queued_job_is_checked_at_once_and_only_the_gpu_job_waits_for_kueue() -> None:
+    cr = ftj(queueName="gpu-team-a")
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    preflight, _ = jobs(api, cr)
+    assert preflight is not None and preflight["spec"]["suspend"] is False
+    assert "kueue.x-k8s.io/queue-name" not in str(preflight)
+    pass_preflight(world, api, rec, cr)
+    _, trainer = jobs(api, cr)
+    assert trainer is not None and trainer["spec"]["suspend"] is True
+    assert trainer["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team-a"
+    assert api.status[key_of(cr)]["reason"] == "PendingAdmission"
+
+
+def test_a_trainer_job_of_an_older_operator_goes_on_without_a_preflight() -> None:
+    """A Job created before the preflight pod existed: its trainer checks the data itself."""
+    cr = ftj()
+    world, api, rec = setup(cr)
+    old = api.create(render_children(typed(cr), OperatorSettings().render).job)
+    old["metadata"]["labels"].pop("kubetune.io/component")  # an older operator did not label it
+    world.put_job(old)
+    rec.reconcile(key_of(cr))
+    assert jobs(api, cr)[0] is None
+    assert api.status[key_of(cr)]["phase"] == "Queued"
 
 
 def test_restart_never_creates_a_second_job() -> None:
@@ -78,12 +219,13 @@ def test_cpu_job_is_planned_against_its_memory_and_runs_without_a_gpu() -> None:
     small["spec"]["baseModel"] = {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}
     small["spec"]["training"]["maxSeqLength"] = 512
     small["spec"]["resources"] = {"gpus": 0, "memory": "16Gi", "cpu": "4"}
-    _, api, rec = setup(small)
+    world, api, rec = setup(small)
     rec.reconcile(key_of(small))
+    pass_preflight(world, api, rec, small)
     st = api.status[key_of(small)]
     assert st["phase"] == "Queued" and st["plan"]["cpuOnly"] is True
-    job = next(o for k, o in api.objects.items() if k[0] == "Job")
-    assert "nvidia.com" not in str(job)
+    job = jobs(api, small)[1]
+    assert job is not None and "nvidia.com" not in str(job)
 
     big = ftj()  # a 70B model in 16Gi of pod memory
     big["metadata"]["name"] = "big-on-cpu"
@@ -100,19 +242,12 @@ def test_suspend_and_resume_patch_the_job() -> None:
     cr = ftj()
     world, api, rec = setup(cr)
     rec.reconcile(key_of(cr))
+    pass_preflight(world, api, rec, cr)
     job_key = ("Job", "clinical-ai", "triage-llama3-70b-ft")
-    cr2 = copy.deepcopy(world.cr(key_of(cr)))
-    assert cr2 is not None
-    cr2["spec"]["suspend"] = True
-    world.put_cr(cr2)
-    rec.reconcile(key_of(cr))
+    set_suspend(world, rec, cr, True)
     assert api.objects[job_key]["spec"]["suspend"] is True
     assert api.status[key_of(cr)]["phase"] == "Suspended"
-    cr3 = copy.deepcopy(world.cr(key_of(cr)))
-    assert cr3 is not None
-    cr3["spec"]["suspend"] = False
-    world.put_cr(cr3)
-    rec.reconcile(key_of(cr))
+    set_suspend(world, rec, cr, False)
     assert api.objects[job_key]["spec"]["suspend"] is False
 
 
@@ -120,6 +255,7 @@ def test_unschedulable_past_grace_fails_and_stops_the_job() -> None:
     cr = ftj()
     world, api, rec = setup(cr)
     rec.reconcile(key_of(cr))
+    pass_preflight(world, api, rec, cr)
     job = api.objects[("Job", "clinical-ai", "triage-llama3-70b-ft")]
     world.put_job(job)
     since = (NOW - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -157,6 +293,7 @@ def test_success_keeps_the_result_on_the_job_and_counts_gates() -> None:
     cr = ftj()
     world, api, rec = setup(cr)
     rec.reconcile(key_of(cr))
+    pass_preflight(world, api, rec, cr)
     job = _job_finished(world, api, cr)
     gates = rec.metrics.gate_evaluations.labels(kind="FineTuneJob", gate="golden.accuracy", result="passed")
     before = gates._value.get()
@@ -191,9 +328,11 @@ def test_preference_alignment_waits_then_runs_on_the_artifact() -> None:
                                    "manifestDigest": "sha256:" + "1" * 64}}
     world.put_cr(done)
     rec.reconcile(key_of(pa))
-    assert api.status[key_of(pa)]["phase"] == "Queued"
+    assert api.status[key_of(pa)]["phase"] == "Validating"  # its data is checked once it can run
     cm = api.objects[("ConfigMap", "clinical-ai", "triage-llama3-70b-dpo-pa-config")]
     assert '"adapter": "/mnt/pvc/triage-models/promoted/triage-llama3-70b"' in cm["data"]["config.json"]
+    pass_preflight(world, api, rec, pa)
+    assert api.status[key_of(pa)]["phase"] == "Queued"
 
 
 def _finished_ftj(promotion: Promotion | None) -> tuple[World, FakeApi, Reconciler, dict[str, Any]]:
@@ -201,6 +340,7 @@ def _finished_ftj(promotion: Promotion | None) -> tuple[World, FakeApi, Reconcil
     cr, pa = ftj(), _pa()
     world, api, rec = setup(cr, pa)
     rec.reconcile(key_of(cr))
+    pass_preflight(world, api, rec, cr)
     _job_finished(world, api, cr, promotion)
     rec.reconcile(key_of(cr))
     done = copy.deepcopy(cr)

@@ -12,8 +12,21 @@ from operator_builders import ftj, load_example, typed
 from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.trainer_contract import TrainerConfig
-from kubetune.render.job import CONTAINER, KUEUE_QUEUE_LABEL, gpu_memory_min_mib, render_children
-from kubetune.render.names import MAX_JOB_NAME, base_name, configmap_name, job_name, label_value
+from kubetune.render.job import (
+    CONTAINER,
+    KUEUE_QUEUE_LABEL,
+    PREFLIGHT_CONTAINER,
+    gpu_memory_min_mib,
+    render_children,
+)
+from kubetune.render.names import (
+    MAX_JOB_NAME,
+    base_name,
+    configmap_name,
+    job_name,
+    label_value,
+    preflight_job_name,
+)
 from kubetune.render.settings import RenderSettings
 from kubetune.render.sources import to_local
 
@@ -157,10 +170,12 @@ def test_hf_and_s3_sources_pass_through() -> None:
 def test_storage_secret_reaches_the_trainer_by_envfrom_only() -> None:
     obj = load_example("llama3-8b-lora.yaml")
     ch = render(obj)
-    assert container(ch)["envFrom"] == [{"secretRef": {"name": "ml-team-s3"}}]
-    assert not [e for e in container(ch)["env"] if e["name"].startswith("AWS_")]  # values only from the Secret
+    preflight = preflight_pod(ch)["containers"][0]  # it reads s3:// data sets too
+    for c in (container(ch), preflight):
+        assert c["envFrom"] == [{"secretRef": {"name": "ml-team-s3"}}]
+        assert not [e for e in c["env"] if e["name"].startswith("AWS_")]  # values only from the Secret
     del obj["spec"]["storage"]
-    assert "envFrom" not in container(render(obj))
+    assert "envFrom" not in container(render(obj)) and "envFrom" not in preflight_pod(render(obj))["containers"][0]
 
 
 def test_secrets_only_by_reference() -> None:
@@ -206,7 +221,8 @@ def test_multi_node_indexed_job_with_headless_service() -> None:
     master = next(a for a in cmd if a.startswith("--master-addr="))
     assert master == f"--master-addr={job_name('FineTuneJob', 'triage-llama3-70b')}-0.{ch.service['metadata']['name']}"
     assert json.loads(ch.configmap["data"]["config.json"])["worldSize"] == 32
-    assert [c["kind"] for c in ch.all()] == ["ConfigMap", "Service", "Job"]
+    assert [c["kind"] for c in ch.training_objects()] == ["ConfigMap", "Service", "Job"]
+    assert [c["kind"] for c in ch.preflight_objects()] == ["ConfigMap", "Job"]
 
 
 def test_kueue_queue_label_and_suspended() -> None:
@@ -341,3 +357,80 @@ def test_gpu_jobs_keep_their_gpu_fields(gpus: int) -> None:
     assert "OMP_NUM_THREADS" not in env_names(c)
     cfg = json.loads(ch.configmap["data"]["config.json"])
     assert (cfg["device"], cfg["worldSize"]) == ("cuda", gpus)
+
+
+# --- the data preflight's Job -------------------------------------------------------------------------
+
+
+def preflight_pod(children: Any) -> dict[str, Any]:
+    return children.preflight["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_the_preflight_job_is_a_small_cpu_pod_of_the_same_image() -> None:
+    obj = ftj(queueName="gpu-team-a")
+    obj["spec"]["resources"].update({"nodeSelector": {"pool": "h100"}, "priorityClassName": "train-high"})
+    ch = render(obj)
+    pf = ch.preflight
+    assert pf["metadata"]["name"] == "triage-llama3-70b-ft-preflight" == preflight_job_name(
+        "FineTuneJob", "triage-llama3-70b")
+    assert len(preflight_job_name("FineTuneJob", "x" * 200)) <= 63
+    assert pf["metadata"]["labels"]["kubetune.io/component"] == "preflight"
+    assert ch.job["metadata"]["labels"]["kubetune.io/component"] == "trainer"
+    assert pf["spec"]["template"]["metadata"]["labels"]["kubetune.io/component"] == "preflight"
+    assert ch.job["spec"]["template"]["metadata"]["labels"]["kubetune.io/component"] == "trainer"
+    ps = preflight_pod(ch)
+    (c,) = ps["containers"]
+    assert c["name"] == PREFLIGHT_CONTAINER and c["image"] == S.trainer_image
+    assert c["command"] == ["kubetune-trainer", "--config", "/etc/kubetune/config.json", "--stage", "preflight"]
+    # no GPU: no request, no GPU toleration or GPU-memory affinity, not the spec's GPU node pool,
+    # not Kueue's queue; the spec's priority class is for the GPUs too
+    assert "nvidia.com" not in json.dumps(pf) and "kueue" not in json.dumps(pf)
+    assert not {"affinity", "tolerations", "nodeSelector", "priorityClassName"} & set(ps)
+    assert pf["spec"]["suspend"] is False
+    assert c["resources"] == {"requests": {"cpu": "4", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "4Gi"}}
+    assert env_names(c)["KUBETUNE_PREFLIGHT_CPUS"]["valueFrom"]["resourceFieldRef"] == {
+        "containerName": PREFLIGHT_CONTAINER, "resource": "limits.cpu", "divisor": "1"}
+    assert ps["automountServiceAccountToken"] is False  # it calls no API
+    assert "POD_NAME" not in env_names(c)
+    assert c["terminationMessagePath"] == "/dev/termination-log" and c["terminationMessagePolicy"] == "File"
+    rule = pf["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["onExitCodes"]["containerName"] == PREFLIGHT_CONTAINER and 3 in rule["onExitCodes"]["values"]
+    assert (pf["spec"]["backoffLimit"], pf["spec"]["activeDeadlineSeconds"]) == (2, 172800)
+
+
+def test_the_preflight_pod_is_restricted_and_mounts_the_sources() -> None:
+    ch = render(load_example("llama3-70b-qlora-triage.yaml"))
+    ps, tps = preflight_pod(ch), pod_spec(ch)
+    (c,) = ps["containers"]
+    assert ps["securityContext"] == tps["securityContext"]
+    assert c["securityContext"] == container(ch)["securityContext"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+              for v in ps["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"triage-data": True, "triage-models": False}  # the output is written: the checked data
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {
+        "/etc/kubetune", "/tmp", "/var/cache/huggingface", "/mnt/pvc/triage-data", "/mnt/pvc/triage-models"}
+    assert env_names(c)["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"  # an hf:// dataset
+    cfg = TrainerConfig.model_validate_json(ch.configmap["data"]["config.json"])
+    assert cfg.sources.checked_data == "/mnt/pvc/triage-models/triage-llama3-70b/kubetune/preflight"
+    s3 = TrainerConfig.model_validate_json(render(load_example("llama3-8b-lora.yaml")).configmap["data"]["config.json"])
+    assert s3.sources.checked_data == "s3://ml-team-models/support-llama31-8b/kubetune/preflight"
+
+
+def test_preflight_resources_and_placement_come_from_the_operator() -> None:
+    s = RenderSettings.from_env({
+        "KUBETUNE_PREFLIGHT_RESOURCES": '{"requests": {"cpu": "8", "memory": "16Gi"}, "limits": {}}',
+        "KUBETUNE_PREFLIGHT_NODE_SELECTOR": '{"pool": "cpu"}',
+        "KUBETUNE_PREFLIGHT_TOLERATIONS": '[{"key": "batch", "operator": "Exists"}]',
+        "KUBETUNE_TRAINER_NODE_SELECTOR": '{"pool": "gpu"}', "KUBETUNE_TRAINER_IMAGE_PULL_SECRETS": "regcred"})
+    ch = render_children(typed(ftj(suspend=True)), s)
+    ps = preflight_pod(ch)
+    (c,) = ps["containers"]
+    assert c["resources"] == {"requests": {"cpu": "8", "memory": "16Gi"}}
+    assert env_names(c)["KUBETUNE_PREFLIGHT_CPUS"]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    assert ps["nodeSelector"] == {"pool": "cpu"} and ps["tolerations"] == [{"key": "batch", "operator": "Exists"}]
+    assert ps["imagePullSecrets"] == [{"name": "regcred"}]
+    assert ch.preflight["spec"]["suspend"] is True  # spec.suspend holds the data check too
+    bare = RenderSettings.from_env({"KUBETUNE_PREFLIGHT_RESOURCES": "{}"})
+    (c,) = preflight_pod(render_children(typed(ftj()), bare))["containers"]
+    assert c["resources"] == {} and "KUBETUNE_PREFLIGHT_CPUS" not in env_names(c)
