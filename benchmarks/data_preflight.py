@@ -619,7 +619,7 @@ def bad_file_cases(work: Path) -> list[tuple[str, int, str, bool]]:
             [
                 sys.executable,
                 "-c",
-                "import sys; sys.path.insert(0, sys.argv[1]); from kubetune.data.cli import check_data_main; "
+                "import sys; sys.path.insert(0, sys.argv[1]); from kubetune.cli.check_data import check_data_main; "
                 "sys.exit(check_data_main(sys.argv[2:]))",
                 str(ROOT / "operator"),
                 str(path),

@@ -99,7 +99,7 @@ def create_all(cluster: Any, namespace: str, n: int, prefix: str, rate: float = 
     """POST the CRs one by one (at `rate` per second when > 0, the same arrival rate for every
     operator) and note when each POST returned."""
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    from kubetune.operator.k8s import KubeApi
+    from kubetune.controller.k8s import KubeApi
 
     api = KubeApi()
     created: dict[str, float] = {}

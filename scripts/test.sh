@@ -12,7 +12,7 @@ echo "== ruff"
 ruff check operator trainer_image cluster tests benchmarks examples
 echo "== mypy (strict on the pure core and the operator)"
 mypy --strict operator/kubetune/api operator/kubetune/planning operator/kubetune/data \
-  operator/kubetune/render operator/kubetune/gates.py operator/kubetune/evaluation operator/kubetune/status \
-  operator/kubetune/operator
+  operator/kubetune/render operator/kubetune/gates.py operator/kubetune/evaluation operator/kubetune/derivation \
+  operator/kubetune/controller operator/kubetune/cli
 echo "== pytest"
 python -m pytest -q --durations=25 "$@"

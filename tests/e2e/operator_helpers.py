@@ -35,7 +35,7 @@ def free_port() -> int:
 
 class OperatorProcess:
     """`kubetune operator` (all namespaces, or `-n NS` each): the command the chart runs, which builds
-    the operator with kubetune.operator.app.build_operator from KUBETUNE_* and its flags."""
+    the operator with kubetune.controller.app.build_operator from KUBETUNE_* and its flags."""
 
     def __init__(self, cluster: Cluster, log_dir: Path, *, webhook: bool = False,
                  namespaces: tuple[str, ...] = (), **env: str) -> None:

@@ -99,7 +99,7 @@ def test_the_operator_image_carries_the_base_install_only(
     # as the image's user: the CLI, and every module the operator process loads (handlers, webhook)
     out = buildah("run", "--isolation", "chroot", containers["operator"], "--", "kubetune", "--help")
     assert "operator" in out and "check-data" in out
-    code = ("import sys, os, kubetune.operator.main, kubetune.operator.webhook, kubetune.validation; "
+    code = ("import sys, os, kubetune.controller.main, kubetune.controller.webhook, kubetune.cli.validate; "
             "print(os.getuid(), sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'presidio_analyzer'}))")
     assert buildah("run", "--isolation", "chroot", containers["operator"], "--", "python", "-c", code) == "65532 []"
 

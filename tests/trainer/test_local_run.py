@@ -106,7 +106,7 @@ def test_ftj_then_pa_in_dependency_order_succeeds_and_promotes(workdir):
     # status and report next to the artifacts; the printed table has base and tuned columns
     status = json.loads((workdir / "runs" / "tiny-ok" / "kubetune" / "status.json").read_text())
     assert status["phase"] == "Succeeded" and status["artifact"]["promoted"] is True
-    # the conditions the operator sets for a Job that finished this way (kubetune.status.outcome_status)
+    # the conditions the operator sets for a Job that finished this way (kubetune.derivation.outcome_status)
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "GatesPassed": "True", "Ready": "True", "Complete": "True", "DataValid": "True", "Training": "False",
         "Suspended": "False"}

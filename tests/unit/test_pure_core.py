@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "operator" / "kubetune"
-PURE = ["api", "planning", "data", "render", "evaluation", "status", "gates.py"]
+PURE = ["api", "planning", "data", "render", "evaluation", "derivation", "gates.py"]
 FORBIDDEN = {"kopf", "kubernetes", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets"}
 
 
@@ -84,7 +84,7 @@ def test_the_product_wheel_carries_no_dev_cluster(tmp_path: Path) -> None:
                     "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
     [wheel] = (tmp_path / "dist").glob("kubetune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "kubetune/cli.py" in names
+    assert "kubetune/cli/__init__.py" in names
     assert [n for n in names if "devcluster" in n or n.endswith("stages.yaml")] == []
 
 
@@ -99,7 +99,7 @@ def test_only_the_cli_imports_the_dev_package_and_lazily() -> None:
             names = _absolute_imports(node)
             if any(n.split(".")[0] == "kubetune_devcluster" or n.startswith("kubetune.devcluster") for n in names):
                 importers.append((str(file.relative_to(PKG)), "lazy" if id(node) in in_function else "at import"))
-    assert importers == [("cli.py", "lazy")]
+    assert importers == [("cli/__init__.py", "lazy")]
 
 
 def test_the_operator_path_loads_no_data_scanning_stack() -> None:
@@ -108,7 +108,7 @@ def test_the_operator_path_loads_no_data_scanning_stack() -> None:
     scanning = ["presidio_analyzer", "presidio_anonymizer", "spacy", "thinc"]
     code = (
         "import sys\n"
-        "import kubetune.cli, kubetune.validation, kubetune.operator.webhook, kubetune.operator.handlers\n"
+        "import kubetune.cli, kubetune.cli.validate, kubetune.controller.webhook, kubetune.controller.handlers\n"
         "kubetune.cli.build_parser()\n"
         f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {scanning!r})))\n"
     )

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune.api.defaults import tuning_method
 from kubetune.api.enums import Reason
+from kubetune.api.method_defaults import tuning_method
 from kubetune.api.spec import PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import TrainerConfig, TrainerResult
 from kubetune_trainer.failures import StopRequest, TrainerFailure, classify, training_callbacks

@@ -3,7 +3,7 @@
 Every field has a description: it becomes `kubectl explain` text. Bounds and enums are checked by
 the API server (OpenAPI schema), cross-field rules by CEL (`x-kubernetes-validations`), and the
 rest by the admission webhook (kubetune.api.semantics). Defaults that depend on the method are
-filled in by kubetune.api.defaults where they are used (planner, renderer), not by the schema.
+filled in by kubetune.api.method_defaults where they are used (planner, renderer), not by the schema.
 """
 
 from typing import Annotated, Any, Literal, cast
@@ -151,7 +151,7 @@ class PreferenceDataset(Dataset):
 
 
 class Training(KubeModel):
-    """Hyperparameters. Unset fields take method-dependent defaults (docs/api.md, kubetune.api.defaults)."""
+    """Hyperparameters. Unset fields take method-dependent defaults (docs/api.md, kubetune.api.method_defaults)."""
 
     epochs: float | None = Field(default=None, gt=0, le=1000, description="Passes over the data (default 3 for SFT, 1 for DPO).")
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps; overrides epochs.")

@@ -114,7 +114,7 @@ class TrainerConfig(KubeModel):
     job: JobIdentity
     task: Task
     spec: FineTuneJobSpec | PreferenceAlignmentSpec = Field(description=(
-        "The resolved spec (kubetune.api.defaults.resolve): a FineTuneJobSpec or a PreferenceAlignmentSpec, "
+        "The resolved spec (kubetune.api.method_defaults.resolve): a FineTuneJobSpec or a PreferenceAlignmentSpec, "
         "as job.kind says."))
     sources: Sources
     plan: PlanSummary = Field(default_factory=PlanSummary)

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from kubetune.api.cel_check import cel_problems
 from kubetune.api.constants import API_VERSION, KINDS
 from kubetune.api.crd import crd_schema
-from kubetune.api.defaulting import apply_schema_defaults
 from kubetune.api.problems import Problem, errors, format_path
 from kubetune.api.resources import AnyJob, parse_resource
 from kubetune.api.schema_check import schema_problems
+from kubetune.api.schema_defaults import apply_schema_defaults
 from kubetune.api.semantics import RefLookup, semantic_problems
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

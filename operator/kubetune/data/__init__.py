@@ -2,7 +2,7 @@
 
 Pure and streaming: no kopf, kubernetes or torch imports here (Presidio, used for PII, is imported
 on first use). The entry point is :func:`preflight`; the CLI is ``kubetune check-data``
-(:func:`kubetune.data.cli.check_data_main`).
+(:func:`kubetune.cli.check_data.check_data_main`).
 
     from kubetune.data import preflight
     report = preflight("train.jsonl", format="chat", pii="redact", redact_out="clean.jsonl")

@@ -24,7 +24,7 @@ The same steps and contracts as in a cluster, with this process as the operator:
    (the status the operator would set) and `<output>/kubetune/report.html`.
 
 A PreferenceAlignment whose `fineTuneJobRef` names a FineTuneJob among the files runs after it,
-on its promoted copy (else its artifact: kubetune.status.dependent_adapter, the operator's rule) as
+on its promoted copy (else its artifact: kubetune.derivation.dependent_adapter, the operator's rule) as
 `sources.adapter`, inheriting its base model, quantization and LoRA shape; when that job does not
 end Succeeded, the PreferenceAlignment fails with DependencyFailed.
 
@@ -45,7 +45,7 @@ An output folder holding a finished run (a result.json) is cleared first; an int
 
 By job: jobs.py reads and orders the manifests (step 1), runner.py runs one job (steps 2–4),
 progress.py shows the trainer's progress, report.py writes
-status.json (made by kubetune.status.outcome_status, as the operator's status is) and report.html
+status.json (made by kubetune.derivation.outcome_status, as the operator's status is) and report.html
 and prints the table, outcome.py holds how a job ended and the exit status.
 """
 

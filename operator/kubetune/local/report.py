@@ -1,5 +1,5 @@
 """What `kubetune run` leaves behind for each job: `<output>/kubetune/status.json` (the status the
-operator would set: kubetune.status.outcome_status), `<output>/kubetune/report.html`, and the table
+operator would set: kubetune.derivation.outcome_status), `<output>/kubetune/report.html`, and the table
 printed on the terminal — base vs tuned for every metric, with each gate's verdict."""
 
 from __future__ import annotations

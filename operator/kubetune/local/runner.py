@@ -21,12 +21,12 @@ from kubetune.api.enums import Phase, Reason
 from kubetune.api.resources import AnyJob, PreferenceAlignment
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.trainer_contract import CHECKED_DATA_DIR, PlanSummary, SecretEnv, Sources, TrainerResult
+from kubetune.derivation import dependent_adapter, finished_state, outcome_status
 from kubetune.gates import promotion_decision
 from kubetune.local.jobs import LocalJob, file_uri, local_path, secret_env_name
 from kubetune.local.outcome import Outcome
 from kubetune.local.progress import ProgressTail, ProgressView
 from kubetune.local.report import write_report, write_status
-from kubetune.status import dependent_adapter, finished_state, outcome_status
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -149,7 +149,7 @@ class Runner:
             if dep is None:
                 return Outcome(lj.name, lj.kind, Phase.FAILED, Reason.DEPENDENCY_FAILED,
                                f"FineTuneJob {ref} (spec.fineTuneJobRef) is not among the manifests given with -f")
-            # the operator's rule (kubetune.status.dependent_adapter): the promoted copy, else the artifact
+            # the operator's rule (kubetune.derivation.dependent_adapter): the promoted copy, else the artifact
             found = dependent_adapter((dep.status or {}).get("artifact"))
             if dep.phase != Phase.SUCCEEDED or not found:
                 return Outcome(lj.name, lj.kind, Phase.FAILED, Reason.DEPENDENCY_FAILED,

@@ -1,13 +1,13 @@
 """FineTuneJob / PreferenceAlignment spec ⇒ PlanRequest (with the method-dependent defaults the
-trainer will use, from kubetune.api.defaults).
+trainer will use, from kubetune.api.method_defaults).
 
 A CPU job (`resources.gpus: 0`) is planned as the trainer runs it on CPU: everything in float32 (no
 autocast, 4-bit compute in fp32) and adamw_torch in place of bitsandbytes' CUDA-only optimizers, against
 `resources.memory`, the pod's memory limit.
 """
 
-from kubetune.api.defaults import resolve, tuning_method
 from kubetune.api.enums import CUDA_ONLY_OPTIMIZERS, Method
+from kubetune.api.method_defaults import resolve, tuning_method
 from kubetune.api.resources import AnyJob, PreferenceAlignment
 from kubetune.api.semantics import RefLookup
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.constants import COMPONENT_PREFLIGHT, COMPONENT_TRAINER, LABEL_COMPONENT
-from kubetune.api.defaults import resolve
 from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
+from kubetune.api.method_defaults import resolve
 from kubetune.api.resources import AnyJob, FineTuneJob
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import PlanSummary, ReportChannel, SecretEnv, TrainerConfig

@@ -3,7 +3,7 @@
 
 from typing import Literal
 
-from kubetune.api.defaults import resolve
+from kubetune.api.method_defaults import resolve
 from kubetune.api.resources import AnyJob, FineTuneJob
 from kubetune.api.spec import FineTuneJobSpec, Resources
 from kubetune.api.trainer_contract import (

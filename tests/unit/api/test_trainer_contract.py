@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from kubetune.api.defaults import resolve
+from kubetune.api.method_defaults import resolve
 from kubetune.api.resources import FineTuneJob, PreferenceAlignment, parse_resource
 from kubetune.api.spec import Checkpoint, FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import JobIdentity, Sources, TrainerConfig

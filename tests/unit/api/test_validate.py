@@ -11,7 +11,7 @@ import yaml
 from kubetune.api.spec import InstructionDataset
 from kubetune.api.validate import validate_object
 from kubetune.cli import main
-from kubetune.validation import validate_files
+from kubetune.cli.validate import validate_files
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if "charts" not in p.parts)

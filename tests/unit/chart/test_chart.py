@@ -280,7 +280,7 @@ def grant(group: str, resources: str, verbs: str) -> set[tuple[str, str, str]]:
     return {(group, r, v) for r in resources.split() for v in verbs.split()}
 
 
-# What kubetune/operator/k8s.py documents (one line per call) and kopf needs.
+# What kubetune/controller/k8s.py documents (one line per call) and kopf needs.
 OPERATOR_RIGHTS = (grant("apiextensions.k8s.io", "customresourcedefinitions", "list watch")
                    | grant("kubetune.io", "finetunejobs preferencealignments", "get list watch")
                    | grant("kubetune.io", "finetunejobs/status preferencealignments/status", "get patch")
@@ -601,7 +601,7 @@ def operator_reads() -> set[str]:
     """Every KUBETUNE_* the operator's settings modules mention (RenderSettings, OperatorSettings)."""
     import inspect
 
-    from kubetune.operator import config
+    from kubetune.controller import config
     from kubetune.render import settings
 
     return {v for m in (config, settings) for v in re.findall(r"KUBETUNE_[A-Z_]+", inspect.getsource(m))}
@@ -615,7 +615,7 @@ def test_env_vars_are_the_ones_the_operator_reads(render: Render, scenario: str)
 
 
 def test_chart_defaults_equal_operator_defaults(render: Render) -> None:
-    from kubetune.operator.config import OperatorSettings
+    from kubetune.controller.config import OperatorSettings
 
     env = {k: v for k, v in operator_env(render()).items() if v is not None}
     chart = OperatorSettings.from_env(env)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.data.cli import check_data_main
+from kubetune.cli.check_data import check_data_main
 
 
 def _write(path: Path, rows: list[Any]) -> Path:
@@ -126,7 +126,7 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_pure_core_imports(tmp_path: Path) -> None:
     """kubetune.data (and its CLI) import no kopf, kubernetes or torch; Presidio only when scanning."""
     code = (
-        "import sys, kubetune.data, kubetune.data.cli\n"
+        "import sys, kubetune.data, kubetune.cli.check_data\n"
         "bad = [m for m in ('kopf', 'kubernetes', 'torch', 'presidio_analyzer', 'spacy') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from kubetune.cli.check_data import check_data_main
 from kubetune.data import Format, preflight
-from kubetune.data.cli import check_data_main
 from kubetune.data.dedup import Deduplicator, Duplicate
 from kubetune.data.near_dup import NearDuplicates, Sketch, fields, shingle_hashes, similarity, words
 

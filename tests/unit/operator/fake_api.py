@@ -1,11 +1,11 @@
-"""A recording fake of the operator's Kubernetes calls (kubetune.operator.k8s.KubeApi)."""
+"""A recording fake of the operator's Kubernetes calls (kubetune.controller.k8s.KubeApi)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from kubetune.operator.k8s import ForeignChild
+from kubetune.controller.k8s import ForeignChild
 from kubetune.render.meta import controller_uid
 
 

@@ -16,10 +16,10 @@ import pytest
 from fake_api import FakeApi
 from operator_builders import ftj
 
-from kubetune.operator.app import build_operator
-from kubetune.operator.cli import settings_from
-from kubetune.operator.config import OperatorSettings
-from kubetune.operator.k8s import KubeApi
+from kubetune.cli.operator import settings_from
+from kubetune.controller.app import build_operator
+from kubetune.controller.config import OperatorSettings
+from kubetune.controller.k8s import KubeApi
 
 NOW = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[3]
@@ -84,8 +84,8 @@ def test_cli_flags_override_the_environment() -> None:
 
 
 def test_kopf_run_module_builds_from_the_environment() -> None:
-    """`kopf run -m kubetune.operator.main` imports the module and runs kopf's default registry."""
-    code = ("import json, kopf, kubetune.operator.main as m; r = kopf.get_default_registry(); "
+    """`kopf run -m kubetune.controller.main` imports the module and runs kopf's default registry."""
+    code = ("import json, kopf, kubetune.controller.main as m; r = kopf.get_default_registry(); "
             "print(json.dumps([[str(h.id) for h in r._webhooks.get_all_handlers()], "
             "m.OPERATOR.registry is r, m.OPERATOR.settings.resync_seconds]))")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "operator"), "KUBETUNE_WEBHOOK": "true",

@@ -16,8 +16,8 @@ from operator_builders import ftj, jcond, job, pod, terminated
 from kubetune.api.crd import crd_schema
 from kubetune.api.status import REASON_PATTERN
 from kubetune.api.trainer_contract import TrainerResult
-from kubetune.status import DependencyState, Verdict, derive_status, events_for
-from kubetune.status.conditions import REASON_LIMIT, condition_reason
+from kubetune.derivation import DependencyState, Verdict, derive_status, events_for
+from kubetune.derivation.conditions import REASON_LIMIT, condition_reason
 
 NOW = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)
 FITS = Verdict(plan={"fits": True, "suggestions": []}, fits=True, plan_message="fits")

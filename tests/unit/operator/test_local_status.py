@@ -15,8 +15,8 @@ from operator_builders import EXAMPLES, jcond, job, pod, terminated
 
 from kubetune.api.status import DataSummary, Progress
 from kubetune.api.trainer_contract import Promotion, TrainerResult
+from kubetune.derivation import Verdict, derive_status, finished_state, outcome_status
 from kubetune.local import LocalJob, Runner, load_jobs
-from kubetune.status import Verdict, derive_status, finished_state, outcome_status
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 PASSING = {"golden.accuracy": 0.7, "safety.refusal_rate": 0.8, "forgetting.perplexity_increase": 0.2}

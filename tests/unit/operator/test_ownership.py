@@ -13,11 +13,11 @@ from kubernetes.client.exceptions import ApiException
 from operator_builders import ftj, preflight_done, terminated
 
 from kubetune.api.trainer_contract import TrainerResult
-from kubetune.operator.app import Operator, build_operator
-from kubetune.operator.config import OperatorSettings
-from kubetune.operator.k8s import ForeignChild, KubeApi
-from kubetune.operator.reconciler import WAITING_FOR_PREVIOUS_RUN
-from kubetune.operator.world import World
+from kubetune.controller.app import Operator, build_operator
+from kubetune.controller.config import OperatorSettings
+from kubetune.controller.k8s import ForeignChild, KubeApi
+from kubetune.controller.reconciler import WAITING_FOR_PREVIOUS_RUN
+from kubetune.controller.world import World
 from kubetune.render.meta import owner_reference
 
 NOW = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)

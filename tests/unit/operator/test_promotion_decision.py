@@ -15,9 +15,9 @@ import pytest
 from operator_builders import ftj, jcond, job, pod, terminated, typed
 
 from kubetune.api.trainer_contract import Promotion, ReportChannel, Sources, TrainerConfig, TrainerResult
+from kubetune.derivation import Verdict, derive_status, finished_state, outcome_status
 from kubetune.gates import promotion_decision
 from kubetune.render.trainer_config import build_trainer_config
-from kubetune.status import Verdict, derive_status, finished_state, outcome_status
 
 NOW = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)
 METRICS = ["golden.accuracy", "safety.refusal_rate", "forgetting.perplexity_increase", "eval.loss"]

@@ -11,11 +11,11 @@ from fake_api import FakeApi
 from operator_builders import DATA_OK, ftj, load_example, preflight_done, preflight_pod, terminated, typed
 
 from kubetune.api.trainer_contract import Promotion, TrainerResult
-from kubetune.operator import metrics
-from kubetune.operator.app import Operator, build_operator
-from kubetune.operator.config import OperatorSettings
-from kubetune.operator.reconciler import Reconciler, status_patch
-from kubetune.operator.world import World
+from kubetune.controller import metrics
+from kubetune.controller.app import Operator, build_operator
+from kubetune.controller.config import OperatorSettings
+from kubetune.controller.reconciler import Reconciler, status_patch
+from kubetune.controller.world import World
 from kubetune.render.job import render_children
 
 NOW = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)

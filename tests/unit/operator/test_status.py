@@ -11,7 +11,7 @@ from typing import Any
 from operator_builders import ftj, jcond, job, pod, terminated
 
 from kubetune.api.trainer_contract import Promotion, TrainerResult
-from kubetune.status import DependencyState, Verdict, derive_status, events_for, progress_summary
+from kubetune.derivation import DependencyState, Verdict, derive_status, events_for, progress_summary
 
 NOW = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)
 PLAN = {"fits": True, "peakBytes": 50 * 2**30, "gpuMemoryBytes": 80 * 2**30, "suggestions": [],
@@ -160,7 +160,7 @@ def test_artifact_uri_is_what_the_trainer_reports() -> None:
 
 def test_status_needs_no_renderer() -> None:
     # where artifacts are comes from the trainer's result and the spec, not from kubetune.render
-    code = "import sys, kubetune.status; print(sorted(m for m in sys.modules if m.startswith('kubetune.render')))"
+    code = "import sys, kubetune.derivation; print(sorted(m for m in sys.modules if m.startswith('kubetune.render')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from kubetune.api.resources import parse_resource
+from kubetune.cli.plan import render_plan_text
 from kubetune.planning import CannotPlan, PlanRequest, lookup, parse_quantity, plan
 from kubetune.planning.admission import fit_problems, plan_summary
-from kubetune.planning.cli import render_plan_text
 from kubetune.planning.memory import CPU_PROCESS_BYTES, CUDA_CONTEXT_BYTES, estimate
 from kubetune.planning.spec_adapter import plan_request
 

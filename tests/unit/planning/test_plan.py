@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from kubetune.cli.plan import plan_main_from_request, render_plan_text
 from kubetune.planning import CannotPlan, PlanRequest, lookup, parse_quantity, plan
-from kubetune.planning.cli import plan_main_from_request, render_plan_text
 from kubetune.planning.memory import estimate
 
 GiB = 2**30

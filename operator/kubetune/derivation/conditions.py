@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubetune.api.enums import ConditionType, Phase
+from kubetune.derivation.events import truncate
 from kubetune.gates import ConditionUpdate
-from kubetune.status.events import truncate
 
 CONDITION_MESSAGE_LIMIT = 4096
 REASON_LIMIT = 1024  # metav1.Condition.reason (kubetune.api.status.REASON_PATTERN is its shape)

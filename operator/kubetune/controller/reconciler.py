@@ -7,7 +7,7 @@ GPUs) — a failing preflight ends the CR and no GPU is ever requested → statu
 A trainer Job found without a preflight Job (made by an operator that predates the preflight pod)
 goes on as it is: its trainer runs the preflight itself.
 
-The Kubernetes calls go through `api` (a kubetune.operator.k8s.KubeApi, or a fake that records them
+The Kubernetes calls go through `api` (a kubetune.controller.k8s.KubeApi, or a fake that records them
 in tests).
 
 A CR never takes over children it does not control: when a child's name is taken by an object of
@@ -31,13 +31,11 @@ from kubetune.api.resources import AnyJob, PreferenceAlignment, parse_resource
 from kubetune.api.semantics import semantic_problems
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.trainer_contract import PlanSummary, TrainerResult
-from kubetune.operator.config import OperatorSettings
-from kubetune.operator.k8s import ForeignChild
-from kubetune.operator.metrics import OperatorMetrics
-from kubetune.operator.world import Key, World
-from kubetune.planning.admission import plan_job, plan_summary
-from kubetune.render.job import render_children
-from kubetune.status import (
+from kubetune.controller.config import OperatorSettings
+from kubetune.controller.k8s import ForeignChild
+from kubetune.controller.metrics import OperatorMetrics
+from kubetune.controller.world import Key, World
+from kubetune.derivation import (
     ANNOTATION_RESULT,
     DependencyState,
     Pods,
@@ -47,14 +45,16 @@ from kubetune.status import (
     events_for,
     preflight_passed,
 )
+from kubetune.planning.admission import plan_job, plan_summary
+from kubetune.render.job import render_children
 
-log = logging.getLogger("kubetune.operator")
+log = logging.getLogger("kubetune.controller")
 
 WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"  # Event reason: a child's name is still taken
 
 
 class ClusterApi(Protocol):
-    """What the reconciler asks of the API server (kubetune.operator.k8s.KubeApi)."""
+    """What the reconciler asks of the API server (kubetune.controller.k8s.KubeApi)."""
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]: ...  # raises ForeignChild
 

@@ -13,9 +13,9 @@ from typing import Any
 from kubetune.api.enums import Phase, Reason
 from kubetune.api.exit_codes import reason_for
 from kubetune.api.trainer_contract import TrainerResult
-from kubetune.status.job import job_condition, pending_state
-from kubetune.status.outcome import State
-from kubetune.status.pods import Pods, disrupted, parse_result, terminated
+from kubetune.derivation.job import job_condition, pending_state
+from kubetune.derivation.outcome import State
+from kubetune.derivation.pods import Pods, disrupted, parse_result, terminated
 
 WHAT = "data preflight"
 RESOURCES_HINT = "trainer.preflight.resources in the chart (KUBETUNE_PREFLIGHT_RESOURCES)"

@@ -11,11 +11,11 @@ from typing import Any
 
 from kubetune.api.enums import Phase, Reason
 from kubetune.api.trainer_contract import ProgressReport, TrainerResult
-from kubetune.status.failures import job_failure, pod_failure
-from kubetune.status.inputs import Verdict
-from kubetune.status.outcome import State, finished_state
-from kubetune.status.pods import Pods, created, pod_condition, progress_summary, waiting
-from kubetune.status.timeutil import parse_time
+from kubetune.derivation.failures import job_failure, pod_failure
+from kubetune.derivation.inputs import Verdict
+from kubetune.derivation.outcome import State, finished_state
+from kubetune.derivation.pods import Pods, created, pod_condition, progress_summary, waiting
+from kubetune.derivation.timeutil import parse_time
 
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 PERMANENT_IMAGE_REASONS = ("InvalidImageName", "ErrImageNeverPull")

@@ -1,6 +1,6 @@
 """`kubetune operator`: run the operator in this process (kopf), against the current kubeconfig or
-the in-cluster service account. Settings come from KUBETUNE_* (kubetune.operator.config), the flags
-override them. Equivalent to `kopf run -m kubetune.operator.main`."""
+the in-cluster service account. Settings come from KUBETUNE_* (kubetune.controller.config), the flags
+override them. Equivalent to `kopf run -m kubetune.controller.main`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import replace
 
-from kubetune.operator.config import OperatorSettings
+from kubetune.controller.config import OperatorSettings
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,7 +37,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str] | None = None
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from kubetune.operator.app import build_operator
+    from kubetune.controller.app import build_operator
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -30,9 +30,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.constants import GROUP, PLURALS, VERSION
-from kubetune.operator.metrics import OperatorMetrics
+from kubetune.controller.metrics import OperatorMetrics
+from kubetune.derivation.timeutil import format_time
 from kubetune.render.meta import controller_uid
-from kubetune.status.timeutil import format_time
 
 COMPONENT = "kubetune-operator"
 

@@ -150,7 +150,7 @@ def check_data_main(argv: list[str]) -> int:
     return 0 if report.ok else 1
 
 
-def main() -> None:  # pragma: no cover - convenience entry for `python -m kubetune.data.cli`
+def main() -> None:  # pragma: no cover - convenience entry for `python -m kubetune.cli.check_data`
     sys.exit(check_data_main(sys.argv[1:]))
 
 

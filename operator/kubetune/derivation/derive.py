@@ -28,13 +28,13 @@ from typing import Any
 
 from kubetune.api.enums import TERMINAL_PHASES, ConditionType, Phase, Reason
 from kubetune.api.trainer_contract import TrainerResult
+from kubetune.derivation.inputs import DependencyState, Verdict
+from kubetune.derivation.job import failure_time, job_state
+from kubetune.derivation.outcome import State, outcome_status
+from kubetune.derivation.pods import Pods
+from kubetune.derivation.preflight import preflight_state
+from kubetune.derivation.timeutil import format_time
 from kubetune.gates import ConditionUpdate
-from kubetune.status.inputs import DependencyState, Verdict
-from kubetune.status.job import failure_time, job_state
-from kubetune.status.outcome import State, outcome_status
-from kubetune.status.pods import Pods
-from kubetune.status.preflight import preflight_state
-from kubetune.status.timeutil import format_time
 
 
 @dataclass

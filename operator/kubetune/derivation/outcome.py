@@ -20,11 +20,11 @@ from kubetune.api.enums import ConditionType, Phase, Reason
 from kubetune.api.spec import Gate
 from kubetune.api.status import DataSummary
 from kubetune.api.trainer_contract import ProgressReport, TrainerResult, child_uri
+from kubetune.derivation.conditions import CONDITION_MESSAGE_LIMIT, condition_reason, health_conditions, stamp
+from kubetune.derivation.events import truncate
+from kubetune.derivation.pods import progress_summary
+from kubetune.derivation.timeutil import format_time
 from kubetune.gates import ConditionUpdate, decide, promotion_decision
-from kubetune.status.conditions import CONDITION_MESSAGE_LIMIT, condition_reason, health_conditions, stamp
-from kubetune.status.events import truncate
-from kubetune.status.pods import progress_summary
-from kubetune.status.timeutil import format_time
 
 
 @dataclass
@@ -65,7 +65,7 @@ def outcome_status(
     - `output_uri` (spec.output.uri): where the artifact is, for a result without `artifactUri`;
       whether and where it was promoted comes from the result alone (`artifact_status`);
     - `conditions`: those set before (Valid, ResourcesFit, DependencyReady); `old_conditions` and
-      `generation` stamp them all (kubetune.status.conditions.stamp);
+      `generation` stamp them all (kubetune.derivation.conditions.stamp);
     - `data`: the data preflight's summary (its own pod's result), for as long as the trainer has
       reported none.
     """

@@ -9,7 +9,7 @@
 - the validating admission webhook, when KUBETUNE_WEBHOOK is on.
 No finalizers: children are garbage-collected through their ownerReferences.
 
-`register` puts them on a kopf registry; kubetune.operator.app.build_operator calls it.
+`register` puts them on a kopf registry; kubetune.controller.app.build_operator calls it.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from kubernetes.client.exceptions import ApiException
 from kubetune.api.constants import FINETUNEJOB, GROUP, KINDS, LABEL_JOB, PLURALS, VERSION
 from kubetune.api.enums import TERMINAL_PHASES
 from kubetune.api.spec import FineTuneJobSpec
-from kubetune.operator.config import OperatorSettings
-from kubetune.operator.metrics import OperatorMetrics
-from kubetune.operator.reconciler import Reconciler
-from kubetune.operator.webhook import refusal, review, self_signed_certificate
-from kubetune.operator.world import Key, World, trim_pod
-from kubetune.status import ANNOTATION_PROGRESS
+from kubetune.controller.config import OperatorSettings
+from kubetune.controller.metrics import OperatorMetrics
+from kubetune.controller.reconciler import Reconciler
+from kubetune.controller.webhook import refusal, review, self_signed_certificate
+from kubetune.controller.world import Key, World, trim_pod
+from kubetune.derivation import ANNOTATION_PROGRESS
 
-log = logging.getLogger("kubetune.operator")
+log = logging.getLogger("kubetune.controller")
 
 
 def _pod_signature(pod: dict[str, Any] | None) -> Any:

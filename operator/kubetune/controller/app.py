@@ -3,7 +3,7 @@
 Everything one operator holds — the cache of what it has seen (World), the Reconciler, its API
 client, its Prometheus registry and the kopf registry its handlers are on — is made here and
 belongs to the returned object: two operators in one process share nothing. Callers:
-`kubetune operator` (kubetune.operator.cli), `kopf run -m kubetune.operator.main`, the unit tests
+`kubetune operator` (kubetune.cli.operator), `kopf run -m kubetune.controller.main`, the unit tests
 (with a fake API) and, through `kubetune operator`, the e2e tests and benchmarks/operator_scale.py.
 """
 
@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 
 import kopf
 
-from kubetune.operator.config import OperatorSettings
-from kubetune.operator.handlers import Handlers, register
-from kubetune.operator.k8s import KubeApi
-from kubetune.operator.metrics import OperatorMetrics
-from kubetune.operator.reconciler import ClusterApi, Reconciler
-from kubetune.operator.world import World
+from kubetune.controller.config import OperatorSettings
+from kubetune.controller.handlers import Handlers, register
+from kubetune.controller.k8s import KubeApi
+from kubetune.controller.metrics import OperatorMetrics
+from kubetune.controller.reconciler import ClusterApi, Reconciler
+from kubetune.controller.world import World
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kubetune.api.enums import Phase
-from kubetune.status.timeutil import parse_time
+from kubetune.derivation.timeutil import parse_time
 
 PHASES = [str(p) for p in Phase]
 

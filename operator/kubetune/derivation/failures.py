@@ -8,8 +8,8 @@ from typing import Any
 
 from kubetune.api.enums import Reason
 from kubetune.api.exit_codes import PERMANENT_EXIT_CODES, reason_for
-from kubetune.status.inputs import Verdict
-from kubetune.status.pods import Pods, disrupted, parse_result, terminated
+from kubetune.derivation.inputs import Verdict
+from kubetune.derivation.pods import Pods, disrupted, parse_result, terminated
 
 
 def pod_failure(pod: Mapping[str, Any], verdict: Verdict) -> tuple[str, str]:

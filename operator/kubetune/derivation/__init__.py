@@ -3,13 +3,13 @@ preflight's, the trainer's) and their Pods, and their reports ⇒ phase, conditi
 that announce the change (`events_for`). `outcome_status` is the part a trainer's result and the
 gates decide, shared with `kubetune run`. Pure: plain dicts in, plain dicts out."""
 
-from kubetune.status.derive import Derived, derive_status
-from kubetune.status.events import EVENT_MESSAGE_LIMIT, EventSpec, events_for
-from kubetune.status.inputs import DependencyState, Verdict
-from kubetune.status.outcome import State, dependent_adapter, finished_state, outcome_status
-from kubetune.status.pods import ANNOTATION_PROGRESS, ANNOTATION_RESULT, Pods, progress_summary
-from kubetune.status.preflight import passed as preflight_passed
-from kubetune.status.timeutil import format_time, parse_time
+from kubetune.derivation.derive import Derived, derive_status
+from kubetune.derivation.events import EVENT_MESSAGE_LIMIT, EventSpec, events_for
+from kubetune.derivation.inputs import DependencyState, Verdict
+from kubetune.derivation.outcome import State, dependent_adapter, finished_state, outcome_status
+from kubetune.derivation.pods import ANNOTATION_PROGRESS, ANNOTATION_RESULT, Pods, progress_summary
+from kubetune.derivation.preflight import passed as preflight_passed
+from kubetune.derivation.timeutil import format_time, parse_time
 
 __all__ = [
     "ANNOTATION_PROGRESS",

@@ -26,7 +26,7 @@ def _cmd_crds(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from kubetune.validation import validate_files
+    from kubetune.cli.validate import validate_files
 
     lines, ok = validate_files(args.files, local=args.local, fit=not args.no_plan)
     for line in lines:
@@ -37,11 +37,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from kubetune.api.problems import errors
     from kubetune.api.validate import is_kubetune, validate_object
+    from kubetune.cli.plan import EXIT_BAD_INPUT, plan_main_from_request
+    from kubetune.cli.validate import lookup_in
     from kubetune.manifests import ManifestError, load_documents
-    from kubetune.planning.cli import EXIT_BAD_INPUT, plan_main_from_request
     from kubetune.planning.spec_adapter import plan_request
     from kubetune.planning.types import CannotPlan
-    from kubetune.validation import lookup_in
 
     try:
         documents = [d for path in args.files for d in load_documents(path)]
@@ -120,7 +120,7 @@ _DELEGATED = {
 
 def _delegate(argv: list[str]) -> int:
     if argv[0] == "check-data":
-        from kubetune.data.cli import check_data_main
+        from kubetune.cli.check_data import check_data_main
 
         return check_data_main(argv[1:])
     if argv[1:2] not in (["cluster"], ["images"]):
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = msub.add_parser("list", help="list the models `prepare` knows")
     p.set_defaults(func=_cmd_models)
 
-    from kubetune.operator.cli import add_parser as add_operator_parser
+    from kubetune.cli.operator import add_parser as add_operator_parser
 
     add_operator_parser(sub)
 
