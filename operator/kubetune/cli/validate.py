@@ -7,14 +7,7 @@ from kubetune.api.semantics import RefLookup
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.validate import FitCheck, defaulted, is_kubetune, validate_object
 from kubetune.manifests import Document, ManifestError, load_documents
-
-
-def _fit_check() -> FitCheck | None:
-    try:
-        from kubetune.planning.admission import fit_problems
-    except ImportError:  # the planner is optional until it lands
-        return None
-    return fit_problems
+from kubetune.planning.admission import fit_problems
 
 
 def lookup_in(documents: list[Document]) -> RefLookup:
@@ -43,7 +36,7 @@ def validate_files(files: list[str], *, local: bool = False, fit: bool = True) -
             lines.append(str(exc))
             ok = False
     lookup = lookup_in(documents)
-    fit_check = _fit_check() if fit else None
+    fit_check: FitCheck | None = fit_problems if fit else None
     for doc in documents:
         if not is_kubetune(doc.obj):
             kind = doc.obj.get("kind", "?") if isinstance(doc.obj, dict) else type(doc.obj).__name__

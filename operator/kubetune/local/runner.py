@@ -113,11 +113,9 @@ class Runner:
         return paths
 
     def plan(self, job: AnyJob, lookup: Any) -> PlanSummary:
-        try:
-            from kubetune.planning.admission import plan_job, plan_summary
-            from kubetune.planning.types import CannotPlan
-        except ImportError:  # the planner is optional
-            return PlanSummary()
+        from kubetune.planning.admission import plan_job, plan_summary
+        from kubetune.planning.types import CannotPlan
+
         try:
             p = plan_job(job, lookup)
         except CannotPlan as exc:
