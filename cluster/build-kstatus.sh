@@ -38,11 +38,8 @@ if warm; then
   exit 0
 fi
 
-export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"  # go.mod says go 1.26.0: an older go fetches it
-export GOMODCACHE="$CACHE/go/mod"
-export GOCACHE="$CACHE/go/build"
-export GOFLAGS="-mod=readonly"
-export CGO_ENABLED=0
+# shellcheck source=go-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 
 T0=$(date +%s)
 log "go build ./cluster/kstatus (sigs.k8s.io/cli-utils $(grep -o 'sigs.k8s.io/cli-utils v[^ ]*' "$SRC/go.mod" | cut -d' ' -f2))"

@@ -36,10 +36,8 @@ exec 9>"$ROOT/.lock"  # one build at a time per version
 flock 9
 if warm; then echo "$BIN"; exit 0; fi
 
-export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"  # its go.mod may ask for a newer Go than the machine's
-export GOMODCACHE="$CACHE/go/mod"
-export GOCACHE="$CACHE/go/build"
-export CGO_ENABLED=0
+# shellcheck source=go-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 T0=$(date +%s)
 
 log "go mod download $MODULE@$SEAWEEDFS_VERSION"

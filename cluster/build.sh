@@ -87,11 +87,8 @@ if [[ -f "$STAMP" ]]; then
   rm -f "$STAMP" "${BINARIES[@]/#/$BIN/}"
 fi
 
-export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"     # go.mod says go 1.26.0: an older go fetches it
-export GOMODCACHE="$CACHE/go/mod"
-export GOCACHE="$CACHE/go/build"
-export GOFLAGS="-mod=readonly"
-export CGO_ENABLED=0
+# shellcheck source=go-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 
 T0=$(date +%s)
 

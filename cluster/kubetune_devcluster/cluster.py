@@ -307,6 +307,15 @@ class Cluster:
             (self.workdir / STATE_FILE).unlink()
         shutil.rmtree(self.workdir / "pids", ignore_errors=True)
 
+    def stop_and_report(self) -> None:
+        """stop(), first saying why when a component died meanwhile (the end of a test session)."""
+        try:
+            self.check_alive()
+        except ClusterError as e:
+            print(f"\n{e}", file=sys.stderr)
+            print_logs(self)
+        self.stop()
+
     def __enter__(self) -> Cluster:
         return self
 

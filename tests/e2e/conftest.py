@@ -23,7 +23,7 @@ for _src in (_ROOT / "operator", _ROOT / "cluster"):  # works without `pip insta
     if str(_src) not in sys.path:
         sys.path.insert(0, str(_src))
 
-from kubetune_devcluster import Cluster, ensure_binaries, print_logs, start  # noqa: E402
+from kubetune_devcluster import Cluster, ensure_binaries, start  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +41,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         yield c
     finally:
-        try:
-            c.check_alive()
-        except Exception as e:  # a component died during the session: show why
-            print(f"\n{e}", file=sys.stderr)
-            print_logs(c)
-        c.stop()
+        c.stop_and_report()
 
 
 @pytest.fixture

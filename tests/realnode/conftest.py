@@ -31,7 +31,7 @@ for _src in (REPO / "operator", REPO / "cluster"):
     if str(_src) not in sys.path:
         sys.path.insert(0, str(_src))
 
-from kubetune_devcluster import Cluster, ensure_binaries, print_logs, wait_until  # noqa: E402
+from kubetune_devcluster import Cluster, ensure_binaries, wait_until  # noqa: E402
 from kubetune_devcluster.node import NODE_NAME  # noqa: E402
 
 CHART = REPO / "charts" / "kubetune"
@@ -61,12 +61,7 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         yield c
     finally:
-        try:
-            c.check_alive()
-        except Exception as e:  # a component died during the session: show why
-            print(f"\n{e}", file=sys.stderr)
-            print_logs(c)
-        c.stop()
+        c.stop_and_report()
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ pod, trainer pods that train on the real node's CPU and report through their own
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -132,7 +133,10 @@ def test_the_webhook_in_the_operator_pod_refuses_what_cannot_fit(real_cluster: C
 @pytest.fixture(scope="module")
 def sft(real_cluster: Cluster, storage: dict[str, Any]) -> dict[str, Any]:
     s = storage
-    proc = apply_yaml(real_cluster, ftj("tiny-sft", s["ns"], s["inputs"], s["outputs"], steps=12))
+    # promoted when its gate passes: the trainer pod copies the adapter there, its manifest last
+    spec = ftj("tiny-sft", s["ns"], s["inputs"], s["outputs"], steps=12)
+    spec["spec"]["output"]["promotedUri"] = s["outputs"].uri("promoted/tiny-sft")
+    proc = apply_yaml(real_cluster, spec)
     assert proc.returncode == 0, proc.stderr
     seen: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -162,6 +166,15 @@ def test_a_qlora_cpu_job_trains_in_a_real_pod_and_ends_succeeded(sft: dict[str, 
     adapter = storage["outputs"].host / "tiny-sft" / "adapter"
     assert (adapter / "adapter_model.safetensors").stat().st_size > 0
     assert (adapter / "adapter_config.json").exists() and (adapter / "README.md").exists()
+    # promoted on the cluster, for real: status says so only because the manifest is on the volume
+    promoted = storage["outputs"].host / "promoted" / "tiny-sft"
+    manifest = json.loads((promoted / "kubetune-manifest.json").read_text())
+    for f in manifest["files"]:
+        assert (promoted / f["path"]).stat().st_size == f["size"]
+        assert hashlib.sha256((promoted / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+    art = st["artifact"]
+    assert art["promoted"] is True and art["promotedUri"] == "pvc://outputs/promoted/tiny-sft"
+    assert art["manifestDigest"] == "sha256:" + hashlib.sha256((promoted / "kubetune-manifest.json").read_bytes()).hexdigest()
     # it ran on the real node and exited 0
     assert pod["spec"]["nodeName"] == "kubetune-node-0"
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
@@ -192,7 +205,9 @@ def test_a_chained_preference_alignment_trains_dpo_on_the_real_adapter(sft: dict
     assert result["metrics"]["train.steps"] == 4
     assert st["metrics"] == pytest.approx(result["metrics"])
     card = (s["outputs"].host / "tiny-dpo" / "adapter" / "README.md").read_text()
-    assert "Continued from the adapter" in card  # DPO started from the SFT job's adapter
+    assert "Continued from the adapter" in card  # DPO started from the SFT job's adapter ...
+    config = json.loads(real_cluster.get("configmap", "tiny-dpo-pa-config", "-n", s["ns"])["data"]["config.json"])
+    assert config["sources"]["adapter"] == "/mnt/pvc/outputs/promoted/tiny-sft"  # ... its promoted copy, which exists
 
 
 # --- 4 -------------------------------------------------------------------------------------------
