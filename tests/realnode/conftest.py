@@ -114,8 +114,8 @@ def operator_release(real_cluster: Cluster, images: dict[str, str]) -> Iterator[
             "--set", "image.pullPolicy=Never",
             "--set", f"trainer.image.repository={tr['repository']}", "--set", f"trainer.image.tag={tr['tag']}",
             "--set", "trainer.image.pullPolicy=Never",
-            "--set", "trainer.preflight.resources.requests.cpu=1",
-            "--set", "trainer.preflight.resources.limits.cpu=1500m",
+            "--set-string", "trainer.preflight.resources.requests.cpu=1",
+            "--set-string", "trainer.preflight.resources.limits.cpu=1500m",
             "--set", "trainer.progressIntervalSeconds=1", "--set", "trainer.unschedulableGraceSeconds=30",
             "--timeout", "5m"]
     t0 = time.monotonic()
