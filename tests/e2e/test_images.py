@@ -87,7 +87,7 @@ def test_the_operator_image_carries_the_base_install_only(
     root = Path(buildah("mount", containers["operator"]))
     try:
         [site] = root.glob("opt/venv/lib/python3*/site-packages")
-        assert (site / "kubetune" / "cli.py").is_file() and (site / "kopf").is_dir()
+        assert (site / "kubetune" / "cli" / "__init__.py").is_file() and (site / "kopf").is_dir()
         assert [p.name for p in site.iterdir() if p.name.split("-")[0] in
                 ("torch", "presidio_analyzer", "spacy", "kubetune_trainer")] == []
     finally:
