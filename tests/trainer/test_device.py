@@ -17,7 +17,7 @@ from conftest import instruction_records, sft_manifest, write_config, write_json
 
 from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
 from kubetune.api.resources import parse_resource
-from kubetune.api.trainer_contract import EXIT_CODES, ReportChannel, TrainerConfig
+from kubetune.api.trainer_contract import CHECKED_DATA_DIR, EXIT_CODES, ReportChannel, TrainerConfig
 from kubetune.api.validate import defaulted
 from kubetune.render.job import render_children
 from kubetune.render.settings import RenderSettings
@@ -36,7 +36,8 @@ def rendered_config(manifest: dict[str, Any], *, model: Path, dataset: Path, out
     children = render_children(parse_resource(defaulted(manifest)), RenderSettings())
     config = TrainerConfig.model_validate_json(children.configmap["data"]["config.json"])
     config.sources = config.sources.model_copy(update={"model": str(model), "dataset": str(dataset),
-                                                       "output": str(output), "output_uri": None})
+                                                       "output": str(output), "output_uri": None,
+                                                       "checked_data": str(output / CHECKED_DATA_DIR)})
     config.report = ReportChannel(termination_log=str(output / "termination-log"))
     return config
 
@@ -48,6 +49,10 @@ def test_cpu_job_trains_on_cpu(tiny_model: Path, tmp_path: Path, run_main: Any) 
     data = write_jsonl(tmp_path / "train.jsonl", instruction_records(30))
     config = rendered_config(manifest, model=tiny_model, dataset=data, output=tmp_path / "out")
     assert (config.device, config.world_size) == ("cpu", 1)
+    from kubetune_trainer.main import main
+
+    # the two pods' commands, in order: the data preflight's, then the trainer's
+    assert main(["--config", str(write_config(config, tmp_path / "config.json")), "--stage", "preflight"]) == 0
     rc, result = run_main(config)
     assert (rc, result["outcome"]) == (0, "succeeded"), result.get("message")
     assert result["metrics"]["train.steps"] == 3
@@ -113,6 +118,7 @@ def test_cpu_plan_covers_what_the_trainer_process_holds(tiny_model: Path, tmp_pa
     config = rendered_config(manifest, model=tiny_model, dataset=data, output=tmp_path / "out")
     path = write_config(config, tmp_path / "config.json")
     code = ("import resource, sys\nfrom kubetune_trainer.main import main\n"
+            f"assert main(['--config', {str(path)!r}, '--stage', 'preflight']) == 0\n"
             f"rc = main(['--config', {str(path)!r}])\n"
             "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rc)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
