@@ -14,7 +14,7 @@ from conftest import instruction_records, sft_manifest, write_jsonl
 
 from kubetune.api.manifest import MANIFEST_NAME, Manifest, manifest_of, verify_folder
 from kubetune.api.resources import parse_resource
-from kubetune.api.trainer_contract import ReportChannel, Sources
+from kubetune.api.trainer_contract import EXIT_CODES, ReportChannel, Sources
 from kubetune.render.trainer_config import build_trainer_config
 from kubetune_trainer import storage
 from kubetune_trainer.promotion import promote, promote_local
@@ -179,7 +179,7 @@ def test_storage_failures_end_the_run_before_training(case, s3_env, tmp_path, mo
                                   report=ReportChannel(termination_log=str(out / "termination-log")), device="cpu")
     rc, result = run_main(config)
     uri = {"missing-bucket": dataset, "output-bucket": output_uri}.get(case, dataset)
-    assert (rc, result["reason"]) == (7, "StorageUnavailable"), result
+    assert (rc, result["reason"]) == (EXIT_CODES["StorageUnavailable"], "StorageUnavailable"), result
     assert uri in result["message"] and "Traceback" not in result["message"]
     assert result["progress"]["stage"] == "failed" and "step" not in result["progress"]
     stages = [json.loads(line)["stage"] for line in (out / "kubetune" / "progress.jsonl").read_text().splitlines()]
