@@ -193,12 +193,14 @@ def stable_adapter_config(path: Path) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def export(*, model: Any, tokenizer: Any, output: Path, method: str, card: str, extra: dict[str, Any] | None = None) -> Path:
-    """Write adapter/ (or model/) atomically; returns its final path."""
+def export(*, model: Any, tokenizer: Any, output: Path, method: str, card: str, extra: dict[str, Any] | None = None,
+           state_dict: dict[str, Any] | None = None) -> Path:
+    """Write adapter/ (or model/) atomically; returns its final path. `state_dict`: the full weights of
+    a sharded (FSDP) model, gathered on rank 0."""
     name = "model" if method == "full" else "adapter"
     tmp = staging(output, name)
     if method == "full":
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
     else:
         model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
         stable_adapter_config(tmp / "adapter_config.json")

@@ -8,6 +8,8 @@ from typing import Any
 
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import TrainerConfig
+from kubetune.planning.parallelism import Parallelism
+from kubetune_trainer import distributed
 from kubetune_trainer.modeling import Device, optimizer_name
 from kubetune_trainer.reporting import Log
 
@@ -30,6 +32,11 @@ class Context:
     @property
     def checkpoint_dir(self) -> Path:
         return self.output / "checkpoints"
+
+
+def parallelism(ctx: Context) -> Parallelism:
+    """How the ranks share the model: the planner's decision for the world the config was planned for."""
+    return distributed.decision(ctx.method, ctx.config.world_size, bool(ctx.spec.training.gradient_checkpointing))
 
 
 def common_args(ctx: Context) -> dict[str, Any]:
@@ -65,6 +72,7 @@ def common_args(ctx: Context) -> dict[str, Any]:
         dataloader_num_workers=0,
         dataloader_pin_memory=not ctx.device.cpu,
     )
+    args.update(distributed.training_args(parallelism(ctx)))
     if t.max_steps:
         args["max_steps"] = t.max_steps
     else:
@@ -93,4 +101,4 @@ def dataset_from_rows(rows: list[dict[str, Any]]) -> Any:
     return Dataset.from_list(rows)
 
 
-__all__ = ["Context", "adapter_precision", "common_args", "dataset_from_rows"]
+__all__ = ["Context", "adapter_precision", "common_args", "dataset_from_rows", "parallelism"]

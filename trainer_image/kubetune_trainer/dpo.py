@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune.api.spec import PreferenceAlignmentSpec
+from kubetune_trainer import distributed
 from kubetune_trainer.common import Context, adapter_precision, common_args, dataset_from_rows
 
 
@@ -27,7 +28,7 @@ def build_dpo_trainer(ctx: Context, rows: list[dict[str, Any]]) -> Any:
         loss_type=[str(dpo.loss_type)],
         dataset_num_proc=None,
     )
-    trainer = DPOTrainer(
+    trainer = distributed.trainer_class(DPOTrainer)(
         model=ctx.model,
         ref_model=ctx.ref_model,
         args=args,

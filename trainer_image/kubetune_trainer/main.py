@@ -5,6 +5,7 @@ The operator mounts the config (kubetune.io/trainer-config/v1, a JSON file from 
 
     kubetune-trainer --config /etc/kubetune/config.json
     kubetune-trainer --config /etc/kubetune/config.json --stage preflight
+    kubetune-trainer launch --nproc-per-node=2 --standalone -- --config /etc/kubetune/config.json
     python -m kubetune_trainer --config run/config.json --device cpu
 
 `--stage preflight` only checks the data (CPU only; no model, no torch) into the config's
@@ -14,7 +15,7 @@ pod of its own before the GPU Job, `kubetune run` before the trainer (kubetune_t
 Progress goes to <output>/kubetune/progress.json (and the pod annotation, and /metrics), the result
 to <output>/kubetune/result.json and the termination log. Exit status: 0 succeeded; otherwise the
 failure's code from kubetune.api.trainer_contract.EXIT_CODES (3 data, 4 model, 5 diverged, 6 out
-of memory, 143 interrupted, 1 other), 2 for a bad command line or config.
+of memory, 9 a torchrun rank killed, 143 interrupted, 1 other), 2 for a bad command line or config.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:  # torchrun, a process per GPU, with typed exit codes (kubetune_trainer.launch)
+        from kubetune_trainer.launch import main as launch
+
+        return launch(argv[1:])
     args = parser().parse_args(argv)
     from pydantic import ValidationError
 

@@ -5,15 +5,16 @@ that choice; the loaders follow `Device.dtype`."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.enums import CUDA_ONLY_OPTIMIZERS
+from kubetune.api.enums import CUDA_ONLY_OPTIMIZERS, Reason
 from kubetune.api.spec import LoraConfig as LoraSpec
 from kubetune.api.spec import Quantization
 from kubetune_trainer.bnb_guard import guard_bnb_cpu_repack
-from kubetune_trainer.failures import gpu_unavailable, model_unavailable
+from kubetune_trainer.failures import TrainerFailure, gpu_unavailable, model_unavailable
 
 BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit"}
 
@@ -24,6 +25,7 @@ class Device:
     dtype: Any  # torch dtype of the compute: a LoRA/QLoRA base loads in it; fp32 makes 4-bit matmuls fp32 too
     bf16: bool
     fp16: bool
+    index: int = 0  # the CUDA device of this rank: LOCAL_RANK under torchrun (one device per rank)
 
     @property
     def cpu(self) -> bool:
@@ -40,9 +42,14 @@ def pick_device(requested: str, *, gpus: int | None = None) -> Device:
         raise gpu_unavailable(gpus)
     if not cuda:
         return Device("cpu", torch.float32, False, False)
+    index = int(os.environ.get("LOCAL_RANK") or 0)  # torchrun: one GPU per rank
+    if index >= torch.cuda.device_count():
+        raise TrainerFailure(Reason.GPU_UNAVAILABLE, (
+            f"the rank with LOCAL_RANK {index} has no GPU of its own: the pod sees {torch.cuda.device_count()} "
+            f"and runs a process per GPU of resources.gpus ({gpus})"))
     if torch.cuda.is_bf16_supported():
-        return Device("cuda", torch.bfloat16, True, False)
-    return Device("cuda", torch.float16, False, True)
+        return Device("cuda", torch.bfloat16, True, False, index)
+    return Device("cuda", torch.float16, False, True, index)
 
 
 def optimizer_name(spec_optimizer: str | None, device: Device, log: Any) -> str:
@@ -93,7 +100,7 @@ def load_base(path: Path, *, method: str, quant: Quantization | None, device: De
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch.float32 if method == "full" else device.dtype}
     if method == "qlora":
         kwargs["quantization_config"] = quantization_config(quant, device)
-        kwargs["device_map"] = {"": 0 if device.kind == "cuda" else "cpu"}
+        kwargs["device_map"] = {"": device.index if device.kind == "cuda" else "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except Exception as e:
@@ -106,7 +113,7 @@ def load_base(path: Path, *, method: str, quant: Quantization | None, device: De
             model, use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None)
     elif device.kind == "cuda":
-        model.to("cuda")  # type: ignore[arg-type]
+        model.to(f"cuda:{device.index}")  # type: ignore[arg-type]
     if gradient_checkpointing and method != "full":
         model.enable_input_require_grads()
     model.config.use_cache = False

@@ -320,7 +320,8 @@ class Reporter:
             write_atomic(self.result_path, json.dumps(json.loads(result.to_json()), indent=2, sort_keys=True) + "\n")
         except OSError as e:
             self.log(f"warning: cannot write {self.result_path}: {e}")
-        if self.config.report.termination_log:
+        # one process per pod writes the pod's termination message: its local rank 0 (rank 0 on the first node)
+        if self.config.report.termination_log and os.environ.get("LOCAL_RANK", "0") in ("", "0"):
             try:
                 Path(self.config.report.termination_log).write_text(result.termination_message())
             except OSError as e:

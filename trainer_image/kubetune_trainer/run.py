@@ -97,6 +97,13 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
 
         # 0. the device: a GPU job on a pod without a GPU fails now (GPUUnavailable), not after the preflight
         device = modeling.pick_device(config.device, gpus=spec.resources.gpus)
+        from kubetune_trainer import distributed
+
+        rank = distributed.init(device.kind)  # torchrun: the process group, this rank's own device
+        if rank.world_size != config.world_size:
+            raise TrainerFailure(Reason.TRAINER_ERROR, (
+                f"the job was planned for {config.world_size} process(es) (resources.gpus × nodes) but "
+                f"{rank.world_size} were started: run it under torchrun with a process per GPU (kubetune run does)"))
         # 1. every location, then the checked data (the preflight stage's, or the preflight run here),
         #    before any model is loaded; the inputs' digests for provenance
         reporter.update(stage="preflight", force=True)
@@ -110,7 +117,9 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
             if uri:
                 files[name] = _resolve(uri, kind="dataset", reason=Reason.DATA_INVALID, config=config)
         inputs = [input_file(name, _spec_uri(config, name), path) for name, path in files.items()]
-        data_summary, train_path, validation_path = prepare_data(config, output=output, log=log)
+        # every rank checks the same data the same way (seeded); ranks other than 0 keep their copy aside
+        data_summary, train_path, validation_path = prepare_data(
+            config, output=output if rank.main else output / "kubetune" / f"rank{rank.rank}", log=log)
         data_summary = data_summary.model_copy(update={"inputs": inputs})
         reporter.update(data=data_summary, force=True)
         if stop.requested:
@@ -125,6 +134,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
             completion_callback,
             is_final,
             load_final,
+            newest_complete,
             prepare_resume,
         )
         from kubetune_trainer.common import Context
@@ -194,7 +204,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
             trainer = build_dpo_trainer(ctx, dpo_rows(records, tokenizer))
 
         # 3. train, resuming from the newest complete checkpoint
-        resume = prepare_resume(ctx.checkpoint_dir, log)
+        # rank 0 sets half-written checkpoints aside; every rank resumes from the newest complete one
+        resume = prepare_resume(ctx.checkpoint_dir, log) if rank.main else newest_complete(ctx.checkpoint_dir)
         if resume is not None:
             log(f"resuming from {resume.name}")
             details["resumedFrom"] = resume.name
@@ -244,11 +255,14 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         card = model_card(config=config, spec=spec, method=method, data=data_summary, metrics=model_metrics,
                           adapter_from=config.sources.adapter, decision=decide(metrics, gates))
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        # FSDP: the shards gathered into rank 0's memory (every rank takes part), saved as one model
+        gathered = distributed.full_state_dict(trainer.model) if getattr(trainer, "is_fsdp_enabled", False) else None
         trainer.accelerator.wait_for_everyone()
         if not trainer.accelerator.is_main_process:  # torchrun: rank 0 writes the artifact
             raise _WorkerDone(TrainerResult(outcome="succeeded", reason=Reason.SUCCEEDED,
                                             message="worker rank finished", metrics=metrics))
         artifact = export(model=unwrapped, tokenizer=tokenizer, output=output, method=method, card=card,
+                          state_dict=gathered,
                           extra={"job": config.job.model_dump(mode="json"), "method": method, "metrics": model_metrics,
                                  "baseModel": config.sources.model})
         log(f"artifact: {artifact}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetune_trainer import distributed
 from kubetune_trainer.common import Context, adapter_precision, common_args, dataset_from_rows
 
 
@@ -22,7 +23,7 @@ def build_sft_trainer(ctx: Context, rows: list[dict[str, Any]], *, assistant_onl
         assistant_only_loss=assistant_only,
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(
+    trainer = distributed.trainer_class(SFTTrainer)(
         model=ctx.model,
         args=args,
         train_dataset=dataset_from_rows(rows),

@@ -166,6 +166,9 @@ class Reason:
     # an s3:// location the job reads or writes cannot be used: the bucket is missing, the
     # credentials (spec.storage.secretRef) are wrong, or the endpoint cannot be reached
     STORAGE_UNAVAILABLE = "StorageUnavailable"
+    # one rank of a torchrun job died by a signal (kill, crash, the OOM killer inside the pod) and torchrun
+    # stopped the others; retried: the next pod resumes from the newest complete (sharded) checkpoint
+    RANK_FAILED = "RankFailed"
     # progress / success
     GATES_PASSED = "GatesPassed"
     NO_GATES = "NoGates"

@@ -15,6 +15,7 @@ operator's view from that table.
 | 6    | CUDA out of memory at the planned size| OutOfMemory                    | no      |
 | 7    | a GPU job's pod sees no CUDA device   | GPUUnavailable                 | no      |
 | 8    | s3:// bucket missing, credentials wrong or endpoint unreachable | StorageUnavailable | no |
+| 9    | a torchrun rank killed by a signal; the others stopped (kubetune-trainer launch) | RankFailed | yes |
 | 137  | SIGKILL (OOMKilled if the kubelet says so) | OutOfMemory / TrainerError | yes   |
 | 143  | SIGTERM (interrupted; resumes from the last checkpoint) | Interrupted  | yes     |
 
@@ -25,7 +26,7 @@ writes into its termination message; the code is the fallback.
 from kubetune.api.enums import Reason
 from kubetune.api.trainer_contract import EXIT_CODES, EXIT_USAGE
 
-RETRIED_REASONS = frozenset({Reason.TRAINER_ERROR, Reason.INTERRUPTED})
+RETRIED_REASONS = frozenset({Reason.TRAINER_ERROR, Reason.INTERRUPTED, Reason.RANK_FAILED})
 
 PERMANENT_EXIT_CODES: tuple[int, ...] = tuple(sorted(
     {code for reason, code in EXIT_CODES.items() if reason not in RETRIED_REASONS} | {EXIT_USAGE}))

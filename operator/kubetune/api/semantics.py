@@ -4,9 +4,11 @@ admission webhook and the operator (so all three give the same verdict)."""
 from collections.abc import Callable
 
 from kubetune.api.enums import Metric
+from kubetune.api.method_defaults import tuning_method
 from kubetune.api.problems import Problem
 from kubetune.api.resources import AnyJob, PreferenceAlignment
 from kubetune.api.spec import FineTuneJobSpec
+from kubetune.planning.parallelism import unsupported
 
 # Metrics that are ratios in [0, 1]; judge scores are 1..10; losses and perplexity are ≥ 0.
 _RANGES: dict[str, tuple[float, float]] = {
@@ -76,6 +78,7 @@ def semantic_problems(job: AnyJob, *, local: bool, lookup: RefLookup | None = No
         problems.append(Problem("spec.training.epochs", "more than 100 epochs will overfit; did you mean maxSteps?", "warning"))
     if spec.checkpoint.keep_last > 10:
         problems.append(Problem("spec.checkpoint.keepLast", "each checkpoint of a large model takes disk; keeping more than 10 is rarely useful", "warning"))
+    problems += _parallelism_problems(job, lookup)
     if isinstance(job, PreferenceAlignment):
         if spec.training.packing:
             problems.append(Problem("spec.training.packing", "packing is not supported for DPO (chosen and rejected must stay aligned)"))
@@ -85,3 +88,17 @@ def semantic_problems(job: AnyJob, *, local: bool, lookup: RefLookup | None = No
                                     f"no FineTuneJob {ref.name!r} found here; it must exist in the same namespace before this can run",
                                     "warning"))
     return problems
+
+
+def _parallelism_problems(job: AnyJob, lookup: RefLookup | None) -> list[Problem]:
+    """What the trainer cannot run over resources.gpus × resources.nodes ranks
+    (kubetune.planning.parallelism, the decision the planner and the trainer share)."""
+    referenced = None
+    if isinstance(job, PreferenceAlignment) and job.spec.fine_tune_job_ref is not None and lookup is not None:
+        referenced = lookup(job.spec.fine_tune_job_ref.name)
+    method = str(tuning_method(job.spec, referenced))
+    why = unsupported(method=method, world_size=job.spec.resources.world_size, dpo=isinstance(job, PreferenceAlignment))
+    if why is None:
+        return []
+    field = "spec.resources.gpus" if job.spec.resources.gpus > 1 else "spec.resources.nodes"
+    return [Problem(field, why)]

@@ -42,6 +42,7 @@ EXIT_CODES: dict[str, int] = {
     "OutOfMemory": 6,
     "GPUUnavailable": 7,
     "StorageUnavailable": 8,
+    "RankFailed": 9,
     "Interrupted": 143,
 }
 EXIT_USAGE = 2

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from kubetune.planning.catalog import linear_modules, param_count, unquantized_param_count
+from kubetune.planning.parallelism import Mode, Parallelism, decide
 from kubetune.planning.types import Architecture, ComputeDtype, LinearModule, Method, Optimizer, PlanRequest
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "forward_backward_moment",
     "fragmentation_bytes",
     "fsdp_shards",
+    "parallelism",
     "fsdp_unsharded_bytes",
     "gradient_bytes",
     "gradients_at_backward_bytes",
@@ -354,15 +356,15 @@ class _Regime:
 
 
 def _regime(req: PlanRequest) -> _Regime:
-    return _regime_for(req.method, req.world_size > 1, req.compute_dtype)
+    return _regime_for(req.method, parallelism(req).mode is Mode.FSDP_FULL_SHARD, req.compute_dtype)
 
 
 @lru_cache(maxsize=64)
-def _regime_for(method: str, distributed: bool, compute_dtype: str) -> _Regime:
+def _regime_for(method: str, sharded: bool, compute_dtype: str) -> _Regime:
     compute = DTYPE_BYTES[compute_dtype]
     autocast = compute < 4
     if method == "full":
-        if distributed or not autocast:  # FSDP mixed precision computes in bf16 params (or all fp32)
+        if sharded or not autocast:  # FSDP mixed precision computes in bf16 params (or all fp32)
             return _Regime(compute, compute, compute, True, False, autocast)
         return _Regime(4, compute, compute, True, True, autocast)
     if method == "qlora":
@@ -528,10 +530,15 @@ def dequantization_buffer_bytes(arch: Architecture, req: PlanRequest) -> int:
     return max(m.weight_elements for m in linear_modules(arch)) * DTYPE_BYTES[req.compute_dtype]
 
 
+def parallelism(req: PlanRequest) -> Parallelism:
+    """How the ranks share the model — the decision the trainer configures (kubetune.planning.parallelism)."""
+    return decide(req.method, req.world_size, gradient_checkpointing=req.gradient_checkpointing)
+
+
 def fsdp_shards(req: PlanRequest) -> int:
     """How many ways weights, gradients and optimizer states are split: FSDP full-shard over every GPU for a
     multi-GPU full fine-tune; 1 otherwise (LoRA/QLoRA run data parallel, each GPU holding all of them)."""
-    return req.world_size if req.method == "full" and req.world_size > 1 else 1
+    return parallelism(req).shards
 
 
 def _layer_params(arch: Architecture) -> int:
@@ -551,7 +558,7 @@ def fsdp_unsharded_bytes(arch: Architecture, req: PlanRequest) -> int:
 
 def ddp_bucket_bytes(req: PlanRequest, gradients: int) -> int:
     """LoRA/QLoRA on more than one GPU (data parallel): DDP's gradient buckets, a copy of the gradients."""
-    return gradients if req.world_size > 1 and fsdp_shards(req) == 1 else 0
+    return gradients if parallelism(req).replicated else 0
 
 
 def dpo_reference_bytes(req: PlanRequest, base_weights: int) -> int:

@@ -11,8 +11,8 @@ Pod shape, in order of concern: placement (GPU count, GPU memory affinity, taint
 spec's nodeSelector/tolerations/priority), storage (config, /dev/shm, /tmp, HF cache, PVCs), the
 trainer channel (downward-API POD_NAME/POD_NAMESPACE, termination message), secrets by reference,
 the restricted security context, and the Job's failure handling (backoffLimit, podFailurePolicy,
-activeDeadlineSeconds). `gpus > 1` runs torchrun with a process per GPU; `nodes > 1` an Indexed Job
-with a headless Service for rendezvous; `queueName` hands the Job to Kueue suspended. `gpus: 0` is a CPU
+activeDeadlineSeconds). `gpus > 1` runs torchrun (`kubetune-trainer launch`) with a process per GPU; `nodes > 1` an
+Indexed Job with a headless Service for rendezvous; `queueName` hands the Job to Kueue suspended. `gpus: 0` is a CPU
 job: no GPU request, GPU toleration or GPU-memory affinity, only the spec's and the operator's placement.
 """
 
@@ -45,7 +45,7 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TERMINATION_LOG = "/dev/termination-log"
 HF_HOME = "/var/cache/huggingface"
 TRAINER_UID = 65532  # "nonroot" in distroless images
-TRAINER_MODULE = "kubetune_trainer.main"
+MASTER_ADDR_ENV = "KUBETUNE_MASTER_ADDR"  # rank 0's address (pod 0 behind the headless Service)
 
 
 def gpu_memory_min_mib(gpu_memory: str, tolerance: float) -> int:
@@ -101,19 +101,27 @@ def security_context_container() -> dict[str, Any]:
 
 
 def _command(kind: str, name: str, gpus: int, nodes: int, port: int) -> list[str]:
-    trainer = ["--config", CONFIG_PATH]
+    """One process, or `kubetune-trainer launch` (torchrun with a process per GPU and typed exit codes,
+    kubetune_trainer.launch); `kubetune run` runs the same command (kubetune.local.launch)."""
+    return trainer_command(CONFIG_PATH, gpus=gpus, nodes=nodes, port=port)
+
+
+def trainer_command(config_path: str, *, gpus: int, nodes: int, port: int) -> list[str]:
+    """The trainer's command line for `gpus` per node over `nodes` (a multi-node rank finds rank 0 at
+    $(MASTER_ADDR_ENV), its node rank in $(JOB_COMPLETION_INDEX): the kubelet expands both)."""
+    trainer = ["--config", config_path]
     if gpus <= 1 and nodes == 1:  # one GPU, or a CPU job (always one node)
         return ["kubetune-trainer", *trainer]
-    run = ["torchrun", f"--nproc-per-node={gpus}"]
+    run = ["kubetune-trainer", "launch", f"--nproc-per-node={max(gpus, 1)}"]
     if nodes == 1:
         run.append("--standalone")
     else:
         run += [f"--nnodes={nodes}", "--node-rank=$(JOB_COMPLETION_INDEX)",
-                f"--master-addr={master_address(kind, name)}", f"--master-port={port}"]
-    return [*run, "-m", TRAINER_MODULE, *trainer]
+                f"--master-addr=$({MASTER_ADDR_ENV})", f"--master-port={port}"]
+    return [*run, "--", *trainer]
 
 
-def _env(src: ResolvedSources, nodes: int, cpu_only: bool) -> list[dict[str, Any]]:
+def _env(kind: str, name: str, src: ResolvedSources, nodes: int, cpu_only: bool) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -129,6 +137,7 @@ def _env(src: ResolvedSources, nodes: int, cpu_only: bool) -> list[dict[str, Any
     if nodes > 1:
         env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
+        env.append({"name": MASTER_ADDR_ENV, "value": master_address(kind, name)})
     return env + src.env
 
 
@@ -170,7 +179,7 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": _command(kind, name, r.gpus, r.nodes, settings.rendezvous_port),
-        "env": _env(src, r.nodes, r.cpu_only),
+        "env": _env(kind, name, src, r.nodes, r.cpu_only),
         **_storage_env_from(spec),
         "resources": _resources(spec, settings),
         "volumeMounts": mounts,

@@ -197,8 +197,9 @@ def test_multi_gpu_runs_torchrun_standalone() -> None:
     obj["spec"]["resources"]["gpus"] = 8
     ch = render(obj)
     c = container(ch)
-    assert c["command"][:3] == ["torchrun", "--nproc-per-node=8", "--standalone"]
-    assert c["command"][-4:] == ["-m", "kubetune_trainer.main", "--config", "/etc/kubetune/config.json"]
+    # torchrun through the trainer's launcher, which turns a killed rank into a typed exit code
+    assert c["command"] == ["kubetune-trainer", "launch", "--nproc-per-node=8", "--standalone", "--",
+                            "--config", "/etc/kubetune/config.json"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert json.loads(ch.configmap["data"]["config.json"])["worldSize"] == 8
     assert ch.service is None
@@ -218,8 +219,10 @@ def test_multi_node_indexed_job_with_headless_service() -> None:
     assert ch.service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
     cmd = container(ch)["command"]
     assert "--nnodes=4" in cmd and "--node-rank=$(JOB_COMPLETION_INDEX)" in cmd
-    master = next(a for a in cmd if a.startswith("--master-addr="))
-    assert master == f"--master-addr={job_name('FineTuneJob', 'triage-llama3-70b')}-0.{ch.service['metadata']['name']}"
+    # rank 0's address: pod 0 behind the headless Service, through an env var the kubelet expands
+    assert "--master-addr=$(KUBETUNE_MASTER_ADDR)" in cmd
+    env = {e["name"]: e.get("value") for e in container(ch)["env"]}
+    assert env["KUBETUNE_MASTER_ADDR"] == f"{job_name('FineTuneJob', 'triage-llama3-70b')}-0.{ch.service['metadata']['name']}"
     assert json.loads(ch.configmap["data"]["config.json"])["worldSize"] == 32
     assert [c["kind"] for c in ch.training_objects()] == ["ConfigMap", "Service", "Job"]
     assert [c["kind"] for c in ch.preflight_objects()] == ["ConfigMap", "Job"]
