@@ -220,6 +220,11 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         else:
             out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         step = trainer.state.global_step
+        if rank.distributed and rank.main:
+            from kubetune_trainer.common import parallelism
+
+            log(f"trained as {type(trainer.model_wrapped).__name__} on {rank.world_size} ranks: each held "
+                f"{parallelism(ctx).holds}")
         if state.get("diverged"):
             d = state["diverged"]
             raise TrainerFailure(Reason.DIVERGED, (
