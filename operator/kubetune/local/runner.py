@@ -27,12 +27,67 @@ from kubetune.local.jobs import LocalJob, file_uri, local_path, secret_env_name
 from kubetune.local.outcome import Outcome
 from kubetune.local.progress import ProgressTail, ProgressView
 from kubetune.local.report import write_report, write_status
+from kubetune.render.job import MASTER_ADDR_ENV, trainer_command
 
 Device = Literal["auto", "cpu", "cuda"]
 
 
 class Interrupted(Exception):
     pass
+
+
+def trainer_commands(python: str, config_path: Path, gpus: int, nodes: int) -> list[list[str]]:
+    """The pod's trainer command (kubetune.render.job.trainer_command), one per node: a process per GPU
+    under torchrun (`kubetune-trainer launch`; on CPU, one gloo process per requested GPU); `nodes`
+    launchers meet on loopback, node i with the node rank the Indexed Job gives pod i."""
+    port = _free_port() if nodes > 1 else 0
+    commands = []
+    for node in range(nodes):
+        cmd = trainer_command(str(config_path), gpus=gpus, nodes=nodes, port=port)
+        cmd = [python, "-m", "kubetune_trainer", *cmd[1:]]  # the entry point of this Python, not one on PATH
+        commands.append([a.replace("$(JOB_COMPLETION_INDEX)", str(node)).replace(f"$({MASTER_ADDR_ENV})", "127.0.0.1")
+                         for a in cmd])
+    return commands
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Group:
+    """Node 0's launcher (whose exit status counts) and the other nodes' launchers, as one process."""
+
+    def __init__(self, main: subprocess.Popen[str], others: list[subprocess.Popen[str]]) -> None:
+        self.main, self.others = main, others
+
+    @property
+    def returncode(self) -> int | None:
+        return self.main.returncode
+
+    def poll(self) -> int | None:
+        for p in self.others:
+            p.poll()
+        return self.main.poll()
+
+    def send_signal(self, sig: int) -> None:
+        for p in (self.main, *self.others):
+            if p.poll() is None:
+                p.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        rc = self.main.wait(timeout)
+        for p in self.others:
+            p.wait(timeout)
+        return rc
+
+    def kill(self) -> None:
+        for p in (self.main, *self.others):
+            if p.poll() is None:
+                p.kill()
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -204,7 +259,7 @@ class Runner:
             return Outcome(lj.name, lj.kind, Phase.FAILED, Reason.INVALID_SPEC, str(exc))
         state = output / "kubetune"
         previous = _read_json(state / "result.json")
-        if previous is not None and previous.get("reason") == Reason.INTERRUPTED:
+        if previous is not None and previous.get("reason") in (Reason.INTERRUPTED, Reason.RANK_FAILED):
             self.say(f"  output {output} holds an interrupted run; the trainer resumes from its newest checkpoint")
             (state / "result.json").unlink()
         elif previous is not None:
@@ -226,21 +281,29 @@ class Runner:
         self.say(f"  data: {checked.message}")
         # 2. the trainer, on the checked data
         log_path = state / "trainer.log"
-        self.say(f"  trainer: {self.python} -m kubetune_trainer --config {config_path}  (log: {log_path})")
-        rc = self._subprocess(config_path, log_path, state / "progress.json", lj.name)
+        commands = trainer_commands(self.python, config_path, job.spec.resources.gpus, job.spec.resources.nodes)
+        for command in commands:
+            self.say(f"  trainer: {' '.join(command)}  (log: {log_path})")
+        rc = self._subprocess(config_path, log_path, state / "progress.json", lj.name, commands=commands)
         result = self._result(state / "result.json", rc, log_path)
         return self._finish(job, lj, result, paths=paths)
 
     def _subprocess(self, config_path: Path, log_path: Path, progress_path: Path, name: str,
-                    stage: str = "train") -> int:
+                    stage: str = "train", commands: list[list[str]] | None = None) -> int:
+        """Run the stage; `commands`: the trainer's launchers (one per node, the first is node 0's) —
+        its exit status is the job's, the others are waited for."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        cmd = [self.python, "-m", "kubetune_trainer", "--config", str(config_path), "--stage", stage]
+        cmd, *others = commands or [[self.python, "-m", "kubetune_trainer", "--config", str(config_path), "--stage", stage]]
         view = ProgressView(name, self.err, tty=self.tty)
         self._view = view
         with open(log_path, "w", encoding="utf-8") as log:
-            proc = subprocess.Popen(cmd, stdout=None if self.verbose else log,
-                                    stderr=None if self.verbose else subprocess.STDOUT, env=env, text=True)
+            nodes = [subprocess.Popen(other, stdout=None if self.verbose else log,
+                                      stderr=None if self.verbose else subprocess.STDOUT, env=env, text=True)
+                     for other in others]
+            proc = _Group(subprocess.Popen(cmd, stdout=None if self.verbose else log,
+                                           stderr=None if self.verbose else subprocess.STDOUT, env=env, text=True),
+                          nodes)
             history = ProgressTail(progress_path.with_suffix(".jsonl"))
             try:
                 while proc.poll() is None:
@@ -259,7 +322,11 @@ class Runner:
                 raise Interrupted() from None
             finally:
                 view.close()
-        return proc.returncode
+        try:
+            proc.wait(timeout=120)  # the other nodes' launchers end with node 0's
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return int(proc.main.returncode)
 
     def _result(self, path: Path, rc: int, log_path: Path) -> TrainerResult:
         text = path.read_text(encoding="utf-8") if path.exists() else None
