@@ -77,6 +77,21 @@ def results(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return json.loads((d / "result.json").read_text()), json.loads((d / "result-rank1.json").read_text())
 
 
+def train_on_two_ranks(tmp_path: Path, tiny_model: Path, method: str) -> tuple[Path, dict[str, Any], str]:
+    """4 steps on two gloo ranks; checks both stepped together. Returns (output, rank 0's result, stderr)."""
+    config = distributed_config(tmp_path, tiny_model, method)
+    proc = launch(config, tmp_path / "config.json")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = Path(config.sources.output)
+    main, worker = results(out)
+    assert main["outcome"] == "succeeded", main["message"]
+    assert worker["message"] == "worker rank finished"
+    # both ranks stepped together: the same steps and the same (all-reduced) loss at every step
+    assert main["metrics"]["train.steps"] == worker["metrics"]["train.steps"] == 4
+    assert math.isfinite(main["metrics"]["train.loss"]) and main["metrics"]["train.loss"] == worker["metrics"]["train.loss"]
+    return out, main, proc.stderr
+
+
 def logits(model: Any, tokenizer: Any) -> torch.Tensor:
     ids = tokenizer("patient 3 reports fever since 2 days. what should i do?", return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -86,17 +101,8 @@ def logits(model: Any, tokenizer: Any) -> torch.Tensor:
 def test_full_fine_tune_is_fsdp_sharded_and_the_gathered_model_loads_in_one_process(tiny_model: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = distributed_config(tmp_path, tiny_model, "full")
-    proc = launch(config, tmp_path / "config.json")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = Path(config.sources.output)
-    main, worker = results(out)
-    assert main["outcome"] == "succeeded", main["message"]
-    assert worker["message"] == "worker rank finished"
-    assert "trained as FSDPLlamaForCausalLM on 2 ranks: each held 1/2 of the weights" in proc.stderr
-    # both ranks stepped together: the same steps and the same (all-reduced) loss at every step
-    assert main["metrics"]["train.steps"] == worker["metrics"]["train.steps"] == 4
-    assert math.isfinite(main["metrics"]["train.loss"]) and main["metrics"]["train.loss"] == worker["metrics"]["train.loss"]
+    out, main, stderr = train_on_two_ranks(tmp_path, tiny_model, "full")
+    assert "trained as FSDPLlamaForCausalLM on 2 ranks: each held 1/2 of the weights" in stderr
     # sharded checkpoints: one shard file per rank, no full copy of the weights
     ckpt = out / "checkpoints" / "checkpoint-4"
     shards = sorted(p.name for p in (ckpt / "pytorch_model_fsdp_0").glob("*.distcp"))
@@ -126,15 +132,8 @@ def test_full_fine_tune_is_fsdp_sharded_and_the_gathered_model_loads_in_one_proc
 def test_lora_runs_data_parallel_and_rank_0_alone_writes_the_artifact(tiny_model: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    config = distributed_config(tmp_path, tiny_model, "lora")
-    proc = launch(config, tmp_path / "config.json")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = Path(config.sources.output)
-    main, worker = results(out)
-    assert main["outcome"] == "succeeded", main["message"]
-    assert main["metrics"]["train.steps"] == worker["metrics"]["train.steps"] == 4
-    assert math.isfinite(main["metrics"]["train.loss"]) and main["metrics"]["train.loss"] == worker["metrics"]["train.loss"]
-    assert "trained as DistributedDataParallel on 2 ranks: each held a whole copy" in proc.stderr
+    out, _, stderr = train_on_two_ranks(tmp_path, tiny_model, "lora")
+    assert "trained as DistributedDataParallel on 2 ranks: each held a whole copy" in stderr
     weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     lora_b = [t for k, t in weights.items() if "lora_B" in k]
     assert lora_b and all(t.abs().sum() > 0 for t in lora_b), "LoRA B starts at zero: it moved"
