@@ -243,3 +243,15 @@ def test_a_single_process_refuses_a_config_planned_for_two(tiny_model: Path, tmp
     rc, result = run_main(config)
     assert (rc, result["reason"]) == (1, "TrainerError")
     assert "planned for 2 process(es)" in result["message"]
+
+
+def test_a_permanent_failure_on_the_ranks_keeps_its_own_exit_code(tiny_model: Path, tmp_path: Path) -> None:
+    """Every rank finds the data invalid (exit 3): the launcher exits 3, not torchrun's 1, so the Job's
+    podFailurePolicy fails it at once; rank 0's result names the reason."""
+    config = distributed_config(tmp_path, tiny_model, "lora")
+    write_jsonl(Path(config.sources.dataset), ["{not json"] * 40)
+    proc = launch(config, tmp_path / "config.json")
+    assert proc.returncode == EXIT_CODES["DataInvalid"] == 3, proc.stderr[-3000:]
+    assert proc.returncode in PERMANENT_EXIT_CODES
+    result = json.loads((Path(config.sources.output) / "kubetune" / "result.json").read_text())
+    assert (result["outcome"], result["reason"]) == ("failed", "DataInvalid")
