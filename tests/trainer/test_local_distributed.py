@@ -15,18 +15,28 @@ from kubetune.local import EXIT_SUCCEEDED, run  # noqa: E402
 from kubetune.local.runner import trainer_commands  # noqa: E402
 
 
-def test_a_two_gpu_lora_job_runs_a_process_per_gpu_and_evaluates(workdir: Path) -> None:  # noqa: F811
-    job = ftj("tiny-2gpu", [{"metric": "eval.loss", "op": "<", "threshold": 1000}])
+@pytest.mark.parametrize(("method", "wrapped"), [("lora", "DistributedDataParallel"), ("full", "FSDPLlamaForCausalLM")])
+def test_a_two_gpu_job_runs_a_process_per_gpu_and_evaluates(workdir: Path, method: str, wrapped: str) -> None:  # noqa: F811
+    """LoRA data parallel and a full fine-tune FSDP-sharded, each evaluated on every rank in step (FSDP
+    gathers each block for every forward of the generation) and promoted by rank 0."""
+    name = f"tiny-2gpu-{method}"
+    job = ftj(name, [{"metric": "eval.loss", "op": "<", "threshold": 1000}])
     job["spec"]["resources"] = {"gpus": 2}
+    job["spec"]["method"] = method
+    if method == "full":
+        del job["spec"]["lora"]
     out, err = io.StringIO(), io.StringIO()
-    code, outcomes = run([manifest(workdir, "two-gpus.yaml", job)], device="cpu", out=out, err=err, tty=False)
+    code, outcomes = run([manifest(workdir, f"{name}.yaml", job)], device="cpu", out=out, err=err, tty=False)
     text = out.getvalue()
-    assert code == EXIT_SUCCEEDED, text + (workdir / "runs" / "tiny-2gpu" / "kubetune" / "trainer.log").read_text()[-4000:]
+    assert code == EXIT_SUCCEEDED, text + (workdir / "runs" / name / "kubetune" / "trainer.log").read_text()[-4000:]
     assert outcomes[0].phase == "Succeeded" and outcomes[0].reason == "GatesPassed"
     assert "-m kubetune_trainer launch --nproc-per-node=2 --standalone -- --config" in text
-    state = workdir / "runs" / "tiny-2gpu" / "kubetune"
+    state = workdir / "runs" / name / "kubetune"
     log = (state / "trainer.log").read_text()
-    assert "trained as DistributedDataParallel on 2 ranks" in log
+    assert f"trained as {wrapped} on 2 ranks" in log
+    promoted = workdir / "runs" / "promoted" / name
+    assert outcomes[0].promoted == f"file://{promoted}"
+    assert (promoted / ("model.safetensors" if method == "full" else "adapter_model.safetensors")).is_file()
     result = json.loads((state / "result.json").read_text())
     worker = json.loads((state / "result-rank1.json").read_text())
     assert result["metrics"]["train.steps"] == worker["metrics"]["train.steps"] == 2
