@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -255,3 +256,24 @@ def test_a_permanent_failure_on_the_ranks_keeps_its_own_exit_code(tiny_model: Pa
     assert proc.returncode in PERMANENT_EXIT_CODES
     result = json.loads((Path(config.sources.output) / "kubetune" / "result.json").read_text())
     assert (result["outcome"], result["reason"]) == ("failed", "DataInvalid")
+
+
+def test_a_restart_after_the_last_sharded_checkpoint_exports_without_another_step(tiny_model: Path, tmp_path: Path) -> None:
+    """Killed after the final checkpoint (during evaluation or export): the retry loads the sharded
+    checkpoint, takes no extra step and gathers the same weights into the artifact."""
+    from safetensors.torch import load_file
+
+    config = distributed_config(tmp_path, tiny_model, "full", steps=2, every=2)
+    first = launch(config, tmp_path / "config.json")
+    assert first.returncode == 0, first.stderr[-4000:]
+    out = Path(config.sources.output)
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    shutil.rmtree(out / "model")  # as if the pod died while exporting
+    (out / "kubetune" / "result.json").unlink()
+    again = launch(config, tmp_path / "config.json")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "checkpoint-2 is the last step of training" in again.stderr
+    result = json.loads((out / "kubetune" / "result.json").read_text())
+    assert result["outcome"] == "succeeded" and result["details"]["resumedFrom"] == "checkpoint-2"
+    reloaded = load_file(str(out / "model" / "model.safetensors"))
+    assert reloaded.keys() == weights.keys() and all(torch.equal(reloaded[k], weights[k]) for k in weights)
