@@ -175,6 +175,7 @@ NEEDED = [  # (verb, resource, subresource)
     ("list", "pods", None),
     ("watch", "pods", None),
     ("create", "events", None),
+    ("list", "workloads.kueue.x-k8s.io", None),
     ("create", "serviceaccounts", None),
     ("create", "rolebindings.rbac.authorization.k8s.io", None),
 ]
