@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,7 @@ class Kueue:
         self.workdir = workdir
         self.proc = proc
         self.health_port = health_port
+        self.startup_seconds = 0.0  # CRDs and webhooks applied, manager started, ready (the build excluded)
 
     @property
     def log(self) -> Path:
@@ -157,6 +159,7 @@ class Kueue:
     def start(cls, cluster: Cluster, workdir: Path, *, timeout: float = 120) -> Kueue:
         binary = ensure_kueue()
         module = module_dir()
+        t0 = time.monotonic()
         workdir.mkdir(parents=True, exist_ok=True)
         cert_dir = workdir / "certs"
         cert_dir.mkdir(exist_ok=True)
@@ -168,8 +171,9 @@ class Kueue:
              "spec": {"type": "ExternalName", "externalName": "localhost"}},
         )
         # server-side: the CRDs are too big for the last-applied annotation
-        cluster.apply(*crds(module, webhook_port), server_side=True)
-        for c in crds(module, webhook_port):
+        definitions = crds(module, webhook_port)
+        cluster.apply(*definitions, server_side=True)
+        for c in definitions:
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{c['metadata']['name']}", "--timeout=60s",
                             check=True)
         cluster.apply(*webhook_configurations(module, webhook_port), server_side=True)
@@ -183,6 +187,7 @@ class Kueue:
         try:
             kq._sync_certificate(cert_dir, timeout)
             wait_until(kq._ready, timeout=timeout, what="Kueue /readyz")
+            kq.startup_seconds = time.monotonic() - t0
         except BaseException:
             print(kq.log_tail(60))
             kq.stop()
@@ -251,9 +256,22 @@ class Kueue:
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout: float = 60) -> None:
         """Stop the manager and delete its webhook configurations (failurePolicy Fail: with the manager
-        gone they would refuse every Job)."""
+        gone they would refuse every Job). First, while it runs, let it release what carries its
+        finalizers: the Workloads of Jobs being deleted (else their namespaces would stay Terminating),
+        then the queues and the flavor."""
+        if self.proc.poll() is None:
+            try:
+                wait_until(lambda: not self.cluster.kubectl("get", "workloads.kueue.x-k8s.io", "-A", "-o",
+                                                            "name").stdout.strip(),
+                           timeout=drain_timeout, what="no Kueue Workloads left")
+                self.cluster.kubectl("delete", "localqueues.kueue.x-k8s.io", "-A", "--all", "--timeout=30s")
+                self.cluster.kubectl("delete", f"clusterqueue.kueue.x-k8s.io/{CLUSTER_QUEUE}",
+                                     f"resourceflavor.kueue.x-k8s.io/{GPU_FLAVOR}", "--ignore-not-found",
+                                     "--timeout=30s")
+            except TimeoutError as exc:  # stop anyway: the caller's namespaces may stay Terminating
+                print(f"kueue: {exc}")
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:

@@ -48,6 +48,7 @@ LOW, HIGH = "kubetune-e2e-low", "kubetune-e2e-high"
 @pytest.fixture(scope="module")
 def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
     kq = Kueue.start(cluster, tmp_path_factory.mktemp("kueue"))
+    print(f"Kueue started in {kq.startup_seconds:.1f}s")
     try:
         yield kq
     finally:
@@ -149,6 +150,7 @@ def test_gpu_quota_queues_the_second_job(cluster: Cluster, kueue: Kueue, operato
                     what="second Queued with Kueue's reason")
     assert st["phase"] == "Queued"
     assert f"{pending['reason']}: {pending['message']}" in st["message"]
+    print(f"second: {st['phase']} / {st['reason']}: {st['message']}")
     stays_suspended(cluster, namespace, "second")
     assert status(cluster, namespace, "second")["phase"] == "Queued"
 
@@ -184,6 +186,7 @@ def test_higher_priority_job_preempts_a_running_one(cluster: Cluster, kueue: Kue
     st = wait_until(lambda: (s := status(cluster, namespace, "low")).get("reason") == "Preempted" and s,
                     timeout=30, what="low's status says Preempted")
     assert st["phase"] == "Queued"
+    print(f"low: {st['phase']} / {st['reason']}: {st['message']}")
     assert evicted["message"] in st["message"] and "resumes from its last checkpoint" in st["message"]
     assert any(e["reason"] == "Preempted" and evicted["message"] in e["message"]
                for e in events(cluster, namespace, "low"))

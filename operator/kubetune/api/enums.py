@@ -178,7 +178,6 @@ class Reason:
     JOB_CREATED = "JobCreated"
     CHECKING_DATA = "CheckingData"  # the data preflight pod (CPU only) is checking the data; no GPU requested yet
     PENDING_ADMISSION = "PendingAdmission"
-    PREEMPTED = "Preempted"  # Kueue preempted the Job (its Workload: Evicted, reason Preempted); it waits to run again
     RUNNING = "Running"
     EVALUATING = "Evaluating"
     SUSPENDED = "Suspended"
