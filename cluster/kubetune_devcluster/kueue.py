@@ -186,7 +186,7 @@ class Kueue:
         kq = cls(cluster, workdir, proc, health_port)
         try:
             kq._sync_certificate(cert_dir, timeout)
-            wait_until(kq._ready, timeout=timeout, what="Kueue /readyz")
+            kq._until(kq._ready, timeout, "Kueue /readyz")
             kq.startup_seconds = time.monotonic() - t0
         except BaseException:
             print(kq.log_tail(60))
@@ -198,15 +198,23 @@ class Kueue:
         if self.proc.poll() is not None:
             raise ClusterError(f"kueue exited {self.proc.returncode}:\n{self.log_tail(40)}")
 
+    def _until(self, probe: Any, timeout: float, what: str) -> Any:
+        """wait_until, but fails at once when the manager has exited."""
+        def check() -> Any:
+            return probe() if self.proc.poll() is None else True
+
+        got = wait_until(check, timeout=timeout, what=what)
+        self._alive()
+        return got
+
     def _sync_certificate(self, cert_dir: Path, timeout: float) -> None:
         """What the kubelet does for the Secret Kueue's pod mounts: its keys as files in the cert dir,
         once Kueue has written its certificate there."""
         def written() -> dict[str, str] | None:
-            self._alive()
             data = self.cluster.get("secret", WEBHOOK_SECRET, "-n", NAMESPACE).get("data") or {}
             return data if data.get("tls.crt") and data.get("tls.key") else None
 
-        data = wait_until(written, timeout=timeout, what="Kueue's webhook certificate in its Secret")
+        data = self._until(written, timeout, "Kueue's webhook certificate in its Secret")
         for key, value in data.items():
             tmp = cert_dir / f".{key}.tmp"
             tmp.write_bytes(base64.b64decode(value))
@@ -214,7 +222,6 @@ class Kueue:
             tmp.replace(cert_dir / key)
 
     def _ready(self) -> bool:
-        self._alive()
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=2) as r:
                 return bool(r.status == 200)
@@ -247,11 +254,10 @@ class Kueue:
         ]
 
         def applied() -> bool:
-            self._alive()
             doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": objs})
             return self.cluster.kubectl("apply", "-f", "-", input=doc).returncode == 0
 
-        wait_until(applied, timeout=60, what="Kueue's queues applied (through its webhooks)")
+        self._until(applied, 60, "Kueue's queues applied (through its webhooks)")
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""

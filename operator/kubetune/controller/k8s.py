@@ -10,6 +10,7 @@ RBAC, one line per call (the Helm chart's ClusterRole mirrors this):
   "" configmaps, services                             get create
   "" pods                                             get list watch
   "" events, events.k8s.io events                     create (kopf posts some too)
+  kueue.x-k8s.io workloads                            list (Kueue's Workload of a queued Job it holds suspended)
   "" serviceaccounts                                  get create (trainer SA, when manage_trainer_rbac)
   rbac rolebindings                                   get create (binds the trainer ClusterRole)
   rbac clusterroles (resourceNames kubetune-trainer)  bind

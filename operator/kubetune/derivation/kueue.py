@@ -35,6 +35,8 @@ def admission_state(workload: Mapping[str, Any] | None) -> tuple[str, str]:
     waiting = f" ({_said(reserved)})" if reserved and reserved.get("status") == "False" else ""
     evicted = workload_condition(workload, "Evicted")
     if evicted and evicted.get("status") == "True":
+        if reserved and reserved.get("message") == evicted.get("message"):
+            waiting = ""  # Kueue may repeat the eviction's message on QuotaReserved: say it once
         if evicted.get("reason") == "Preempted":
             return (Reason.PREEMPTED, f"preempted by Kueue: {evicted.get('message') or 'no message'}; "
                     f"waiting to be admitted again, then it resumes from its last checkpoint{waiting}")

@@ -110,6 +110,9 @@ def test_kueue_preempted_workload_is_preempted_until_readmitted() -> None:
     assert (s["phase"], s["reason"]) == ("Queued", "Preempted")
     assert PREEMPTED["message"] in s["message"] and PENDING["message"] in s["message"]
     assert [e.reason for e in events_for({"phase": "Running", "reason": "Running"}, s)] == ["Preempted"]
+    echoed = dict(PENDING, message=PREEMPTED["message"])  # as Kueue may set it right after the eviction
+    s = derive(ftj(queueName="q"), job=job(suspend=True), workload=workload(PREEMPTED, echoed)).status
+    assert s["message"].count(PREEMPTED["message"]) == 1
     # readmitted: Kueue resets Evicted and un-suspends the Job; its pod runs again
     back = dict(PREEMPTED, status="False", reason="QuotaReserved", message="Previously: " + PREEMPTED["message"])
     wl = workload(back, {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": "ok"})
