@@ -123,6 +123,24 @@ def events(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
     return cluster.get("events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]  # type: ignore[no-any-return]
 
 
+def test_kueues_job_webhook_suspends_a_queued_job_on_create(cluster: Cluster, kueue: Kueue, namespace: str) -> None:
+    """Kueue's webhooks run (through the API server, TLS with Kueue's own certificate): a Job created
+    running with a queue label comes back suspended; one without the label is left alone
+    (manageJobsWithoutQueueName: false)."""
+    kueue.apply_queues([namespace], gpu_quota=1)
+
+    def plain_job(name: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": namespace,
+                                                                      "labels": labels},
+                "spec": {"suspend": False, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                    {"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "1"}}}]}}}}
+
+    for name, labels, suspended in (("queued", {QUEUE_LABEL: CLUSTER_QUEUE}, True), ("not-queued", {}, False)):
+        out = cluster.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(plain_job(name, labels)), check=True)
+        assert json.loads(out.stdout)["spec"]["suspend"] is suspended, name  # as created, by the webhook
+    cluster.kubectl("delete", "jobs", "--all", "-n", namespace, "--wait=false")
+
+
 def test_gpu_quota_queues_the_second_job(cluster: Cluster, kueue: Kueue, operator: OperatorProcess,
                                           namespace: str) -> None:
     kueue.apply_queues([namespace], gpu_quota=1)
