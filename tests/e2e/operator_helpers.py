@@ -27,6 +27,15 @@ TRAINER_CLUSTER_ROLE = {
 }
 
 
+def install_crds_and_trainer_role(cluster: Cluster) -> None:
+    """What the operator needs in the cluster before it starts: its CRDs (established) and the
+    trainer's ClusterRole."""
+    cluster.kubectl("apply", "-f", str(REPO / "crds"), check=True)
+    for crd in ("finetunejobs.kubetune.io", "preferencealignments.kubetune.io"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s", check=True)
+    cluster.apply(TRAINER_CLUSTER_ROLE)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -192,6 +192,20 @@ REFUSED = [
 ]
 
 
+def test_operator_can_list_kueue_workloads(cluster: Cluster, all_namespaces: Release, job_ns: str) -> None:
+    """Kueue's Workloads (why Kueue holds a queued Job), read-only. Asked with a SubjectAccessReview
+    naming the API group: `kubectl auth can-i` cannot name a group whose CRDs are not installed."""
+    def allowed(verb: str, namespace: str) -> bool:
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
+            "user": all_namespaces.operator_sa, "resourceAttributes": {
+                "group": "kueue.x-k8s.io", "resource": "workloads", "verb": verb, "namespace": namespace}}}
+        out = cluster.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(review), check=True)
+        return bool(json.loads(out.stdout)["status"].get("allowed"))
+
+    assert allowed("list", job_ns) and allowed("list", "")
+    assert not allowed("patch", job_ns) and not allowed("delete", job_ns) and not allowed("watch", job_ns)
+
+
 @pytest.mark.parametrize(("verb", "resource", "sub"), NEEDED, ids=[f"{v}-{r}-{s or ''}" for v, r, s in NEEDED])
 def test_operator_can(cluster: Cluster, all_namespaces: Release, job_ns: str, verb: str, resource: str,
                       sub: str | None) -> None:

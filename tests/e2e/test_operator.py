@@ -202,31 +202,6 @@ def test_image_pull_failure(cluster: Cluster, operator: OperatorProcess, namespa
     assert children(cluster, namespace, "image-pull-fails")["jobs"] == ["image-pull-fails-ft-preflight"]
 
 
-def test_kueue_queue_name(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
-    # No Kueue here: the test plays its part (admission = un-suspending the Job) and checks the contract
-    apply(cluster, ftj("queued", namespace, queueName="gpu-team-a"))
-    check = preflight_pod(cluster, namespace, "queued")  # the data is checked at once: it holds no GPU
-    assert "kueue.x-k8s.io/queue-name" not in check["metadata"]["labels"]
-    pass_preflight(cluster, namespace, "queued")
-    wait_phase(cluster, "FineTuneJob", namespace, "queued", "Queued")
-    wait_until(lambda: get_cr(cluster, "FineTuneJob", namespace, "queued")["status"].get("reason") == "PendingAdmission",
-               timeout=30, what="PendingAdmission")
-    job = cluster.get("job", "queued-ft", "-n", namespace)
-    assert job["spec"]["suspend"] is True
-    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team-a"
-    assert "Kueue" in get_cr(cluster, "FineTuneJob", namespace, "queued")["status"]["message"]
-    time.sleep(3)  # several resyncs: the operator must not un-suspend a queued Job itself
-    assert cluster.get("job", "queued-ft", "-n", namespace)["spec"]["suspend"] is True
-    assert not cluster.get("pods", "-n", namespace, "-l", "kubetune.io/job=queued,kubetune.io/component=trainer")["items"]
-
-    cluster.kubectl("patch", "job", "queued-ft", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}',
-                    check=True)  # Kueue admits it
-    wait_phase(cluster, "FineTuneJob", namespace, "queued", "Running")
-    (pod,) = trainer_pods(cluster, namespace, "queued")
-    finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(PASS))
-    wait_phase(cluster, "FineTuneJob", namespace, "queued", "Succeeded")
-
-
 def test_multi_node(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     # 2 nodes × 8 GPUs: an Indexed Job of two pods, one per 80 GB node, found by torchrun through a headless Service
     apply(cluster, ftj("wide", namespace, method="lora", resources={"gpus": 8, "nodes": 2, "gpuMemory": "80Gi"}))

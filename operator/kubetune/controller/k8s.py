@@ -10,6 +10,7 @@ RBAC, one line per call (the Helm chart's ClusterRole mirrors this):
   "" configmaps, services                             get create
   "" pods                                             get list watch
   "" events, events.k8s.io events                     create (kopf posts some too)
+  kueue.x-k8s.io workloads                            list (Kueue's Workload of a queued Job it holds suspended)
   "" serviceaccounts                                  get create (trainer SA, when manage_trainer_rbac)
   rbac rolebindings                                   get create (binds the trainer ClusterRole)
   rbac clusterroles (resourceNames kubetune-trainer)  bind
@@ -31,6 +32,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.constants import GROUP, PLURALS, VERSION
 from kubetune.controller.metrics import OperatorMetrics
+from kubetune.derivation.kueue import WORKLOAD_JOB_UID_LABEL
 from kubetune.derivation.timeutil import format_time
 from kubetune.render.meta import controller_uid
 
@@ -46,6 +48,7 @@ _PATHS = {
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURALS["FineTuneJob"]),
     "PreferenceAlignment": (f"/apis/{GROUP}/{VERSION}", PLURALS["PreferenceAlignment"]),
+    "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),  # Kueue's, read only
 }
 
 
@@ -141,6 +144,20 @@ class KubeApi:
             if exc.status == 404:
                 return None
             raise
+
+    def workload_of(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        """Kueue's Workload of the Job with that uid (Kueue labels it kueue.x-k8s.io/job-uid); None when
+        there is none yet, or Kueue is not installed (404), or the operator may not read it (403)."""
+        path, resource = _path("Workload", namespace)
+        try:
+            found = self.request("GET", f"{path}?labelSelector={WORKLOAD_JOB_UID_LABEL}%3D{job_uid}",
+                                 resource=resource)
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return None
+            raise
+        items = found.get("items") or []
+        return items[0] if items else None
 
     def patch_job(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         path, resource = _path("Job", namespace, name)

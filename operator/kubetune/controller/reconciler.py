@@ -64,6 +64,8 @@ class ClusterApi(Protocol):
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
 
+    def workload_of(self, namespace: str, job_uid: str) -> dict[str, Any] | None: ...  # Kueue's, or None
+
 
 def _cached_verdict_key(cr: Mapping[str, Any], ref_seen: bool) -> tuple[str, int, bool]:
     meta = cr.get("metadata") or {}
@@ -254,6 +256,19 @@ class Reconciler:
             self.world.put_job(job)
         return job
 
+    def _workload(self, cr: Mapping[str, Any], job: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """Kueue's Workload of the trainer's Job while Kueue holds it suspended (spec.queueName set): it
+        says why (pending quota, preempted). Read on each reconcile of such a Job only; the resync
+        picks up its changes. None when there is none, or it cannot be read (status stays generic)."""
+        if job is None or not (cr.get("spec") or {}).get("queueName") or not (job.get("spec") or {}).get("suspend"):
+            return None
+        meta = job.get("metadata") or {}
+        try:
+            return self.api.workload_of(str(meta.get("namespace")), str(meta.get("uid")))
+        except Exception as exc:  # the status says "waiting for Kueue" without the detail
+            log.warning("cannot read the Kueue Workload of Job %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
+            return None
+
     # ------------------------------------------------------------------------------------------
     def _reconcile(self, key: Key) -> None:
         cr = self.world.cr(key)
@@ -285,7 +300,8 @@ class Reconciler:
         derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=self.world.pods_of(key),
                                 preflight=preflight, preflight_pods=self.world.preflight_pods_of(key),
                                 now=self.clock(), unschedulable_grace_seconds=rs.unschedulable_grace_seconds,
-                                image_pull_grace_seconds=rs.image_pull_grace_seconds)
+                                image_pull_grace_seconds=rs.image_pull_grace_seconds,
+                                workload=self._workload(cr, job))
         new = derived.status
         if new != old:
             resp = self.api.patch_status(key[0], key[1], key[2], status_patch(old, new))

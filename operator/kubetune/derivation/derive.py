@@ -60,6 +60,7 @@ def derive_status(
     unschedulable_grace_seconds: float = 120.0,
     image_pull_grace_seconds: float = 120.0,
     job_name: str | None = None,
+    workload: Mapping[str, Any] | None = None,
 ) -> Derived:
     meta = cr.get("metadata") or {}
     spec = cr.get("spec") or {}
@@ -98,7 +99,7 @@ def derive_status(
     if job is not None and state.phase not in (Phase.FAILED,):
         state, stop = job_state(job, pods_, result, progress, verdict, bool(spec.get("suspend")),
                                 bool(spec.get("queueName")), now, unschedulable_grace_seconds,
-                                image_pull_grace_seconds)
+                                image_pull_grace_seconds, workload)
         js = job.get("status") or {}
         status["jobName"] = (job.get("metadata") or {}).get("name")
         # a deleted or preempted pod is counted nowhere in the Job: the trainer counts its starts

@@ -13,6 +13,7 @@ from kubetune.api.enums import Phase, Reason
 from kubetune.api.trainer_contract import ProgressReport, TrainerResult
 from kubetune.derivation.failures import job_failure, pod_failure
 from kubetune.derivation.inputs import Verdict
+from kubetune.derivation.kueue import admission_state
 from kubetune.derivation.outcome import State, finished_state
 from kubetune.derivation.pods import Pods, created, pod_condition, progress_summary, waiting
 from kubetune.derivation.timeutil import parse_time
@@ -39,8 +40,9 @@ def failure_time(job: Mapping[str, Any] | None) -> str | None:
 
 def job_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, progress: ProgressReport | None,
               verdict: Verdict, suspend_wanted: bool, queued: bool, now: datetime,
-              unschedulable_grace: float, image_pull_grace: float) -> tuple[State, str | None]:
-    """(the state, the reason to stop the Job or None)."""
+              unschedulable_grace: float, image_pull_grace: float,
+              workload: Mapping[str, Any] | None = None) -> tuple[State, str | None]:
+    """(the state, the reason to stop the Job or None). `workload`: Kueue's Workload of a queued Job."""
     # Finished
     if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
         return finished_state(result), None
@@ -54,8 +56,9 @@ def job_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, 
         return State(Phase.SUSPENDED, Reason.SUSPENDED,
                      "suspended (spec.suspend); resuming continues from the last checkpoint"), None
     if spec_suspended:
-        why = "waiting for Kueue to admit the Job" if queued else "the Job is suspended"
-        return State(Phase.QUEUED, Reason.PENDING_ADMISSION, why), None
+        if queued:
+            return State(Phase.QUEUED, *admission_state(workload)), None
+        return State(Phase.QUEUED, Reason.PENDING_ADMISSION, "the Job is suspended"), None
 
     # Active
     previous = ""

@@ -19,6 +19,7 @@ class FakeApi:
         self.status: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.events: list[tuple[str, str, str]] = []
         self.created = 0
+        self.workloads: dict[str, dict[str, Any]] = {}  # Kueue's Workloads, by their Job's uid
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """What KubeApi.create does on a 409: the existing one if it has the same controlling owner."""
@@ -55,6 +56,10 @@ class FakeApi:
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
+
+    def workload_of(self, ns: str, job_uid: str) -> dict[str, Any] | None:
+        self.calls.append(("list", "Workload"))
+        return self.workloads.get(job_uid)
 
     def collect_garbage(self, owner_uid: str) -> list[dict[str, Any]]:
         """What the garbage collector does once a CR is gone: delete the children it controlled."""

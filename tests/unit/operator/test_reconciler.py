@@ -176,6 +176,23 @@ def test_a_queued_job_is_checked_at_once_and_only_the_gpu_job_waits_for_kueue() 
     assert trainer is not None and trainer["spec"]["suspend"] is True
     assert trainer["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team-a"
     assert api.status[key_of(cr)]["reason"] == "PendingAdmission"
+    # Kueue preempts it: the status reads its Workload; the operator leaves Kueue's suspend alone
+    api.workloads[trainer["metadata"]["uid"]] = {"status": {"conditions": [
+        {"type": "Evicted", "status": "True", "reason": "Preempted", "message": "Preempted to accommodate a workload"}]}}
+    patches = sum(1 for c in api.calls if c == ("patch", "Job"))
+    rec.reconcile(key_of(cr))
+    assert api.status[key_of(cr)]["reason"] == "Preempted" and trainer["spec"]["suspend"] is True
+    assert sum(1 for c in api.calls if c == ("patch", "Job")) == patches
+    assert [e[1] for e in api.events][-1] == "Preempted"
+
+
+def test_the_workload_is_read_only_for_a_queued_job_kueue_holds() -> None:
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    pass_preflight(world, api, rec, cr)
+    set_suspend(world, rec, cr, True)  # suspended by the user, no queueName: not Kueue's
+    assert ("list", "Workload") not in api.calls
 
 
 def test_a_trainer_job_of_an_older_operator_goes_on_without_a_preflight() -> None:

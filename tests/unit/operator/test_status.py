@@ -86,6 +86,45 @@ def test_kueue_suspended_job_is_queued_pending_admission() -> None:
     assert (s["phase"], s["reason"]) == ("Queued", "PendingAdmission")
 
 
+PENDING = {"type": "QuotaReserved", "status": "False", "reason": "Pending",
+           "message": "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in "
+                      "flavor h100, 1 more needed"}
+PREEMPTED = {"type": "Evicted", "status": "True", "reason": "Preempted",
+             "message": "Preempted to accommodate a workload (UID: u2, JobUID: j2) due to prioritization in the "
+                        "ClusterQueue"}
+
+
+def workload(*conditions: dict[str, Any]) -> dict[str, Any]:
+    """Kueue's Workload, only what the status reads (the conditions e2e sees: tests/e2e/test_kueue.py)."""
+    return {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "Workload", "status": {"conditions": list(conditions)}}
+
+
+def test_kueue_pending_workload_gives_kueues_reason() -> None:
+    s = derive(ftj(queueName="q"), job=job(suspend=True), workload=workload(PENDING)).status
+    assert (s["phase"], s["reason"]) == ("Queued", "PendingAdmission")
+    assert s["message"] == f"waiting for Kueue to admit the Job (Pending: {PENDING['message']})"
+
+
+def test_kueue_preempted_workload_is_preempted_until_readmitted() -> None:
+    s = derive(ftj(queueName="q"), job=job(suspend=True), workload=workload(PREEMPTED, PENDING)).status
+    assert (s["phase"], s["reason"]) == ("Queued", "Preempted")
+    assert PREEMPTED["message"] in s["message"] and PENDING["message"] in s["message"]
+    assert [e.reason for e in events_for({"phase": "Running", "reason": "Running"}, s)] == ["Preempted"]
+    echoed = dict(PENDING, message=PREEMPTED["message"])  # as Kueue may set it right after the eviction
+    s = derive(ftj(queueName="q"), job=job(suspend=True), workload=workload(PREEMPTED, echoed)).status
+    assert s["message"].count(PREEMPTED["message"]) == 1
+    # readmitted: Kueue resets Evicted and un-suspends the Job; its pod runs again
+    back = dict(PREEMPTED, status="False", reason="QuotaReserved", message="Previously: " + PREEMPTED["message"])
+    wl = workload(back, {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": "ok"})
+    assert derive(ftj(queueName="q"), job=job(suspend=True), workload=wl).status["reason"] == "PendingAdmission"
+    assert derive(ftj(queueName="q"), job=job(active=1), pods=[pod()], workload=wl).status["phase"] == "Running"
+
+
+def test_kueue_workload_ignored_without_queue_name() -> None:
+    s = derive(job=job(suspend=True), workload=workload(PREEMPTED)).status
+    assert (s["phase"], s["reason"], s["message"]) == ("Queued", "PendingAdmission", "the Job is suspended")
+
+
 def test_user_suspend() -> None:
     s = derive(ftj(suspend=True), job=job(suspend=True)).status
     assert s["phase"] == "Suspended"
