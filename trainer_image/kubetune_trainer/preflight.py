@@ -182,12 +182,10 @@ def _finish(config: TrainerConfig, result: TrainerResult, folder: Path, location
 
 def _upload(folder: Path, location: str) -> None:
     """The stage's files to a remote folder; result.json last, so a reader that finds it finds the rest."""
-    import fsspec
+    from kubetune_trainer.storage import put_files
 
-    fs, root = fsspec.core.url_to_fs(location)
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != RESULT_FILE)
-    for name in [*names, RESULT_FILE]:
-        fs.put_file(str(folder / name), f"{root.rstrip('/')}/{name}")
+    put_files(folder, [*names, RESULT_FILE], location, doing="cannot write the checked data to")
 
 
 def read_checked(config: TrainerConfig, *, log: Log = stderr_log) -> tuple[DataSummary, Path, Path | None]:
@@ -198,7 +196,7 @@ def read_checked(config: TrainerConfig, *, log: Log = stderr_log) -> tuple[DataS
         from kubetune_trainer.sources import SourceError, resolve
 
         try:
-            folder = resolve(location, kind="dataset", token_env=config.secret_env.hf_token)
+            folder = resolve(location, kind="checked data", token_env=config.secret_env.hf_token)  # a folder
         except SourceError as e:
             raise TrainerFailure(Reason.TRAINER_ERROR, f"the data preflight's files are unavailable: {e}") from e
     else:

@@ -234,6 +234,18 @@ def get_objects(uri: str, relative: list[str], dest: Path, *, doing: str) -> Non
         raise explain(e, uri, doing=doing) from None
 
 
+def put_files(folder: Path, names: list[str], uri: str, *, doing: str) -> None:
+    """Upload `folder/<name>` to `<uri>/<name>` for each name, in the order given (the last one is the
+    one a reader looks for)."""
+    loc = S3Uri.parse(uri)
+    fs = filesystem()
+    try:
+        for name in names:
+            fs.put_file(str(folder / name), loc.child(name).path)
+    except OSError as e:
+        raise explain(e, uri, doing=doing) from None
+
+
 def _cache_root() -> Path:
     from kubetune_trainer.sources import cache_dir
 
