@@ -321,8 +321,8 @@ def _model_path(config: TrainerConfig, log: Log, cleanup: contextlib.ExitStack) 
         log(f"model: {uri} (revision {revision}) from the model cache, fetched by the data preflight pod; "
             "nothing downloaded here")
     else:
-        log(f"warning: model {uri} is not in the model cache for this job (evicted, or no preflight lease); "
-            "fetching it through the cache now")
+        log(f"model {uri}: this job holds no lease on a complete cache entry (a restarted pod released it, or "
+            "the entry was evicted after its lease went stale); looking it up in the model cache")
         path, report = cache.ensure(uri, revision=config.sources.model_revision, job_uid=job,
                                     token_env=config.secret_env.hf_token, log=log)
         revision = report.revision
