@@ -105,6 +105,10 @@ def test_the_trainer_reads_the_preflights_entry_and_downloads_nothing(s3_env, s3
         assert path == tmp_path / "cache" / "models" / report.key
         assert ModelCache(config.model_cache).lease_key("uid-7") == report.key  # leased while it runs
     assert ModelCache(config.model_cache).lease_key("uid-7") is None  # released at the end
+    with contextlib.ExitStack() as stack:  # a restarted trainer pod: no lease left, the entry is a hit
+        again, _ = _model_path(config, logs.append, stack)
+        assert again == path
+    assert any("looking it up in the model cache" in m for m in logs) and any("cache hit" in m for m in logs)
     assert s3_env.sent_bytes("cache-models") == before
     assert any("from the model cache, fetched by the data preflight pod; nothing downloaded here" in m for m in logs)
     assert pinned is None  # s3://: provenance digests the folder; hf:// pins the commit
