@@ -146,7 +146,8 @@ class Volume:
         return f"pvc://{self.claim}/{path}"
 
 
-def make_volume(cluster: Cluster, namespace: str, claim: str, host: Path, size: str = "5Gi") -> Volume:
+def make_volume(cluster: Cluster, namespace: str, claim: str, host: Path, size: str = "5Gi",
+                access: str = "ReadWriteOnce") -> Volume:
     """A `local` PV pinned to the real node, pre-bound to `claim` in `namespace`; the folder belongs
     to the trainer's uid (pods run as 65532 and local volumes get no ownership change)."""
     host.mkdir(parents=True, exist_ok=True)
@@ -154,14 +155,14 @@ def make_volume(cluster: Cluster, namespace: str, claim: str, host: Path, size: 
     pv = f"{namespace}-{claim}"[:63]
     cluster.apply(
         {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-         "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+         "spec": {"capacity": {"storage": size}, "accessModes": [access],
                   "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
                   "claimRef": {"namespace": namespace, "name": claim},
                   "local": {"path": str(host)},
                   "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                       {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]}]}]}}}},
         {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": namespace},
-         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv,
+         "spec": {"accessModes": [access], "storageClassName": "", "volumeName": pv,
                   "resources": {"requests": {"storage": size}}}},
     )
     return Volume(claim, host)

@@ -113,21 +113,26 @@ def test_training_reads_the_checked_data_without_a_second_scan(tiny_model: Path,
     assert not (tmp_path / "out" / "kubetune" / "data").exists()  # the inline preflight never ran
 
 
-def test_a_remote_location_is_written_locally_then_uploaded_result_last(tmp_path: Path,
+def test_a_remote_location_is_written_locally_then_uploaded_result_last(tmp_path: Path, s3_env: Any,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """An s3:// output: the stage writes to a temporary folder and puts every file there with fsspec,
-    result.json last (a reader that finds it finds the rest); fsspec's memory filesystem stands in."""
-    import fsspec
+    """An s3:// output (SeaweedFS on loopback): the stage writes to a temporary folder and puts every file
+    there, result.json last (a reader that finds it finds the rest); training reads them back."""
+    from kubetune_trainer.preflight import read_checked
+    from kubetune_trainer.storage import filesystem
 
+    s3_env.make_bucket("preflight")
+    fs = filesystem()
     put: list[str] = []
-    memory = fsspec.filesystem("memory")
-    original = memory.put_file
-    monkeypatch.setattr(memory, "put_file", lambda lpath, rpath, **kw: (put.append(rpath), original(lpath, rpath, **kw)))
+    original = fs.put_file
+    monkeypatch.setattr(fs, "put_file", lambda lpath, rpath, **kw: (put.append(rpath), original(lpath, rpath, **kw)))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     config = _config(tmp_path, instruction_records(30))
-    config.sources.checked_data = "memory://bucket/out/kubetune/preflight"
+    config.sources.checked_data = "s3://preflight/out/kubetune/preflight"
     result = run_stage(config, log=lambda _: None)
     assert result.outcome == "succeeded", result.message
     assert [p.rsplit("/", 1)[1] for p in put] == ["report.json", "train.jsonl", "validation.jsonl", "result.json"]
-    assert TrainerResult.parse(memory.cat_file("/bucket/out/kubetune/preflight/result.json").decode()).data == result.data
+    assert TrainerResult.parse(fs.cat_file("preflight/out/kubetune/preflight/result.json").decode()).data == result.data
     assert not list(tmp_path.glob("kubetune-preflight-*"))  # the local copy is gone
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
+    data, train, _ = read_checked(config, log=lambda _: None)  # training: the bytes checked, no second scan
+    assert data == result.data and train.stat().st_size > 0

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from kubetune.api.base import KubeModel
 from kubetune.api.enums import Reason
+from kubetune.api.model_cache import ModelCacheReport, cacheable
 from kubetune.api.status import DataSummary
 from kubetune.api.trainer_contract import TrainerConfig, TrainerResult
 from kubetune_trainer.data import (
@@ -121,10 +122,14 @@ def run_stage(config: TrainerConfig, *, log: Log = stderr_log) -> TrainerResult:
         checked = CheckedData(job_uid=config.job.uid, train=digest(folder / TRAIN_FILE),
                               validation=digest(folder / VALIDATION_FILE), processes=report.processes)
         mb_s = report.bytes / 1e6 / report.seconds if report.seconds else 0.0
-        result = TrainerResult(
-            outcome="succeeded", reason=Reason.SUCCEEDED, message=report.message, data=data,
-            details={"checkedData": checked.model_dump(by_alias=True, mode="json"), "location": location,
-                     "seconds": round(time.monotonic() - started, 2), "mbPerSecond": round(mb_s, 3)})
+        details = {"checkedData": checked.model_dump(by_alias=True, mode="json"), "location": location,
+                   "mbPerSecond": round(mb_s, 3)}
+        cached = cache_model(config, log)  # the base model into the shared cache, before any GPU is requested
+        if cached is not None:
+            details["modelCache"] = cached.model_dump(by_alias=True, exclude_none=True, mode="json")
+        details["seconds"] = round(time.monotonic() - started, 2)
+        result = TrainerResult(outcome="succeeded", reason=Reason.SUCCEEDED, message=report.message, data=data,
+                               details=details)
         log(f"[preflight] ok: {report.message} in {report.seconds:.1f} s ({mb_s:.2f} MB/s, "
             f"{report.processes} process{'es' if report.processes > 1 else ''})")
     except BaseException as e:  # every ending becomes a result
@@ -135,6 +140,24 @@ def run_stage(config: TrainerConfig, *, log: Log = stderr_log) -> TrainerResult:
         log(f"[preflight] failed: {failure.reason}: {failure.message}")
     _finish(config, result, folder, location, log)
     return result
+
+
+def cache_model(config: TrainerConfig, log: Log) -> ModelCacheReport | None:
+    """With a model cache configured and an hf:// or s3:// base model: make sure the cache holds it
+    (downloading it once) and lease it for this job — ModelUnavailable / StorageUnavailable when it
+    cannot be had. None without a cache, or for a model used in place (pvc://, a path)."""
+    if config.model_cache is None or not cacheable(config.sources.model):
+        return None
+    from kubetune_trainer.model_cache import ModelCache
+
+    _, report = ModelCache(config.model_cache).ensure(
+        config.sources.model, revision=config.sources.model_revision, job_uid=job_id(config),
+        token_env=config.secret_env.hf_token, log=log)
+    return report
+
+
+def job_id(config: TrainerConfig) -> str:
+    return config.job.uid or f"{config.job.namespace or 'local'}.{config.job.name}"
 
 
 def _finish(config: TrainerConfig, result: TrainerResult, folder: Path, location: str, log: Log) -> None:
@@ -159,12 +182,10 @@ def _finish(config: TrainerConfig, result: TrainerResult, folder: Path, location
 
 def _upload(folder: Path, location: str) -> None:
     """The stage's files to a remote folder; result.json last, so a reader that finds it finds the rest."""
-    import fsspec
+    from kubetune_trainer.storage import put_files
 
-    fs, root = fsspec.core.url_to_fs(location)
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != RESULT_FILE)
-    for name in [*names, RESULT_FILE]:
-        fs.put_file(str(folder / name), f"{root.rstrip('/')}/{name}")
+    put_files(folder, [*names, RESULT_FILE], location, doing="cannot write the checked data to")
 
 
 def read_checked(config: TrainerConfig, *, log: Log = stderr_log) -> tuple[DataSummary, Path, Path | None]:
@@ -175,7 +196,7 @@ def read_checked(config: TrainerConfig, *, log: Log = stderr_log) -> tuple[DataS
         from kubetune_trainer.sources import SourceError, resolve
 
         try:
-            folder = resolve(location, kind="dataset", token_env=config.secret_env.hf_token)
+            folder = resolve(location, kind="checked data", token_env=config.secret_env.hf_token)  # a folder
         except SourceError as e:
             raise TrainerFailure(Reason.TRAINER_ERROR, f"the data preflight's files are unavailable: {e}") from e
     else:
@@ -217,4 +238,4 @@ def read_checked(config: TrainerConfig, *, log: Log = stderr_log) -> tuple[DataS
     return result.data, folder / TRAIN_FILE, validation
 
 
-__all__ = ["CPUS_ENV", "RESULT_FILE", "CheckedData", "checked_location", "read_checked", "run_stage"]
+__all__ = ["CPUS_ENV", "RESULT_FILE", "CheckedData", "cache_model", "checked_location", "read_checked", "run_stage"]

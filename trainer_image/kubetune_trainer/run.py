@@ -10,6 +10,7 @@ Every ending is a TrainerResult with a Reason; nothing escapes as a raw tracebac
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kubetune.api.enums import Reason
 from kubetune.api.method_defaults import tuning_method
 from kubetune.api.spec import PreferenceAlignmentSpec
+from kubetune.api.status import SourceRevision
 from kubetune.api.trainer_contract import TrainerConfig, TrainerResult
 from kubetune_trainer.failures import StopRequest, TrainerFailure, classify, training_callbacks
 from kubetune_trainer.reporting import Log, Reporter, stderr_log
@@ -90,6 +92,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {}
     trainer: Any = None
+    cleanup = contextlib.ExitStack()  # the model cache lease, renewed while the job runs
     try:
         spec = config.spec
         method = str(tuning_method(spec))
@@ -142,9 +145,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         from kubetune_trainer.reporting import progress_callback
 
         torch.manual_seed(spec.training.seed)
-        model_path = _resolve(config.sources.model, kind="model", reason=Reason.MODEL_UNAVAILABLE, config=config,
-                              revision=config.sources.model_revision)
-        data_summary.base_model = model_revision(_spec_uri(config, "model"), model_path)
+        model_path, pinned = _model_path(config, log, cleanup)
+        data_summary.base_model = pinned or model_revision(_spec_uri(config, "model"), model_path)
         tokenizer = modeling.load_tokenizer(model_path, config.sources.model_revision)
         gc = bool(spec.training.gradient_checkpointing)
 
@@ -308,10 +310,44 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
                                data=data_summary, artifact=str(artifact) if artifact else None,
                                artifact_uri=artifact_uri, details=details)
         reporter.update(stage="failed", force=True)
+    cleanup.close()
     reporter.finish(result)
     reporter.close()
     stop.uninstall()
     return result
+
+
+def _model_path(config: TrainerConfig, log: Log, cleanup: contextlib.ExitStack) -> tuple[Path, SourceRevision | None]:
+    """The base model's folder, and its pinned revision when it came from the model cache. With a cache
+    (config.model_cache) and an hf:// or s3:// model, the data preflight pod fetched it and leased the
+    entry for this job: the trainer reads it from the cache volume and renews the lease while it runs.
+    An entry gone meanwhile (evicted after a stale lease) is fetched again through the cache."""
+    from kubetune.api.model_cache import cacheable
+
+    uri = config.sources.model
+    if config.model_cache is None or not cacheable(uri):
+        path = _resolve(uri, kind="model", reason=Reason.MODEL_UNAVAILABLE, config=config,
+                        revision=config.sources.model_revision)
+        return path, None
+    from kubetune_trainer.model_cache import ModelCache
+    from kubetune_trainer.preflight import job_id
+
+    cache, job = ModelCache(config.model_cache), job_id(config)
+    key = cache.lease_key(job)
+    cache.renew(job)  # before looking: an eviction that has not yet re-read the leases now sees this one
+    if key is not None and cache.complete(key):
+        path, revision = cache.entry(key), cache.revision(key)
+        log(f"model: {uri} (revision {revision}) from the model cache, fetched by the data preflight pod; "
+            "nothing downloaded here")
+    else:
+        log(f"model {uri}: this job holds no lease on a complete cache entry (a restarted pod released it, or "
+            "the entry was evicted after its lease went stale); looking it up in the model cache")
+        path, report = cache.ensure(uri, revision=config.sources.model_revision, job_uid=job,
+                                    token_env=config.secret_env.hf_token, log=log)
+        revision = report.revision
+    cleanup.enter_context(cache.heartbeat(job))
+    pinned = SourceRevision(uri=_spec_uri(config, "model"), revision=revision) if uri.startswith("hf://") and revision else None
+    return path, pinned
 
 
 class _WorkerDone(Exception):

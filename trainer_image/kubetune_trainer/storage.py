@@ -205,6 +205,47 @@ def _listing(loc: S3Uri, doing: str) -> dict[str, int]:
             if i.type == pafs.FileType.File and i.path.startswith(prefix)}
 
 
+def folder_listing(uri: str, *, doing: str) -> dict[str, tuple[int, int]]:
+    """Objects below an s3:// prefix: relative path ⇒ (size, mtime in ns); {} when there are none.
+    StorageError when the bucket is missing or unreadable (the model cache keys its entries by it)."""
+    from pyarrow import fs as pafs
+
+    check_bucket(uri, doing=doing)
+    loc = S3Uri.parse(uri)
+    try:
+        infos = filesystem().fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
+    except OSError as e:
+        raise explain(e, uri, doing=doing) from None
+    prefix = loc.path.rstrip("/") + "/"
+    return {i.path[len(prefix):]: (int(i.size), int(i.mtime_ns or 0)) for i in infos
+            if i.type == pafs.FileType.File and i.path.startswith(prefix)}
+
+
+def get_objects(uri: str, relative: list[str], dest: Path, *, doing: str) -> None:
+    """Download the objects `relative` below `uri` into the folder `dest` (each fetched once)."""
+    loc = S3Uri.parse(uri)
+    fs = filesystem()
+    try:
+        for rel in relative:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(loc.child(rel).path, str(target))
+    except OSError as e:
+        raise explain(e, uri, doing=doing) from None
+
+
+def put_files(folder: Path, names: list[str], uri: str, *, doing: str) -> None:
+    """Upload `folder/<name>` to `<uri>/<name>` for each name, in the order given (the last one is the
+    one a reader looks for)."""
+    loc = S3Uri.parse(uri)
+    fs = filesystem()
+    try:
+        for name in names:
+            fs.put_file(str(folder / name), loc.child(name).path)
+    except OSError as e:
+        raise explain(e, uri, doing=doing) from None
+
+
 def _cache_root() -> Path:
     from kubetune_trainer.sources import cache_dir
 

@@ -7,6 +7,7 @@ from pydantic.config import JsonDict
 
 from kubetune.api.base import KubeModel
 from kubetune.api.enums import Phase
+from kubetune.api.model_cache import ModelCacheReport
 
 # metav1.Condition's rules (k8s.io/apimachinery/pkg/apis/meta/v1/types.go), so that any client that
 # reads our conditions as metav1.Condition — kstatus, Flux, Argo CD, controller-runtime — can.
@@ -114,6 +115,9 @@ class JobStatus(KubeModel):
     metrics: dict[str, float] | None = Field(default=None, description="Evaluation metrics by name (golden.accuracy, ...).")
     gates: list[GateResult] | None = Field(default=None, description="Each gate with its measured value and verdict.")
     artifact: Artifact | None = Field(default=None, description="The trained artifact and its promotion.")
+    model_cache: ModelCacheReport | None = Field(default=None, description=(
+        "What the model cache (chart values modelCache) did for the base model: downloaded (bytes) or a hit, "
+        "and the revision pinned; absent without a cache or for a pvc:// model (used in place)."))
     job_name: str | None = Field(default=None, description="Name of the batch/v1 Job running the trainer.")
     attempts: int | None = Field(default=None, description="Trainer pods started so far.")
     start_time: str | None = Field(default=None, json_schema_extra=DATE_TIME, description="When training started.")

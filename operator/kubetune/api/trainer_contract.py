@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, ValidatorFunctionWrapHandler, field_validator, model_validator
 
 from kubetune.api.base import KubeModel
+from kubetune.api.model_cache import ModelCacheConfig
 from kubetune.api.resources import SPEC_MODELS
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.status import DataSummary, Progress
@@ -123,6 +124,9 @@ class TrainerConfig(KubeModel):
     secret_env: SecretEnv = Field(default_factory=SecretEnv)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     world_size: int = 1
+    model_cache: ModelCacheConfig | None = Field(default=None, description=(
+        "The shared model cache (chart values modelCache): the preflight pod downloads an hf:// or s3:// base "
+        "model into it, the trainer reads it from there. None: the trainer fetches the model itself."))
     merge_adapter: bool = Field(default=False, description=(
         "Also write merged weights next to the adapter (LoRA on a 16/32-bit base only; never for "
         "QLoRA, whose adapter belongs to the 4-bit base it was trained on)."))

@@ -38,6 +38,14 @@ class JobsCollector(Collector):
         gpu_s = CounterMetricFamily("kubetune_job_gpu_seconds", "GPU-seconds held by the job's trainer: "
                                     "GPUs × nodes × seconds since the Job started (until it finished).",
                                     labels=["kind", "namespace", "name"])
+        # the model cache, from what each job's data preflight reported (status.modelCache)
+        cache = CounterMetricFamily("kubetune_model_cache_requests", "Base models asked of the model cache by "
+                                    "the jobs that exist, by result: hit (nothing downloaded) or miss.",
+                                    labels=["result"])
+        downloaded = GaugeMetricFamily("kubetune_job_model_downloaded_bytes", "Bytes of the base model the job's "
+                                       "data preflight downloaded into the model cache (0 on a hit).",
+                                       labels=["kind", "namespace", "name"])
+        hits = misses = 0
         counts: dict[tuple[str, str], int] = {}
         now = datetime.now(UTC)
         for obj in list(self._objects()):
@@ -54,6 +62,10 @@ class JobsCollector(Collector):
                 ratio.add_metric(labels, min(1.0, float(progress["step"]) / float(progress["totalSteps"])))
             if progress.get("tokensPerSecond") is not None:
                 tps.add_metric(labels, float(progress["tokensPerSecond"]))
+            mc = status.get("modelCache") or {}
+            if mc.get("used"):
+                hits, misses = hits + bool(mc.get("hit")), misses + (not mc.get("hit"))
+                downloaded.add_metric(labels, float(mc.get("bytesDownloaded") or 0))
             start = parse_time(status.get("startTime"))
             if start is not None:
                 end = parse_time(status.get("completionTime")) or now
@@ -63,7 +75,9 @@ class JobsCollector(Collector):
         for kind in ("FineTuneJob", "PreferenceAlignment"):
             for phase in PHASES:
                 jobs.add_metric([kind, phase], counts.get((kind, phase), 0))
-        yield from (jobs, loss, ratio, tps, gpu_s)
+        cache.add_metric(["hit"], hits)
+        cache.add_metric(["miss"], misses)
+        yield from (jobs, loss, ratio, tps, gpu_s, cache, downloaded)
 
 
 class OperatorMetrics:

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from kubetune.api.enums import TERMINAL_PHASES, ConditionType, Phase, Reason
+from kubetune.api.model_cache import ModelCacheReport
 from kubetune.api.trainer_contract import TrainerResult
 from kubetune.derivation.inputs import DependencyState, Verdict
 from kubetune.derivation.job import failure_time, job_state
@@ -117,12 +118,24 @@ def derive_status(
         output_uri=output.get("uri"), conditions=conds,
         old_conditions=old.get("conditions") or [], generation=generation, now=now,
         data=checked.data if checked is not None else None)
+    status["modelCache"] = model_cache_status(checked)
     if status["phase"] in TERMINAL_PHASES:
         status["completionTime"] = (
             ((job or {}).get("status") or {}).get("completionTime") if status["phase"] != Phase.FAILED else None
         ) or failure_time(job or preflight) or format_time(now)
     return Derived(status={k: v for k, v in status.items() if v is not None}, stop_job=stop, result=result,
                    stop_preflight=stop_preflight, preflight_result=checked)
+
+
+def model_cache_status(checked: TrainerResult | None) -> dict[str, Any] | None:
+    """status.modelCache: what the data preflight pod reported of the model cache (details.modelCache)."""
+    raw = (checked.details or {}).get("modelCache") if checked is not None else None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return ModelCacheReport.model_validate(raw).model_dump(by_alias=True, exclude_none=True, mode="json")
+    except ValueError:
+        return None
 
 
 def _from_verdict(verdict: Verdict) -> tuple[list[ConditionUpdate], State]:

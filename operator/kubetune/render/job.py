@@ -26,6 +26,7 @@ from typing import Any
 from kubetune.api.constants import COMPONENT_PREFLIGHT, COMPONENT_TRAINER, LABEL_COMPONENT
 from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
 from kubetune.api.method_defaults import resolve
+from kubetune.api.model_cache import ModelCacheConfig
 from kubetune.api.resources import AnyJob, FineTuneJob
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import PlanSummary, ReportChannel, SecretEnv, TrainerConfig
@@ -44,6 +45,8 @@ PREFLIGHT_CPUS_ENV = "KUBETUNE_PREFLIGHT_CPUS"  # kubetune_trainer.preflight rea
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TERMINATION_LOG = "/dev/termination-log"
 HF_HOME = "/var/cache/huggingface"
+MODEL_CACHE_ROOT = "/var/cache/kubetune-models"
+MODEL_CACHE_VOLUME = "model-cache"
 TRAINER_UID = 65532  # "nonroot" in distroless images
 MASTER_ADDR_ENV = "KUBETUNE_MASTER_ADDR"  # rank 0's address (pod 0 behind the headless Service)
 
@@ -166,6 +169,7 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
         {"name": "tmp", "emptyDir": {}},
         {"name": "hf-cache", "emptyDir": {}},
         *src.volumes,
+        *_model_cache_volumes(settings),
     ]
     mounts = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -173,6 +177,7 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "hf-cache", "mountPath": HF_HOME},
         *src.mounts,
+        *_model_cache_mounts(settings),
     ]
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -236,6 +241,27 @@ def _storage_env_from(spec: FineTuneJobSpec | PreferenceAlignmentSpec) -> dict[s
     return {"envFrom": [{"secretRef": {"name": spec.storage.secret_ref.name}}]}
 
 
+def _model_cache_volumes(settings: RenderSettings) -> list[dict[str, Any]]:
+    """The model cache's claim (chart values modelCache.claimName), in the job's namespace; none without one."""
+    if not settings.model_cache_claim:
+        return []
+    return [{"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": settings.model_cache_claim}}]
+
+
+def _model_cache_mounts(settings: RenderSettings) -> list[dict[str, Any]]:
+    # writable in both pods: the preflight downloads, the trainer renews its lease (in-use marker)
+    return [{"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_ROOT}] if settings.model_cache_claim else []
+
+
+def model_cache_config(settings: RenderSettings) -> ModelCacheConfig | None:
+    """The cache as the trainer config names it; None without a claim (the trainer fetches the model)."""
+    if not settings.model_cache_claim:
+        return None
+    limit = int(parse_quantity(settings.model_cache_size_limit)) if settings.model_cache_size_limit else None
+    return ModelCacheConfig(root=MODEL_CACHE_ROOT, size_limit_bytes=limit,
+                            lease_seconds=settings.model_cache_lease_seconds)
+
+
 def _preflight_env(src: ResolvedSources, resources: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "KUBETUNE_CONFIG", "value": CONFIG_PATH},
@@ -271,6 +297,7 @@ def build_preflight_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignment
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "hf-cache", "mountPath": HF_HOME},
             *src.mounts,
+            *_model_cache_mounts(settings),
         ],
         "securityContext": security_context_container(),
         "terminationMessagePath": TERMINATION_LOG,
@@ -287,6 +314,7 @@ def build_preflight_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignment
             {"name": "tmp", "emptyDir": {}},
             {"name": "hf-cache", "emptyDir": {}},
             *src.volumes,
+            *_model_cache_volumes(settings),
         ],
     }
     if settings.preflight_node_selector:
@@ -362,6 +390,7 @@ def render_children(job: AnyJob, settings: RenderSettings, *, referenced: FineTu
     config = build_trainer_config(job, sources=src.sources, referenced=referenced, plan=plan, report=report,
                                   secret_env=src.secret_env if src.secret_env != SecretEnv() else None,
                                   device=pod_device(spec.resources))
+    config.model_cache = model_cache_config(settings)
     kind, name = job.kind, job.metadata.name or ""
     ns, uid = job.metadata.namespace or "default", job.metadata.uid
     service = None

@@ -62,7 +62,16 @@ class RenderSettings:
     preflight_node_selector: Mapping[str, str] = field(default_factory=dict)  # KUBETUNE_PREFLIGHT_NODE_SELECTOR (JSON)
     preflight_tolerations: tuple[Mapping[str, Any], ...] = ()  # KUBETUNE_PREFLIGHT_TOLERATIONS (JSON list)
 
+    # The model cache (chart values modelCache): a ReadWriteMany PVC of this name in the job's namespace,
+    # mounted in the preflight and trainer pods; None: no cache (the trainer fetches the model itself).
+    model_cache_claim: str | None = None  # KUBETUNE_MODEL_CACHE_CLAIM
+    model_cache_size_limit: str | None = None  # KUBETUNE_MODEL_CACHE_SIZE_LIMIT (a quantity, e.g. 500Gi)
+    model_cache_lease_seconds: float = 600.0  # KUBETUNE_MODEL_CACHE_LEASE_SECONDS
+
     ENV: ClassVar[dict[str, str]] = {
+        "model_cache_claim": "KUBETUNE_MODEL_CACHE_CLAIM",
+        "model_cache_size_limit": "KUBETUNE_MODEL_CACHE_SIZE_LIMIT",
+        "model_cache_lease_seconds": "KUBETUNE_MODEL_CACHE_LEASE_SECONDS",
         "trainer_image": "KUBETUNE_TRAINER_IMAGE",
         "image_pull_policy": "KUBETUNE_IMAGE_PULL_POLICY",
         "trainer_service_account": "KUBETUNE_TRAINER_SERVICE_ACCOUNT",

@@ -421,7 +421,8 @@ def test_metrics_names() -> None:
     collector = metrics.JobsCollector(world.objects)
     fams = {f.name: f for f in collector.collect()}
     assert set(fams) == {"kubetune_jobs", "kubetune_job_training_loss", "kubetune_job_progress_ratio",
-                         "kubetune_job_tokens_per_second", "kubetune_job_gpu_seconds"}
+                         "kubetune_job_tokens_per_second", "kubetune_job_gpu_seconds",
+                         "kubetune_model_cache_requests", "kubetune_job_model_downloaded_bytes"}
     assert fams["kubetune_job_progress_ratio"].samples[0].value == 0.5
     assert any(s.labels == {"kind": "FineTuneJob", "phase": "Running"} and s.value == 1
                for s in fams["kubetune_jobs"].samples)
