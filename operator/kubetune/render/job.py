@@ -23,12 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api.constants import COMPONENT_PREFLIGHT, COMPONENT_TRAINER, LABEL_COMPONENT
+from kubetune.api.constants import COMPONENT_PREFLIGHT, COMPONENT_TRAINER, LABEL_ATTEMPT, LABEL_COMPONENT
 from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
 from kubetune.api.method_defaults import resolve
 from kubetune.api.resources import AnyJob, FineTuneJob
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import PlanSummary, ReportChannel, SecretEnv, TrainerConfig
+from kubetune.planning.oom_retry import attempt_shapes, with_shape
 from kubetune.planning.quantity import parse_quantity
 from kubetune.render.configmap import CONFIG_DIR, CONFIG_PATH, build_configmap
 from kubetune.render.meta import ANNOTATION_OWNER, child_labels, child_metadata
@@ -143,16 +144,18 @@ def _failure_policy(container: str) -> dict[str, Any]:
 
 
 def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src: ResolvedSources,
-              settings: RenderSettings) -> dict[str, Any]:
+              settings: RenderSettings, attempt: int = 1) -> dict[str, Any]:
     kind, name = job.kind, job.metadata.name or ""
     ns, uid = job.metadata.namespace or "default", job.metadata.uid
     r = spec.resources
     labels = child_labels(kind, name)
     job_labels: dict[str, str] = {LABEL_COMPONENT: COMPONENT_TRAINER}
+    if attempt > 1:
+        job_labels[LABEL_ATTEMPT] = str(attempt)
     if spec.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
     volumes = [
-        {"name": "config", "configMap": {"name": configmap_name(kind, name)}},
+        {"name": "config", "configMap": {"name": configmap_name(kind, name, attempt)}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "hf-cache", "emptyDir": {}},
@@ -214,7 +217,7 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": child_metadata(kind, name, ns, uid, job_name(kind, name), labels=job_labels),
+        "metadata": child_metadata(kind, name, ns, uid, job_name(kind, name, attempt), labels=job_labels),
         "spec": job_spec,
     }
 
@@ -333,9 +336,13 @@ class Children:
 
 
 def render_children(job: AnyJob, settings: RenderSettings, *, referenced: FineTuneJobSpec | None = None,
-                    adapter_uri: str | None = None, plan: PlanSummary | None = None) -> Children:
+                    adapter_uri: str | None = None, plan: PlanSummary | None = None, attempt: int = 1) -> Children:
     """Every child of `job`. For a PreferenceAlignment chained on a FineTuneJob, `referenced` is that
-    job's spec and `adapter_uri` its artifact."""
+    job's spec and `adapter_uri` its artifact. `attempt` > 1 (spec.training.oomRetry): the trainer's
+    ConfigMap and Job of that attempt, in its smaller configuration (kubetune.planning.oom_retry);
+    `plan` is then that configuration's plan."""
+    if attempt > 1:
+        job = attempt_job(job, attempt, referenced)
     if isinstance(job, FineTuneJob):
         spec: FineTuneJobSpec | PreferenceAlignmentSpec = resolve(job.spec)
         src = resolve_sources(job)
@@ -358,6 +365,20 @@ def render_children(job: AnyJob, settings: RenderSettings, *, referenced: FineTu
     service = None
     if spec.resources.nodes > 1:
         service = build_service(kind, name, ns, uid, port=settings.rendezvous_port)
-    return Children(config=config, configmap=build_configmap(config, uid=uid),
+    return Children(config=config, configmap=build_configmap(config, uid=uid, attempt=attempt),
                     preflight=build_preflight_job(job, spec, src, settings),
-                    job=build_job(job, spec, src, settings), service=service)
+                    job=build_job(job, spec, src, settings, attempt), service=service)
+
+
+def attempt_job(job: AnyJob, attempt: int, referenced: FineTuneJobSpec | None = None) -> AnyJob:
+    """`job` as attempt `attempt` runs it: its spec in that attempt's configuration
+    (kubetune.planning.oom_retry.attempt_shapes); ValueError for an attempt the spec does not allow."""
+    if isinstance(job, FineTuneJob):
+        shapes = attempt_shapes(resolve(job.spec))
+        spec: FineTuneJobSpec | PreferenceAlignmentSpec = job.spec
+    else:
+        shapes = attempt_shapes(resolve(job.spec, referenced))
+        spec = job.spec
+    if not 1 <= attempt <= len(shapes):
+        raise ValueError(f"attempt {attempt}: spec.training.oomRetry allows {len(shapes)} attempt(s)")
+    return job.model_copy(update={"spec": with_shape(spec, shapes[attempt - 1])})
