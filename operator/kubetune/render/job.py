@@ -174,7 +174,7 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
         "imagePullPolicy": settings.image_pull_policy,
         "command": _command(kind, name, r.gpus, r.nodes, settings.rendezvous_port),
         "env": _env(src, r.nodes, r.cpu_only),
-        **_storage_env_from(spec),
+        **_env_from(spec),
         "resources": _resources(spec, settings),
         "volumeMounts": mounts,
         "securityContext": security_context_container(),
@@ -228,6 +228,16 @@ def _storage_env_from(spec: FineTuneJobSpec | PreferenceAlignmentSpec) -> dict[s
     if spec.storage is None or spec.storage.secret_ref is None:
         return {}
     return {"envFrom": [{"secretRef": {"name": spec.storage.secret_ref.name}}]}
+
+
+def _env_from(spec: FineTuneJobSpec | PreferenceAlignmentSpec) -> dict[str, Any]:
+    """The trainer's Secrets by reference: spec.storage's AWS_* variables and spec.tracking.mlflow's
+    credentialsSecret (MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN); values never rendered."""
+    refs = list(_storage_env_from(spec).get("envFrom", []))
+    mlf = spec.tracking.mlflow if spec.tracking else None
+    if mlf is not None and mlf.credentials_secret is not None:
+        refs.append({"secretRef": {"name": mlf.credentials_secret.name}})
+    return {"envFrom": refs} if refs else {}
 
 
 def _preflight_env(src: ResolvedSources, resources: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
