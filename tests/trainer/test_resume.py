@@ -31,6 +31,21 @@ def _steps(result: dict) -> list[int]:
     return [h["step"] for h in result["details"]["trainLog"]]
 
 
+def _sigkill_after_checkpoint(cmd: list[str], ckdir: Path) -> int:
+    """Start the trainer, SIGKILL it once checkpoint-4 is complete; its exit status."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while not (ckdir / "checkpoint-4" / MARKER).exists():
+            assert proc.poll() is None, "the trainer ended before its second checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    return proc.returncode
+
+
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume(tiny_model: Path, tmp_path: Path) -> None:
     total = 24
@@ -41,18 +56,8 @@ def test_sigkill_after_a_checkpoint_then_resume(tiny_model: Path, tmp_path: Path
     path = write_config(config, tmp_path / "config.json")
     cmd = [sys.executable, "-m", "kubetune_trainer", "--config", str(path)]
 
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckdir = out / "checkpoints"
-    deadline = time.monotonic() + 300
-    try:
-        while not (ckdir / "checkpoint-4" / MARKER).exists():
-            assert proc.poll() is None, "the trainer ended before its second checkpoint"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    assert _sigkill_after_checkpoint(cmd, ckdir) == -signal.SIGKILL
     killed_at = max(step for step, p in checkpoints(ckdir) if (p / MARKER).exists())
     assert 4 <= killed_at < total
 
@@ -84,17 +89,8 @@ def test_an_oom_retry_attempt_resumes_the_checkpoint_in_its_smaller_configuratio
     config = make_config(manifest, model=tiny_model, dataset=data, output=out)
     config.spec.checkpoint = Checkpoint(every_steps=2, keep_last=2)
     cmd = [sys.executable, "-m", "kubetune_trainer", "--config", str(write_config(config, tmp_path / "a1.json"))]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckdir = out / "checkpoints"
-    deadline = time.monotonic() + 300
-    try:
-        while not (ckdir / "checkpoint-4" / MARKER).exists():
-            assert proc.poll() is None, "the trainer ended before its second checkpoint"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)  # what the kernel's OOM killer sends
-    finally:
-        proc.wait(timeout=60)
+    _sigkill_after_checkpoint(cmd, ckdir)  # SIGKILL: what the kernel's OOM killer sends
     killed_at = max(step for step, p in checkpoints(ckdir) if (p / MARKER).exists())
 
     second = attempt_shapes(resolve(config.spec))[1]
