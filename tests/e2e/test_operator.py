@@ -180,6 +180,37 @@ def test_oom_retry_runs_a_smaller_attempt(cluster: Cluster, operator: OperatorPr
         "oomretry-ft", "oomretry-ft-a2", "oomretry-ft-preflight"]
 
 
+@pytest.mark.parametrize("available", [True, False])
+def test_tracking_run_id_and_an_unavailable_server_in_status(cluster: Cluster, operator: OperatorProcess,
+                                                             namespace: str, available: bool) -> None:
+    """spec.tracking.mlflow: the credentials Secret reaches the trainer by reference; the run id the trainer
+    reports is in status; a server it could not use is TrackingAvailable=False with a Warning Event, and the
+    job still Succeeded."""
+    from kubetune.api.trainer_contract import TrackingReport
+
+    name = "tracked" if available else "untracked"
+    tracking = {"mlflow": {"trackingUri": "http://mlflow.mlops:5000", "experiment": "triage",
+                           "credentialsSecret": {"name": "mlflow-creds"}}}
+    apply(cluster, ftj(name, namespace, tracking=tracking))
+    pass_preflight(cluster, namespace, name)
+    (pod,) = trainer_pods(cluster, namespace, name)
+    assert {"secretRef": {"name": "mlflow-creds"}} in pod["spec"]["containers"][0]["envFrom"]
+    report = (TrackingReport(available=True, run_id="0a1b2c", experiment_id="7", message="logged")
+              if available else TrackingReport(available=False, message="cannot use the MLflow server: refused"))
+    finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(PASS, tracking=report))
+    obj = wait_phase(cluster, "FineTuneJob", namespace, name, "Succeeded")
+    c = cond(obj, "TrackingAvailable")
+    events = cluster.get("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
+    warned = [e for e in events if e["reason"] == "TrackingUnavailable"]
+    if available:
+        assert obj["status"]["tracking"] == {"runId": "0a1b2c", "experimentId": "7"}
+        assert (c["status"], c["reason"]) == ("True", "Tracked") and not warned
+    else:
+        assert "runId" not in obj["status"].get("tracking", {})
+        assert (c["status"], c["reason"]) == ("False", "TrackingUnavailable") and "refused" in c["message"]
+        assert len(warned) == 1 and warned[0]["type"] == "Warning"
+
+
 def test_failing_preflight_never_requests_a_gpu(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("baddata", namespace, backoffLimit=3))
     pod = preflight_pod(cluster, namespace, "baddata")
