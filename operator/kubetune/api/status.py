@@ -20,7 +20,7 @@ class Condition(KubeModel):
 
     type: str = Field(max_length=316, pattern=TYPE_PATTERN,
                       description="Ready, Valid, ResourcesFit, DependencyReady, DataValid, Training, Complete, GatesPassed, "
-                                  "Suspended; Reconciling or Stalled (kstatus, docs/gitops.md).")
+                                  "Suspended; Reconciling or Stalled (kstatus, docs/gitops.md); TrackingAvailable (spec.tracking).")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(min_length=1, max_length=1024, pattern=REASON_PATTERN,
                         description="CamelCase reason (docs/api.md lists them).")
