@@ -145,6 +145,72 @@ def test_oom_killed(cluster: Cluster, operator: OperatorProcess, namespace: str)
     assert "OOM-killed" in obj["status"]["message"] and "per GPU" in obj["status"]["message"]
 
 
+def test_oom_retry_runs_a_smaller_attempt(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    """spec.training.oomRetry: the first attempt is OOM-killed; the operator creates the second attempt's
+    Job with half the micro-batch and twice the accumulation, which then succeeds."""
+    training = {"maxSteps": 200, "maxSeqLength": 256, "batchSize": 4, "gradientAccumulationSteps": 2,
+                "oomRetry": {"maxRetries": 1}}
+    apply(cluster, ftj("oomretry", namespace, training=training))
+    pass_preflight(cluster, namespace, "oomretry")
+    (first,) = trainer_pods(cluster, namespace, "oomretry")
+    assert first["metadata"]["ownerReferences"][0]["name"] == "oomretry-ft"
+    finish(cluster, namespace, first["metadata"]["name"], "oomkilled")
+    wait_until(lambda: [p for p in trainer_pods(cluster, namespace, "oomretry")
+                        if p["metadata"]["ownerReferences"][0]["name"] == "oomretry-ft-a2"],
+               timeout=60, what="the second attempt's pod")
+    (second,) = trainer_pods(cluster, namespace, "oomretry")
+    config = cluster.get("configmap", "oomretry-ft-a2-config", "-n", namespace)
+    training_config = json.loads(config["data"]["config.json"])["spec"]["training"]
+    assert (training_config["batchSize"], training_config["gradientAccumulationSteps"]) == (2, 4)
+    mount = next(v for v in second["spec"]["volumes"] if v["name"] == "config")
+    assert mount["configMap"]["name"] == "oomretry-ft-a2-config"
+    obj = get_cr(cluster, "FineTuneJob", namespace, "oomretry")
+    attempts = obj["status"]["trainingAttempts"]
+    assert [(a["jobName"], a["batchSize"], a["gradientAccumulationSteps"]) for a in attempts] == [
+        ("oomretry-ft", 4, 2), ("oomretry-ft-a2", 2, 4)]
+    assert attempts[0]["reason"] == "OutOfMemory" and "GiB" in attempts[1]["plan"]
+    events = cluster.get("events", "-n", namespace, "--field-selector", "involvedObject.name=oomretry")["items"]
+    retry = [e for e in events if e["reason"] == "RetryingSmaller"]
+    assert len(retry) == 1 and retry[0]["type"] == "Warning" and "batchSize 2" in retry[0]["message"]
+    finish(cluster, namespace, second["metadata"]["name"], "succeeded", result=result(PASS))
+    obj = wait_phase(cluster, "FineTuneJob", namespace, "oomretry", "Succeeded")
+    assert obj["status"]["jobName"] == "oomretry-ft-a2"
+    assert obj["status"]["trainingAttempts"][1]["reason"] == "Succeeded"  # the training; the gates decide the phase
+    assert sorted(children(cluster, namespace, "oomretry")["jobs"]) == [
+        "oomretry-ft", "oomretry-ft-a2", "oomretry-ft-preflight"]
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_tracking_run_id_and_an_unavailable_server_in_status(cluster: Cluster, operator: OperatorProcess,
+                                                             namespace: str, available: bool) -> None:
+    """spec.tracking.mlflow: the credentials Secret reaches the trainer by reference; the run id the trainer
+    reports is in status; a server it could not use is TrackingAvailable=False with a Warning Event, and the
+    job still Succeeded."""
+    from kubetune.api.trainer_contract import TrackingReport
+
+    name = "tracked" if available else "untracked"
+    tracking = {"mlflow": {"trackingUri": "http://mlflow.mlops:5000", "experiment": "triage",
+                           "credentialsSecret": {"name": "mlflow-creds"}}}
+    apply(cluster, ftj(name, namespace, tracking=tracking))
+    pass_preflight(cluster, namespace, name)
+    (pod,) = trainer_pods(cluster, namespace, name)
+    assert {"secretRef": {"name": "mlflow-creds"}} in pod["spec"]["containers"][0]["envFrom"]
+    report = (TrackingReport(available=True, run_id="0a1b2c", experiment_id="7", message="logged")
+              if available else TrackingReport(available=False, message="cannot use the MLflow server: refused"))
+    finish(cluster, namespace, pod["metadata"]["name"], "succeeded", result=result(PASS, tracking=report))
+    obj = wait_phase(cluster, "FineTuneJob", namespace, name, "Succeeded")
+    c = cond(obj, "TrackingAvailable")
+    events = cluster.get("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
+    warned = [e for e in events if e["reason"] == "TrackingUnavailable"]
+    if available:
+        assert obj["status"]["tracking"] == {"runId": "0a1b2c", "experimentId": "7"}
+        assert (c["status"], c["reason"]) == ("True", "Tracked") and not warned
+    else:
+        assert "runId" not in obj["status"].get("tracking", {})
+        assert (c["status"], c["reason"]) == ("False", "TrackingUnavailable") and "refused" in c["message"]
+        assert len(warned) == 1 and warned[0]["type"] == "Warning"
+
+
 def test_failing_preflight_never_requests_a_gpu(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     apply(cluster, ftj("baddata", namespace, backoffLimit=3))
     pod = preflight_pod(cluster, namespace, "baddata")

@@ -9,7 +9,8 @@ pod, trainer pods that train on the real node's CPU and report through their own
 3. a PreferenceAlignment chained on it trains DPO on that adapter and ends Succeeded;
 4. the trainer pod deleted mid-training: the next pod resumes from the checkpoint on the volume;
 5. a trainer pod whose memory limit is too small is OOM-killed by the kernel: OutOfMemory, with the
-   plan's figure and its advice;
+   plan's figure and its advice; with spec.training.oomRetry a second attempt runs in the smaller
+   configuration (its own Job and ConfigMap);
 6. a FineTuneJob deleted and applied again at once gets a fresh run, never the old one's.
 """
 
@@ -266,6 +267,37 @@ def test_a_pod_over_its_memory_limit_is_oom_killed_and_says_so(real_cluster: Clu
     assert any(t.get("reason") == "OOMKilled" for t in terminated), terminated  # the kernel's verdict
     message = st["message"]
     assert "the plan: cannot plan memory" in message and "more resources.memory" in message, message
+
+
+def test_oom_retry_starts_a_smaller_attempt_after_a_kernel_oom_kill(real_cluster: Cluster,
+                                                                    storage: dict[str, Any]) -> None:
+    """spec.training.oomRetry on the real node: the kernel OOM-kills attempt 1; the operator stops its Job and
+    starts attempt 2 as its own Job, whose pod mounts the smaller configuration (half the micro-batch, twice
+    the accumulation). 300Mi is too small for any batch of this model, so attempt 2 is OOM-killed too and the
+    job ends Failed with both attempts in status."""
+    s = storage
+    name = "tiny-oomretry"
+    spec = ftj(name, s["ns"], s["inputs"], s["outputs"], memory="300Mi")
+    spec["spec"]["training"]["oomRetry"] = {"maxRetries": 1}
+    assert apply_yaml(real_cluster, spec).returncode == 0
+    cr = wait_phase(real_cluster, "FineTuneJob", s["ns"], name, {"Succeeded", "Failed", "GateFailed"}, timeout=900)
+    st = cr["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "OutOfMemory", json.dumps(st, indent=1)
+    attempts = st["trainingAttempts"]
+    assert [(a["jobName"], a["batchSize"], a["gradientAccumulationSteps"], a["reason"]) for a in attempts] == [
+        (f"{name}-ft", 2, 1, "OutOfMemory"), (f"{name}-ft-a2", 1, 2, "OutOfMemory")], attempts
+    second = [p for p in trainer_pods(real_cluster, s["ns"], name)
+              if p["metadata"]["ownerReferences"][0]["name"] == f"{name}-ft-a2"]
+    assert second, "no pod of the second attempt"
+    assert any((p["status"]["containerStatuses"][0]["state"].get("terminated") or {}).get("reason") == "OOMKilled"
+               for p in second)
+    volume = next(v for v in second[0]["spec"]["volumes"] if v["name"] == "config")
+    assert volume["configMap"]["name"] == f"{name}-ft-a2-config"
+    config = real_cluster.get("configmap", f"{name}-ft-a2-config", "-n", s["ns"])
+    training = json.loads(config["data"]["config.json"])["spec"]["training"]
+    assert (training["batchSize"], training["gradientAccumulationSteps"]) == (1, 2)
+    events = real_cluster.get("events", "-n", s["ns"], "--field-selector", f"involvedObject.name={name}")["items"]
+    assert [e["type"] for e in events if e["reason"] == "RetryingSmaller"] == ["Warning"]
 
 
 # --- 6 -------------------------------------------------------------------------------------------

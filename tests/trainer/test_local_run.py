@@ -240,3 +240,30 @@ def test_progress_tail_reads_every_snapshot_once_and_waits_for_whole_lines(tmp_p
     # the half line is completed now; a garbled line or a non-object is skipped, not fatal
     assert [p["stage"] for p in tail.read_new()] == ["evaluating", "done"]
     assert tail.read_new() == [] and tail.read_new(final=True) == []
+
+
+def test_oom_retry_runs_again_smaller_and_resumes(workdir, tmp_path):
+    """spec.training.oomRetry in `kubetune run`: the first attempt (batchSize 4) is killed by SIGKILL, as the
+    kernel's OOM killer ends a process (a wrapper in front of the interpreter sends it while the config says
+    batchSize 4: this machine has no memory limit to hit reliably); the runner starts attempt 2 with the
+    operator's next configuration (kubetune.planning.oom_retry) and it trains for real."""
+    import sys
+
+    wrapper = tmp_path / "python"
+    wrapper.write_text("#!/bin/bash\n"
+                       "# args: -m kubetune_trainer --config PATH --stage STAGE\n"
+                       'if [ "$6" = train ] && grep -q \'"batchSize": 4\' "$4"; then kill -9 $$; fi\n'
+                       f'exec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    job = ftj("tiny-oom", [])
+    job["spec"]["training"].update(batchSize=4, gradientAccumulationSteps=1, oomRetry={"maxRetries": 1})
+    job["spec"].pop("evaluation")
+    out = io.StringIO()
+    code, (outcome,) = run([manifest(workdir, "oom.yaml", job)], device="cpu", out=out, err=io.StringIO(), tty=False,
+                           python=str(wrapper))
+    text = out.getvalue()
+    assert code == EXIT_SUCCEEDED, text
+    assert "attempt 1 ran out of memory" in text and "attempt 2 of 2: batchSize 2, gradientAccumulationSteps 2" in text
+    config = json.loads((workdir / "runs" / "tiny-oom" / "kubetune" / "trainer-config.json").read_text())
+    assert (config["spec"]["training"]["batchSize"], config["spec"]["training"]["gradientAccumulationSteps"]) == (2, 2)
+    assert outcome.metrics["train.steps"] == 2

@@ -31,6 +31,21 @@ def _steps(result: dict) -> list[int]:
     return [h["step"] for h in result["details"]["trainLog"]]
 
 
+def _sigkill_after_checkpoint(cmd: list[str], ckdir: Path) -> int:
+    """Start the trainer, SIGKILL it once checkpoint-4 is complete; its exit status."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while not (ckdir / "checkpoint-4" / MARKER).exists():
+            assert proc.poll() is None, "the trainer ended before its second checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    return proc.returncode
+
+
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume(tiny_model: Path, tmp_path: Path) -> None:
     total = 24
@@ -41,18 +56,8 @@ def test_sigkill_after_a_checkpoint_then_resume(tiny_model: Path, tmp_path: Path
     path = write_config(config, tmp_path / "config.json")
     cmd = [sys.executable, "-m", "kubetune_trainer", "--config", str(path)]
 
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckdir = out / "checkpoints"
-    deadline = time.monotonic() + 300
-    try:
-        while not (ckdir / "checkpoint-4" / MARKER).exists():
-            assert proc.poll() is None, "the trainer ended before its second checkpoint"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    assert _sigkill_after_checkpoint(cmd, ckdir) == -signal.SIGKILL
     killed_at = max(step for step, p in checkpoints(ckdir) if (p / MARKER).exists())
     assert 4 <= killed_at < total
 
@@ -66,6 +71,42 @@ def test_sigkill_after_a_checkpoint_then_resume(tiny_model: Path, tmp_path: Path
     assert _steps(result)[-1] == total
     assert _steps(result) == sorted(set(_steps(result)))
     assert len(checkpoints(ckdir)) <= 2  # keepLast
+
+
+@pytest.mark.slow
+def test_an_oom_retry_attempt_resumes_the_checkpoint_in_its_smaller_configuration(tiny_model: Path,
+                                                                                  tmp_path: Path) -> None:
+    """spec.training.oomRetry: attempt 2 (half the micro-batch, twice the accumulation: kubetune.planning.
+    oom_retry) resumes attempt 1's checkpoint and finishes the same optimizer steps in its own configuration."""
+    from kubetune.api.method_defaults import resolve
+    from kubetune.planning.oom_retry import attempt_shapes, with_shape
+
+    total = 12
+    data = write_jsonl(tmp_path / "train.jsonl", instruction_records(80))
+    out = tmp_path / "out"
+    manifest = sft_manifest("lora", maxSteps=total, batchSize=4, gradientAccumulationSteps=1,
+                            oomRetry={"maxRetries": 1})
+    config = make_config(manifest, model=tiny_model, dataset=data, output=out)
+    config.spec.checkpoint = Checkpoint(every_steps=2, keep_last=2)
+    cmd = [sys.executable, "-m", "kubetune_trainer", "--config", str(write_config(config, tmp_path / "a1.json"))]
+    ckdir = out / "checkpoints"
+    _sigkill_after_checkpoint(cmd, ckdir)  # SIGKILL: what the kernel's OOM killer sends
+    killed_at = max(step for step, p in checkpoints(ckdir) if (p / MARKER).exists())
+
+    second = attempt_shapes(resolve(config.spec))[1]
+    assert (second.batch_size, second.gradient_accumulation_steps) == (2, 2)
+    config.spec = with_shape(config.spec, second)
+    cmd[-1] = str(write_config(config, tmp_path / "a2.json"))
+    rc = subprocess.run(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600).returncode
+    result = json.loads((out / "kubetune" / "result.json").read_text())
+    assert rc == 0, result.get("message")
+    assert int(result["details"]["resumedFrom"].split("-")[1]) >= killed_at
+    assert result["metrics"]["train.steps"] == total and _steps(result)[-1] == total
+    import torch
+
+    # the arguments the resumed steps ran with (trainer_state.json keeps the loaded state's batch size)
+    args = torch.load(ckdir / f"checkpoint-{total}" / "training_args.bin", weights_only=False)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (2, 2)
 
 
 def _trained_four_steps(tiny_model: Path, tmp_path: Path, run_main):  # type: ignore[no-untyped-def]

@@ -28,6 +28,7 @@ class Context:
     tokenizer: Any = None
     ref_model: Any = None
     callbacks: list[Any] = field(default_factory=list)
+    report_to: str = "none"  # "mlflow" while spec.tracking's run is open (kubetune_trainer.tracking)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -63,7 +64,7 @@ def common_args(ctx: Context) -> dict[str, Any]:
         save_steps=ctx.spec.checkpoint.every_steps,
         save_total_limit=ctx.spec.checkpoint.keep_last,
         eval_strategy="no",
-        report_to="none",
+        report_to=ctx.report_to,
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         use_cpu=ctx.device.cpu,

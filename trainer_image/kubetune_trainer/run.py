@@ -93,6 +93,9 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
     details: dict[str, Any] = {}
     trainer: Any = None
     cleanup = contextlib.ExitStack()  # the model cache lease, renewed while the job runs
+    from kubetune_trainer.tracking import Tracking
+
+    tracking = Tracking(config, output, log)
     try:
         spec = config.spec
         method = str(tuning_method(spec))
@@ -191,8 +194,9 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         total = sum(p.numel() for p in model.parameters())
         log(f"model: {config.sources.model} method {method} on {device.kind}; trainable {trainable:,} of {total:,} parameters")
 
+        tracking.start()  # spec.tracking: the run transformers' MLflow integration logs the curve to
         ctx = Context(config=config, spec=spec, method=method, device=device, output=output, log=log,
-                      model=model, tokenizer=tokenizer, ref_model=ref_model)
+                      model=model, tokenizer=tokenizer, ref_model=ref_model, report_to=tracking.report_to())
         ctx.callbacks = [progress_callback(reporter), completion_callback(), *training_callbacks(stop, state)]
         records = read_jsonl(train_path)
         if config.task == "sft":
@@ -296,6 +300,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         elif config.sources.promoted:
             log(f"not promoted: {decision.message}")
         result.details["seconds"] = round(time.monotonic() - started, 2)
+        tracking.log_outcome(metrics=metrics, gates=[g.model_dump(by_alias=True, exclude_none=True, mode="json")
+                                                     for g in decision.gate_results()], card=card, outcome="succeeded")
         reporter.update(stage="done", force=True)
     except _WorkerDone as done:
         result = done.result
@@ -311,6 +317,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
                                artifact_uri=artifact_uri, details=details)
         reporter.update(stage="failed", force=True)
     cleanup.close()
+    tracking.close(failed=result.outcome != "succeeded")
+    result.tracking = tracking.report()
     reporter.finish(result)
     reporter.close()
     stop.uninstall()

@@ -19,6 +19,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 # Which of a job's two batch/v1 Jobs (and their pods) an object belongs to: the data preflight (CPU
 # only, first) or the trainer (GPUs, created once the preflight passed). A Job without it is a trainer.
 LABEL_COMPONENT = f"{GROUP}/component"
+LABEL_ATTEMPT = f"{GROUP}/attempt"  # a trainer Job's attempt (spec.training.oomRetry): "2", "3", ... (absent: 1)
 COMPONENT_PREFLIGHT = "preflight"
 COMPONENT_TRAINER = "trainer"
 

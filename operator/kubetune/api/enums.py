@@ -141,6 +141,7 @@ class ConditionType(StrEnum):
     # exactly one is present and True until the job Succeeded, then neither (docs/gitops.md)
     RECONCILING = "Reconciling"  # the outcome is still open: validating, waiting, queued, running, suspended
     STALLED = "Stalled"  # Failed or GateFailed; reason and message say why
+    TRACKING_AVAILABLE = "TrackingAvailable"  # spec.tracking: the run is logged (False: the server could not be used)
 
 
 class Reason:
@@ -186,3 +187,6 @@ class Reason:
     SUSPENDED = "Suspended"
     IN_PROGRESS = "InProgress"
     PREEMPTED = "Preempted"
+    RETRYING_SMALLER = "RetryingSmaller"  # spec.training.oomRetry: an attempt ran out of memory; a smaller one starts
+    TRACKED = "Tracked"  # spec.tracking: the trainer logged the run
+    TRACKING_UNAVAILABLE = "TrackingUnavailable"  # spec.tracking: the server could not be used; training went on

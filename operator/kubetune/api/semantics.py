@@ -4,7 +4,7 @@ admission webhook and the operator (so all three give the same verdict)."""
 from collections.abc import Callable
 
 from kubetune.api.enums import Metric
-from kubetune.api.method_defaults import tuning_method
+from kubetune.api.method_defaults import resolve, tuning_method
 from kubetune.api.problems import Problem
 from kubetune.api.resources import AnyJob, PreferenceAlignment
 from kubetune.api.spec import FineTuneJobSpec
@@ -76,6 +76,12 @@ def semantic_problems(job: AnyJob, *, local: bool, lookup: RefLookup | None = No
                                     f"{gate.metric} needs a validation split; spec.dataset.validationSplit is 0"))
     if spec.training.max_steps is None and spec.training.epochs is not None and spec.training.epochs > 100:
         problems.append(Problem("spec.training.epochs", "more than 100 epochs will overfit; did you mean maxSteps?", "warning"))
+    if spec.training.oom_retry is not None:
+        t = resolve(spec).training  # type: ignore[type-var]
+        if t.batch_size == 1 and t.gradient_checkpointing:
+            problems.append(Problem("spec.training.oomRetry", (
+                "nothing smaller to retry with: batchSize is 1 and gradientCheckpointing is on (a retry halves the "
+                "micro-batch or turns checkpointing on)"), "warning"))
     if spec.checkpoint.keep_last > 10:
         problems.append(Problem("spec.checkpoint.keepLast", "each checkpoint of a large model takes disk; keeping more than 10 is rarely useful", "warning"))
     problems += _parallelism_problems(job, lookup)

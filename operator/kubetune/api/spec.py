@@ -150,6 +150,18 @@ class PreferenceDataset(Dataset):
         "preference: {prompt, chosen, rejected}, as strings or as chat messages."))
 
 
+class OomRetry(KubeModel):
+    """Retry an out-of-memory failure with a smaller configuration (kubetune.planning.oom_retry)."""
+
+    max_retries: int = Field(ge=1, le=8, description=(
+        "How many times a trainer that ran out of memory (OOMKilled, or CUDA out of memory) is started again "
+        "with a smaller configuration: each retry halves training.batchSize and multiplies "
+        "gradientAccumulationSteps by as much (the effective batch stays the same); the second retry, or the "
+        "first when batchSize is already 1, turns on gradientCheckpointing instead when it is off. Each retry "
+        "is a new Job (named <job>-a<attempt>) that resumes from the newest checkpoint in spec.output; "
+        "status.trainingAttempts lists every attempt with its configuration and memory plan."))
+
+
 class Training(KubeModel):
     """Hyperparameters. Unset fields take method-dependent defaults (docs/api.md, kubetune.api.method_defaults)."""
 
@@ -170,6 +182,9 @@ class Training(KubeModel):
     gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward: less memory, ~30% more compute.")
     packing: bool = Field(default=False, description="Pack several short examples into one sequence (SFT only).")
     seed: int = Field(default=42, ge=0, description="Seed for the split, shuffling and initialisation.")
+    oom_retry: OomRetry | None = Field(default=None, description=(
+        "Off unless set: retry an out-of-memory failure with a smaller micro-batch (same effective batch), "
+        "then gradient checkpointing, resuming from the last checkpoint."))
 
 
 class Toleration(KubeModel):
@@ -320,6 +335,29 @@ class DpoConfig(KubeModel):
         "implicit: the policy with its adapter disabled (no extra memory); base: a second copy of the base model."))
 
 
+class MlflowTracking(KubeModel):
+    """An MLflow tracking server the trainer logs the run to."""
+
+    tracking_uri: str = Field(min_length=1, max_length=URI, pattern=r"^https?://.+$", description=(
+        "The tracking server, e.g. http://mlflow.mlops:5000 (MLFLOW_TRACKING_URI)."))
+    experiment: str = Field(min_length=1, max_length=NAME, description=(
+        "Experiment name (created when missing)."))
+    credentials_secret: SecretRef | None = Field(default=None, description=(
+        "A Secret whose keys are MLflow's own variables: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
+        "or MLFLOW_TRACKING_TOKEN. The trainer gets them as environment variables (envFrom); no value appears "
+        "in the ConfigMap, status, Events or logs."))
+
+
+class Tracking(KubeModel):
+    """Experiment tracking. A tracking server that cannot be reached never fails the training: status gets
+    the condition TrackingAvailable=False (reason TrackingUnavailable) and a Warning Event."""
+
+    mlflow: MlflowTracking | None = Field(default=None, description=(
+        "Log to MLflow: the parameters, the training curve (transformers' MLflow integration), the evaluation "
+        "metrics and gate results, the memory plan and the model card (artifacts); status.tracking.runId "
+        "names the run."))
+
+
 class _CommonSpec(KubeModel):
     quantization: Quantization | None = Field(default=None, description="Quantization of the base (qlora only; defaults apply for qlora).")
     lora: LoraConfig | None = Field(default=None, description="LoRA adapter shape (lora/qlora only; defaults r 16, alpha 32, dropout 0.05, all-linear).")
@@ -335,6 +373,7 @@ class _CommonSpec(KubeModel):
     backoff_limit: int = Field(default=2, ge=0, le=10, description="Retries of a failed pod (not spent on permanent failures such as bad data).")
     active_deadline_seconds: int | None = Field(default=None, ge=1, description="Wall-clock limit of the training Job; then DeadlineExceeded.")
     queue_name: str | None = Field(default=None, max_length=SHORT, description="Kueue LocalQueue; the Job is created suspended for Kueue to admit.")
+    tracking: Tracking | None = Field(default=None, description="Experiment tracking (MLflow).")
 
 
 def _immutable_rules(fields: list[str]) -> list[dict[str, str]]:
@@ -348,7 +387,7 @@ def _immutable_rules(fields: list[str]) -> list[dict[str, str]]:
 
 
 _COMMON_FIELDS = ["quantization", "lora", "training", "resources", "evaluation", "output", "storage", "checkpoint",
-                  "backoffLimit", "activeDeadlineSeconds", "queueName"]
+                  "backoffLimit", "activeDeadlineSeconds", "queueName", "tracking"]
 
 
 class FineTuneJobSpec(_CommonSpec):

@@ -21,7 +21,7 @@ class Condition(KubeModel):
 
     type: str = Field(max_length=316, pattern=TYPE_PATTERN,
                       description="Ready, Valid, ResourcesFit, DependencyReady, DataValid, Training, Complete, GatesPassed, "
-                                  "Suspended; Reconciling or Stalled (kstatus, docs/gitops.md).")
+                                  "Suspended; Reconciling or Stalled (kstatus, docs/gitops.md); TrackingAvailable (spec.tracking).")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(min_length=1, max_length=1024, pattern=REASON_PATTERN,
                         description="CamelCase reason (docs/api.md lists them).")
@@ -98,6 +98,27 @@ class DataSummary(KubeModel):
     adapter: SourceRevision | None = Field(default=None, description="The adapter continued from, and its revision.")
 
 
+class TrainingAttempt(KubeModel):
+    """One start of the training with its configuration (spec.training.oomRetry)."""
+
+    attempt: int = Field(ge=1, description="1 for the first run, 2 for the first retry, ...")
+    job_name: str = Field(description="The batch/v1 Job of this attempt.")
+    batch_size: int = Field(description="training.batchSize of this attempt.")
+    gradient_accumulation_steps: int = Field(description="training.gradientAccumulationSteps of this attempt.")
+    gradient_checkpointing: bool = Field(description="training.gradientCheckpointing of this attempt.")
+    plan: str | None = Field(default=None, description="The memory plan for this configuration, in words.")
+    plan_fits: bool | None = Field(default=None, description="Whether that plan fits (absent: could not plan).")
+    reason: str | None = Field(default=None, description="How it ended: OutOfMemory for a retried attempt.")
+    message: str | None = Field(default=None, max_length=4096, description="Why it ended, in words.")
+
+
+class TrackingStatus(KubeModel):
+    """Where the run was logged (spec.tracking)."""
+
+    run_id: str | None = Field(default=None, description="The MLflow run id.")
+    experiment_id: str | None = Field(default=None, description="The MLflow experiment id.")
+
+
 class JobStatus(KubeModel):
     """Status of a FineTuneJob or PreferenceAlignment."""
 
@@ -120,6 +141,9 @@ class JobStatus(KubeModel):
         "and the revision pinned; absent without a cache or for a pvc:// model (used in place)."))
     job_name: str | None = Field(default=None, description="Name of the batch/v1 Job running the trainer.")
     attempts: int | None = Field(default=None, description="Trainer pods started so far.")
+    training_attempts: list[TrainingAttempt] | None = Field(default=None, description=(
+        "With spec.training.oomRetry: each attempt (a Job) with its configuration and plan, the current last."))
+    tracking: TrackingStatus | None = Field(default=None, description="The experiment-tracking run (spec.tracking).")
     start_time: str | None = Field(default=None, json_schema_extra=DATE_TIME, description="When training started.")
     completion_time: str | None = Field(default=None, json_schema_extra=DATE_TIME,
                                         description="When the job reached a terminal phase.")

@@ -193,6 +193,15 @@ class ProgressReport(Progress):
     data: DataSummary | None = None
 
 
+class TrackingReport(KubeModel):
+    """spec.tracking: where the trainer logged the run, or why it could not (training went on)."""
+
+    available: bool
+    run_id: str | None = None
+    experiment_id: str | None = None
+    message: str | None = None  # no secret: the trainer removes credentials from error messages
+
+
 class TrainerResult(KubeModel):
     api_version: Literal["kubetune.io/trainer-result/v1"] = Field(default="kubetune.io/trainer-result/v1", alias="apiVersion")
     outcome: Literal["succeeded", "failed"]
@@ -212,6 +221,7 @@ class TrainerResult(KubeModel):
     # and promotedUri come from here and nowhere else.
     promotion: Promotion | None = None
     report_html: str | None = None
+    tracking: TrackingReport | None = None  # spec.tracking: the MLflow run, or why there is none
     details: dict[str, Any] = Field(default_factory=dict)  # the long tail: per-example eval, timings
 
     def to_json(self) -> str:

@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kubetune.api.constants import FINETUNEJOB, LABEL_MANAGED_BY, PREFERENCEALIGNMENT
-from kubetune.api.enums import TERMINAL_PHASES, Phase
+from kubetune.api.enums import TERMINAL_PHASES, Phase, Reason
+from kubetune.api.method_defaults import resolve
 from kubetune.api.resources import AnyJob, PreferenceAlignment, parse_resource
 from kubetune.api.semantics import semantic_problems
 from kubetune.api.spec import FineTuneJobSpec
@@ -37,7 +38,9 @@ from kubetune.controller.metrics import OperatorMetrics
 from kubetune.controller.world import Key, World
 from kubetune.derivation import (
     ANNOTATION_RESULT,
+    EVENT_MESSAGE_LIMIT,
     DependencyState,
+    Derived,
     Pods,
     Verdict,
     dependent_adapter,
@@ -45,8 +48,11 @@ from kubetune.derivation import (
     events_for,
     preflight_passed,
 )
+from kubetune.derivation.events import truncate
 from kubetune.planning.admission import plan_job, plan_summary
-from kubetune.render.job import render_children
+from kubetune.planning.oom_retry import attempt_shapes
+from kubetune.render.job import attempt_job, render_children
+from kubetune.render.names import job_name
 
 log = logging.getLogger("kubetune.controller")
 
@@ -95,6 +101,7 @@ class Reconciler:
         self._last_patch: dict[Key, float] = {}
         self._rbac_done: set[str] = set()
         self._foreign_seen: dict[Key, set[tuple[str, str]]] = {}  # (CR uid, child uid) announced once
+        self._attempt_summaries: dict[tuple[str, int, bool], list[PlanSummary | None]] = {}  # oomRetry plans
 
     # ------------------------------------------------------------------------------------------
     def lock(self, key: Key) -> threading.Lock:
@@ -148,7 +155,10 @@ class Reconciler:
             return result
         problems = [str(p) for p in semantic_problems(job, local=False, lookup=lookup) if p.severity == "error"]
         verdict, summary = self._plan(job, lookup, ref, ref_seen)
-        verdict = Verdict(problems=problems, plan=verdict.plan, fits=verdict.fits, plan_message=verdict.plan_message)
+        attempts = self._attempts(job, lookup, ref) if not (ref and not ref_seen) else []
+        verdict = Verdict(problems=problems, plan=verdict.plan, fits=verdict.fits, plan_message=verdict.plan_message,
+                          attempts=[{k: v for k, v in a.items() if k != "summary"} for a in attempts])
+        self._attempt_summaries[ck] = [a.get("summary") for a in attempts]
         self._verdicts[ck] = (verdict, job, summary)
         return verdict, job, summary
 
@@ -161,6 +171,33 @@ class Reconciler:
         except Exception as exc:  # CannotPlan (an unknown architecture), or a planner bug: run unplanned
             return Verdict(fits=None, plan_message=f"cannot plan memory: {exc}"), None
         return Verdict(plan=plan.to_dict(), fits=plan.fits, plan_message=plan.summary()), plan_summary(plan)
+
+    @staticmethod
+    def _attempts(job: AnyJob, lookup: Callable[[str], FineTuneJobSpec | None], ref: str | None) -> list[dict[str, Any]]:
+        """spec.training.oomRetry: each attempt's configuration (kubetune.planning.oom_retry) with its
+        memory plan (the planner run again for it); empty without oomRetry."""
+        if job.spec.training.oom_retry is None:
+            return []
+        referenced = lookup(ref) if ref else None
+        try:
+            shapes = attempt_shapes(resolve(job.spec, referenced) if isinstance(job, PreferenceAlignment)
+                                    else resolve(job.spec))
+        except Exception as exc:  # semantic validation reports a spec that cannot be resolved
+            log.warning("cannot list the oomRetry attempts: %s", exc)
+            return []
+        out: list[dict[str, Any]] = []
+        for i, shape in enumerate(shapes, start=1):
+            entry: dict[str, Any] = {"jobName": job_name(job.kind, job.metadata.name or "", i),
+                                     "batchSize": shape.batch_size,
+                                     "gradientAccumulationSteps": shape.gradient_accumulation_steps,
+                                     "gradientCheckpointing": shape.gradient_checkpointing}
+            try:
+                plan = plan_job(attempt_job(job, i, referenced), lookup)
+                entry.update(plan=plan.summary(), planFits=plan.fits, summary=plan_summary(plan))
+            except Exception as exc:  # CannotPlan: the attempt runs unplanned, as the first would
+                entry["plan"] = f"cannot plan memory: {exc}"
+            out.append(entry)
+        return out
 
     def dependency(self, key: Key, cr: Mapping[str, Any]) -> tuple[DependencyState, FineTuneJobSpec | None, str | None]:
         ref = ((cr.get("spec") or {}).get("fineTuneJobRef") or {}).get("name")
@@ -205,11 +242,14 @@ class Reconciler:
         self._rbac_done.add(namespace)
 
     def _create_children(self, key: Key, cr: Mapping[str, Any], job: AnyJob, referenced: FineTuneJobSpec | None,
-                         adapter: str | None, summary: PlanSummary | None, *, training: bool) -> dict[str, Any] | None:
+                         adapter: str | None, summary: PlanSummary | None, *, training: bool,
+                         attempt: int = 1) -> dict[str, Any] | None:
         """The data preflight's Job, or with `training` the trainer's (created, or this CR's own found on
-        a 409), after the objects it needs; None while a child's name is taken."""
+        a 409), after the objects it needs; None while a child's name is taken. `attempt` > 1: the Job
+        (and ConfigMap) of that oomRetry attempt."""
         self._ensure_trainer_rbac(key[1])
-        children = render_children(job, self.settings.render, referenced=referenced, adapter_uri=adapter, plan=summary)
+        children = render_children(job, self.settings.render, referenced=referenced, adapter_uri=adapter, plan=summary,
+                                   attempt=attempt)
         created: dict[str, Any] = {}
         try:
             for obj in children.training_objects() if training else children.preflight_objects():
@@ -302,6 +342,9 @@ class Reconciler:
                                 now=self.clock(), unschedulable_grace_seconds=rs.unschedulable_grace_seconds,
                                 image_pull_grace_seconds=rs.image_pull_grace_seconds,
                                 workload=self._workload(cr, job))
+        if derived.next_attempt is not None and job_typed is not None and job is not None:
+            job, derived = self._next_attempt(key, cr, job, derived, job_typed, referenced, adapter, verdict, dep,
+                                              preflight)
         new = derived.status
         if new != old:
             resp = self.api.patch_status(key[0], key[1], key[2], status_patch(old, new))
@@ -315,6 +358,31 @@ class Reconciler:
                                     (preflight, derived.stop_preflight, derived.preflight_result)):
             if child is not None:
                 self._finish_job(child, stop, result)
+
+    def _next_attempt(self, key: Key, cr: Mapping[str, Any], job: dict[str, Any], derived: Derived, job_typed: AnyJob,
+                      referenced: FineTuneJobSpec | None, adapter: str | None, verdict: Verdict, dep: DependencyState,
+                      preflight: dict[str, Any] | None) -> tuple[dict[str, Any], Derived]:
+        """spec.training.oomRetry: the current attempt ran out of memory. Stop its Job when it would retry
+        as it is, create the next attempt's (idempotent: a deterministic name), announce it, and derive
+        the status again from the new Job. A crash anywhere in between is healed by the next reconcile:
+        the failed attempt is still there to decide the same."""
+        attempt = derived.next_attempt or 1
+        if derived.stop_job:
+            self._finish_job(job, derived.stop_job, None)
+        summaries = self._attempt_summaries.get(_cached_verdict_key(cr, bool(referenced)), [])
+        summary = summaries[attempt - 1] if len(summaries) >= attempt else None
+        created = self._create_children(key, cr, job_typed, referenced, adapter, summary, training=True, attempt=attempt)
+        if created is None:
+            return job, derived
+        self._post_event(cr, "Warning", Reason.RETRYING_SMALLER,
+                         truncate(str(derived.status.get("message")), EVENT_MESSAGE_LIMIT))
+        new_job = self.world.job(key) or created
+        rs = self.settings.render
+        again = derive_status(cr, verdict=verdict, dependency=dep, job=new_job, pods=self.world.pods_of(key),
+                              preflight=preflight, preflight_pods=self.world.preflight_pods_of(key),
+                              now=self.clock(), unschedulable_grace_seconds=rs.unschedulable_grace_seconds,
+                              image_pull_grace_seconds=rs.image_pull_grace_seconds)
+        return new_job, again
 
     def _finish_job(self, job: dict[str, Any], stop: str | None, result: TrainerResult | None) -> None:
         """Suspend a Job whose pod can never start (`stop`); keep its pod's result on it, for when

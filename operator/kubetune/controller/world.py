@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kubetune.api.constants import COMPONENT_PREFLIGHT, LABEL_COMPONENT, LABEL_KIND
+from kubetune.derivation.retry import job_attempt as attempt
 from kubetune.render.meta import ANNOTATION_OWNER, controller_uid
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -109,8 +110,9 @@ class World:
             with self._lock:
                 table = self._table(obj)
                 old = table.get(key)
-                # never replace a newer object with an older one (a create response racing a watch event)
-                if old is None or _rv(obj) >= _rv(old):
+                # never replace a newer object with an older one (a create response racing a watch event),
+                # nor a CR's later attempt (spec.training.oomRetry) with an earlier one
+                if old is None or _newer(obj, old):
                     table[key] = trim(obj)
         return key
 
@@ -184,6 +186,14 @@ class World:
             return [k for k, cr in self.crs.items()
                     if k[0] == "PreferenceAlignment" and k[1] == ns
                     and ((cr.get("spec") or {}).get("fineTuneJobRef") or {}).get("name") == name]
+
+
+def _newer(obj: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Whether `obj` is to replace `old` in a CR's Job table: a later attempt of the same CR, or a
+    later version of the same attempt (or of another CR's: the owner check comes when it is read)."""
+    if controller_uid(obj) == controller_uid(old) and attempt(obj) != attempt(old):
+        return attempt(obj) > attempt(old)
+    return _rv(obj) >= _rv(old)
 
 
 def _rv(obj: Mapping[str, Any]) -> int:

@@ -34,6 +34,7 @@ from kubetune.derivation.job import failure_time, job_state
 from kubetune.derivation.outcome import State, outcome_status
 from kubetune.derivation.pods import Pods
 from kubetune.derivation.preflight import preflight_state
+from kubetune.derivation.retry import retry, training_attempts
 from kubetune.derivation.timeutil import format_time
 from kubetune.gates import ConditionUpdate
 
@@ -46,6 +47,7 @@ class Derived:
     notes: list[str] = field(default_factory=list)
     stop_preflight: str | None = None  # a reason: the preflight Job must be stopped (its pod cannot start)
     preflight_result: TrainerResult | None = None  # the data preflight's report, when seen
+    next_attempt: int | None = None  # spec.training.oomRetry: the attempt whose Job is to be created now
 
 
 def derive_status(
@@ -80,6 +82,7 @@ def derive_status(
     status: dict[str, Any] = {"observedGeneration": generation}
     stop: str | None = None
     stop_preflight: str | None = None
+    next_attempt: int | None = None
     if verdict.plan is not None:
         status["plan"] = dict(verdict.plan)
 
@@ -101,6 +104,11 @@ def derive_status(
         state, stop = job_state(job, pods_, result, progress, verdict, bool(spec.get("suspend")),
                                 bool(spec.get("queueName")), now, unschedulable_grace_seconds,
                                 image_pull_grace_seconds, workload)
+        again = retry(job, pods_, state, verdict, suspend_wanted=bool(spec.get("suspend")))
+        if again is not None:  # out of memory, and spec.training.oomRetry allows a smaller attempt
+            state, next_attempt = again.state, again.next_attempt
+            stop = stop or (Reason.RETRYING_SMALLER if again.stop_job else None)
+        status["trainingAttempts"] = training_attempts(verdict, job, state)
         js = job.get("status") or {}
         status["jobName"] = (job.get("metadata") or {}).get("name")
         # a deleted or preempted pod is counted nowhere in the Job: the trainer counts its starts
@@ -124,7 +132,7 @@ def derive_status(
             ((job or {}).get("status") or {}).get("completionTime") if status["phase"] != Phase.FAILED else None
         ) or failure_time(job or preflight) or format_time(now)
     return Derived(status={k: v for k, v in status.items() if v is not None}, stop_job=stop, result=result,
-                   stop_preflight=stop_preflight, preflight_result=checked)
+                   stop_preflight=stop_preflight, preflight_result=checked, next_attempt=next_attempt)
 
 
 def model_cache_status(checked: TrainerResult | None) -> dict[str, Any] | None:

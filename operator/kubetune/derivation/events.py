@@ -26,8 +26,26 @@ def truncate(text: str, limit: int) -> str:
 
 def events_for(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[EventSpec]:
     """One Event per phase change (or reason change within a phase): Warning for failures.
-    Conditions alone never make one: they restate the phase (Reconciling, Stalled, Training, ...)."""
+    Conditions alone never make one: they restate the phase (Reconciling, Stalled, Training, ...) — except
+    TrackingAvailable turning False (spec.tracking: the run was not logged; the phase does not show it)."""
     old = old or {}
+    return _tracking_events(old, new) + _phase_events(old, new)
+
+
+def _condition(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == ctype), {})
+
+
+def _tracking_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventSpec]:
+    now = _condition(new, "TrackingAvailable")
+    if now.get("status") != "False" or _condition(old, "TrackingAvailable").get("status") == "False":
+        return []
+    text = "experiment tracking is unavailable; training went on without it: " + str(now.get("message") or "")
+    return [EventSpec("Warning", str(now.get("reason") or "TrackingUnavailable")[:EVENT_REASON_LIMIT],
+                      truncate(text, EVENT_MESSAGE_LIMIT))]
+
+
+def _phase_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventSpec]:
     phase, reason = new.get("phase"), new.get("reason")
     if not phase or (phase == old.get("phase") and reason == old.get("reason")):
         return []

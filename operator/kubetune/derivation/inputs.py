@@ -16,6 +16,9 @@ class Verdict:
     plan: Mapping[str, Any] | None = None  # Plan.to_dict()
     fits: bool | None = None  # None: could not plan (unknown architecture)
     plan_message: str | None = None  # Plan.summary(), or why it cannot plan
+    # spec.training.oomRetry: each attempt's Job and configuration and plan, attempt 1 first ({jobName,
+    # batchSize, gradientAccumulationSteps, gradientCheckpointing, plan, planFits}); empty or one: no retries
+    attempts: Sequence[Mapping[str, Any]] = ()
 
     @property
     def best_suggestion(self) -> str | None:

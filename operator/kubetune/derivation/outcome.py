@@ -90,6 +90,14 @@ def outcome_status(
     if data is not None:
         status["data"] = data.model_dump(by_alias=True, exclude_none=True, mode="json")
 
+    if result is not None and result.tracking is not None:  # spec.tracking: the run, or why there is none
+        tr = result.tracking
+        run = {"runId": tr.run_id, "experimentId": tr.experiment_id}
+        status["tracking"] = {k: v for k, v in run.items() if v is not None}
+        conds.append(ConditionUpdate(ConditionType.TRACKING_AVAILABLE, "True" if tr.available else "False",
+                                     Reason.TRACKED if tr.available else Reason.TRACKING_UNAVAILABLE,
+                                     truncate(tr.message or "", CONDITION_MESSAGE_LIMIT)))
+
     complete = state.phase in (Phase.SUCCEEDED, Phase.GATE_FAILED)
     if result is not None and result.metrics:
         status["metrics"] = dict(result.metrics)

@@ -27,7 +27,8 @@ from kubetune.local.jobs import LocalJob, file_uri, local_path, secret_env_name
 from kubetune.local.outcome import Outcome
 from kubetune.local.progress import ProgressTail, ProgressView
 from kubetune.local.report import write_report, write_status
-from kubetune.render.job import MASTER_ADDR_ENV, trainer_command
+from kubetune.planning.oom_retry import attempt_shapes
+from kubetune.render.job import MASTER_ADDR_ENV, attempt_job, trainer_command
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -88,6 +89,12 @@ class _Group:
         for p in (self.main, *self.others):
             if p.poll() is None:
                 p.kill()
+
+
+def _out_of_memory(result: TrainerResult, rc: int) -> bool:
+    """The trainer ran out of memory: it said so (CUDA or host allocator), or the kernel's OOM killer
+    ended it (SIGKILL, what a pod shows as OOMKilled)."""
+    return result.reason == Reason.OUT_OF_MEMORY or rc in (-signal.SIGKILL, 128 + signal.SIGKILL)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -219,7 +226,7 @@ class Runner:
             self.say(f"  storage: spec.storage.secretRef {job.spec.storage.secret_ref.name!r} is a cluster Secret; "
                      "here the trainer uses the AWS_* variables of this environment")
         plan = self.plan(job, lookup)
-        outcome = self._train(job, lj, paths=paths, referenced=referenced, adapter=adapter, plan=plan)
+        outcome = self._train(job, lj, paths=paths, referenced=referenced, adapter=adapter, plan=plan, lookup=lookup)
         outcome.before = before
         outcome.seconds = time.monotonic() - started
         return outcome
@@ -251,7 +258,7 @@ class Runner:
                                     device=self.device)
 
     def _train(self, job: AnyJob, lj: LocalJob, *, paths: Paths, referenced: FineTuneJobSpec | None,
-               adapter: str | None, plan: PlanSummary) -> Outcome:
+               adapter: str | None, plan: PlanSummary, lookup: Any = None) -> Outcome:
         output = paths.output
         try:
             config = self._config(job, paths=paths, referenced=referenced, adapter=adapter, plan=plan)
@@ -281,11 +288,25 @@ class Runner:
         self.say(f"  data: {checked.message}")
         # 2. the trainer, on the checked data
         log_path = state / "trainer.log"
-        commands = trainer_commands(self.python, config_path, job.spec.resources.gpus, job.spec.resources.nodes)
-        for command in commands:
-            self.say(f"  trainer: {' '.join(command)}  (log: {log_path})")
-        rc = self._subprocess(config_path, log_path, state / "progress.json", lj.name, commands=commands)
-        result = self._result(state / "result.json", rc, log_path)
+        # spec.training.oomRetry: the operator's decision (kubetune.planning.oom_retry), attempt after attempt
+        shapes, attempt = attempt_shapes(config.spec), 1
+        while True:
+            commands = trainer_commands(self.python, config_path, job.spec.resources.gpus, job.spec.resources.nodes)
+            for command in commands:
+                self.say(f"  trainer: {' '.join(command)}  (log: {log_path})")
+            rc = self._subprocess(config_path, log_path, state / "progress.json", lj.name, commands=commands)
+            result = self._result(state / "result.json", rc, log_path)
+            if attempt >= len(shapes) or not _out_of_memory(result, rc):
+                break
+            attempt += 1
+            smaller = attempt_job(job, attempt, referenced)
+            self.say(f"  attempt {attempt - 1} ran out of memory ({result.reason}); attempt {attempt} of "
+                     f"{len(shapes)}: {shapes[attempt - 1].describe()}, resuming from the newest checkpoint")
+            config = self._config(smaller, paths=paths, referenced=referenced, adapter=adapter,
+                                  plan=self.plan(smaller, lookup))
+            config_path.write_text(config.to_json() + "\n", encoding="utf-8")
+            (state / "result.json").unlink(missing_ok=True)
+            log_path = state / f"trainer-attempt-{attempt}.log"
         return self._finish(job, lj, result, paths=paths)
 
     def _subprocess(self, config_path: Path, log_path: Path, progress_path: Path, name: str,

@@ -13,12 +13,12 @@ CONFIG_FILE = "config.json"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 
 
-def build_configmap(config: TrainerConfig, *, uid: str | None) -> dict[str, Any]:
+def build_configmap(config: TrainerConfig, *, uid: str | None, attempt: int = 1) -> dict[str, Any]:
     kind, name, ns = config.job.kind, config.job.name, config.job.namespace
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": child_metadata(kind, name, ns, uid, configmap_name(kind, name)),
+        "metadata": child_metadata(kind, name, ns, uid, configmap_name(kind, name, attempt)),
         "immutable": True,  # the spec is immutable too; a new generation never rewrites it
         "data": {CONFIG_FILE: config.to_json()},
     }

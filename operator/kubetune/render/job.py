@@ -23,13 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api.constants import COMPONENT_PREFLIGHT, COMPONENT_TRAINER, LABEL_COMPONENT
+from kubetune.api.constants import COMPONENT_PREFLIGHT, COMPONENT_TRAINER, LABEL_ATTEMPT, LABEL_COMPONENT
 from kubetune.api.exit_codes import PERMANENT_EXIT_CODES
 from kubetune.api.method_defaults import resolve
 from kubetune.api.model_cache import ModelCacheConfig
 from kubetune.api.resources import AnyJob, FineTuneJob
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.trainer_contract import PlanSummary, ReportChannel, SecretEnv, TrainerConfig
+from kubetune.planning.oom_retry import attempt_shapes, with_shape
 from kubetune.planning.quantity import parse_quantity
 from kubetune.render.configmap import CONFIG_DIR, CONFIG_PATH, build_configmap
 from kubetune.render.meta import ANNOTATION_OWNER, child_labels, child_metadata
@@ -155,16 +156,18 @@ def _failure_policy(container: str) -> dict[str, Any]:
 
 
 def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src: ResolvedSources,
-              settings: RenderSettings) -> dict[str, Any]:
+              settings: RenderSettings, attempt: int = 1) -> dict[str, Any]:
     kind, name = job.kind, job.metadata.name or ""
     ns, uid = job.metadata.namespace or "default", job.metadata.uid
     r = spec.resources
     labels = child_labels(kind, name)
     job_labels: dict[str, str] = {LABEL_COMPONENT: COMPONENT_TRAINER}
+    if attempt > 1:
+        job_labels[LABEL_ATTEMPT] = str(attempt)
     if spec.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
     volumes = [
-        {"name": "config", "configMap": {"name": configmap_name(kind, name)}},
+        {"name": "config", "configMap": {"name": configmap_name(kind, name, attempt)}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "hf-cache", "emptyDir": {}},
@@ -185,7 +188,7 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
         "imagePullPolicy": settings.image_pull_policy,
         "command": _command(kind, name, r.gpus, r.nodes, settings.rendezvous_port),
         "env": _env(kind, name, src, r.nodes, r.cpu_only),
-        **_storage_env_from(spec),
+        **_env_from(spec),
         "resources": _resources(spec, settings),
         "volumeMounts": mounts,
         "securityContext": security_context_container(),
@@ -228,7 +231,7 @@ def build_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignmentSpec, src:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": child_metadata(kind, name, ns, uid, job_name(kind, name), labels=job_labels),
+        "metadata": child_metadata(kind, name, ns, uid, job_name(kind, name, attempt), labels=job_labels),
         "spec": job_spec,
     }
 
@@ -260,6 +263,16 @@ def model_cache_config(settings: RenderSettings) -> ModelCacheConfig | None:
     limit = int(parse_quantity(settings.model_cache_size_limit)) if settings.model_cache_size_limit else None
     return ModelCacheConfig(root=MODEL_CACHE_ROOT, size_limit_bytes=limit,
                             lease_seconds=settings.model_cache_lease_seconds)
+
+
+def _env_from(spec: FineTuneJobSpec | PreferenceAlignmentSpec) -> dict[str, Any]:
+    """The trainer's Secrets by reference: spec.storage's AWS_* variables and spec.tracking.mlflow's
+    credentialsSecret (MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN); values never rendered."""
+    refs = list(_storage_env_from(spec).get("envFrom", []))
+    mlf = spec.tracking.mlflow if spec.tracking else None
+    if mlf is not None and mlf.credentials_secret is not None:
+        refs.append({"secretRef": {"name": mlf.credentials_secret.name}})
+    return {"envFrom": refs} if refs else {}
 
 
 def _preflight_env(src: ResolvedSources, resources: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
@@ -370,9 +383,13 @@ class Children:
 
 
 def render_children(job: AnyJob, settings: RenderSettings, *, referenced: FineTuneJobSpec | None = None,
-                    adapter_uri: str | None = None, plan: PlanSummary | None = None) -> Children:
+                    adapter_uri: str | None = None, plan: PlanSummary | None = None, attempt: int = 1) -> Children:
     """Every child of `job`. For a PreferenceAlignment chained on a FineTuneJob, `referenced` is that
-    job's spec and `adapter_uri` its artifact."""
+    job's spec and `adapter_uri` its artifact. `attempt` > 1 (spec.training.oomRetry): the trainer's
+    ConfigMap and Job of that attempt, in its smaller configuration (kubetune.planning.oom_retry);
+    `plan` is then that configuration's plan."""
+    if attempt > 1:
+        job = attempt_job(job, attempt, referenced)
     if isinstance(job, FineTuneJob):
         spec: FineTuneJobSpec | PreferenceAlignmentSpec = resolve(job.spec)
         src = resolve_sources(job)
@@ -396,6 +413,20 @@ def render_children(job: AnyJob, settings: RenderSettings, *, referenced: FineTu
     service = None
     if spec.resources.nodes > 1:
         service = build_service(kind, name, ns, uid, port=settings.rendezvous_port)
-    return Children(config=config, configmap=build_configmap(config, uid=uid),
+    return Children(config=config, configmap=build_configmap(config, uid=uid, attempt=attempt),
                     preflight=build_preflight_job(job, spec, src, settings),
-                    job=build_job(job, spec, src, settings), service=service)
+                    job=build_job(job, spec, src, settings, attempt), service=service)
+
+
+def attempt_job(job: AnyJob, attempt: int, referenced: FineTuneJobSpec | None = None) -> AnyJob:
+    """`job` as attempt `attempt` runs it: its spec in that attempt's configuration
+    (kubetune.planning.oom_retry.attempt_shapes); ValueError for an attempt the spec does not allow."""
+    if isinstance(job, FineTuneJob):
+        shapes = attempt_shapes(resolve(job.spec))
+        spec: FineTuneJobSpec | PreferenceAlignmentSpec = job.spec
+    else:
+        shapes = attempt_shapes(resolve(job.spec, referenced))
+        spec = job.spec
+    if not 1 <= attempt <= len(shapes):
+        raise ValueError(f"attempt {attempt}: spec.training.oomRetry allows {len(shapes)} attempt(s)")
+    return job.model_copy(update={"spec": with_shape(spec, shapes[attempt - 1])})

@@ -35,8 +35,13 @@ def base_name(kind: str, name: str) -> str:
     return fit(name, MAX_JOB_NAME - len(suffix) - 1) + f"-{suffix}"
 
 
-def job_name(kind: str, name: str) -> str:
-    return base_name(kind, name)
+def job_name(kind: str, name: str, attempt: int = 1) -> str:
+    """The trainer's Job; a retry after running out of memory (spec.training.oomRetry) is a Job of its
+    own, `<job>-a<attempt>` (still within 52 characters)."""
+    if attempt <= 1:
+        return base_name(kind, name)
+    suffix = f"-a{attempt}"
+    return fit(base_name(kind, name), MAX_JOB_NAME - len(suffix)) + suffix
 
 
 def preflight_job_name(kind: str, name: str) -> str:
@@ -44,8 +49,9 @@ def preflight_job_name(kind: str, name: str) -> str:
     return base_name(kind, name) + "-preflight"
 
 
-def configmap_name(kind: str, name: str) -> str:
-    return base_name(kind, name) + "-config"
+def configmap_name(kind: str, name: str, attempt: int = 1) -> str:
+    """The trainer config; an attempt after the first (spec.training.oomRetry) has its own."""
+    return job_name(kind, name, attempt) + "-config"
 
 
 def service_name(kind: str, name: str) -> str:

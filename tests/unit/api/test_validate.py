@@ -181,6 +181,22 @@ def test_near_duplicates_is_off_by_default_and_fixed_after_creation() -> None:
     assert any(p.path == "spec.dataset" and "immutable" in p.message for p in validate_object(new, old=old))
 
 
+def test_oom_retry_and_tracking_fields() -> None:
+    obj = ftj()
+    obj["spec"]["training"] = {"oomRetry": {"maxRetries": 2}}
+    obj["spec"]["tracking"] = {"mlflow": {"trackingUri": "http://mlflow:5000", "experiment": "e",
+                                          "credentialsSecret": {"name": "mlflow-creds"}}}
+    assert validate_object(obj) == []
+    obj["spec"]["training"] = {"oomRetry": {"maxRetries": 2}, "batchSize": 1}  # checkpointing is on by default
+    (warning,) = validate_object(obj)
+    assert (warning.path, warning.severity) == ("spec.training.oomRetry", "warning") and "nothing smaller" in warning.message
+    obj["spec"]["training"] = {"oomRetry": {"maxRetries": 0}}
+    assert any(p.path.startswith("spec.training.oomRetry.maxRetries") for p in validate_object(obj))
+    obj["spec"]["training"] = {}
+    obj["spec"]["tracking"]["mlflow"]["trackingUri"] = "mlflow:5000"
+    assert any(p.path.startswith("spec.tracking.mlflow.trackingUri") for p in validate_object(obj))
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in EXAMPLES])
 def test_every_example_is_valid(example: Path) -> None:
     lines, ok = validate_files([str(example), *map(str, EXAMPLES)], local=True)

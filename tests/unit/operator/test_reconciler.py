@@ -433,3 +433,91 @@ def test_metrics_names() -> None:
     for n in ("kubetune_phase_transitions", "kubetune_reconcile_duration_seconds", "kubetune_reconcile_errors",
               "kubetune_gate_evaluations", "kubetune_operator_api_requests"):
         assert n in names
+
+
+# --- spec.training.oomRetry ------------------------------------------------------------------------
+
+def _oom(world: World, api: FakeApi, name: str, *, job_fails: bool) -> dict[str, Any]:
+    """The trainer Job `name`'s pod is OOM-killed (exit 137); with `job_fails` the Job gives up too."""
+    job = api.objects[("Job", "clinical-ai", name)]
+    job["status"] = {"failed": 1, "startTime": "2025-01-01T00:00:00Z", "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "backoff",
+         "lastTransitionTime": "2025-01-01T00:40:00Z"}] if job_fails else []}
+    job["metadata"]["resourceVersion"] = str(int(job["metadata"]["resourceVersion"]) + 1000)
+    world.put_job(job)
+    world.put_pod({"metadata": {"name": f"{name}-p", "namespace": "clinical-ai",
+                                "creationTimestamp": "2025-01-01T00:00:00Z", "labels": {"kubetune.io/kind": "FineTuneJob"},
+                                "annotations": {"kubetune.io/owner": "triage-llama3-70b"},
+                                "ownerReferences": [{"kind": "Job", "name": name, "uid": job["metadata"]["uid"],
+                                                     "controller": True}]},
+                   "status": {"phase": "Failed", "containerStatuses": [
+                       {"name": "trainer", "state": terminated(137, "OOMKilled")}]}})
+    return job
+
+
+def _trainer_config(api: FakeApi, cm: str) -> dict[str, Any]:
+    import json
+
+    return json.loads(api.objects[("ConfigMap", "clinical-ai", cm)]["data"]["config.json"])["spec"]["training"]
+
+
+def test_oom_retry_runs_a_smaller_attempt_as_its_own_job_then_gives_up() -> None:
+    cr = ftj()
+    cr["spec"]["training"].update(batchSize=4, gradientAccumulationSteps=4, oomRetry={"maxRetries": 2})
+    cr["spec"]["resources"]["gpuMemory"] = "141Gi"  # the plan fits; the real run did not
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    pass_preflight(world, api, rec, cr)
+    # attempt 1 is OOM-killed while its Job would retry it as it is: stopped, attempt 2 created
+    first = _oom(world, api, "triage-llama3-70b-ft", job_fails=False)
+    rec.reconcile(key_of(cr))
+    assert first["spec"]["suspend"] is True
+    second = api.objects[("Job", "clinical-ai", "triage-llama3-70b-ft-a2")]
+    assert second["metadata"]["labels"]["kubetune.io/attempt"] == "2"
+    assert second["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    vol = next(v for v in second["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
+    assert vol["configMap"]["name"] == "triage-llama3-70b-ft-a2-config"
+    t = _trainer_config(api, "triage-llama3-70b-ft-a2-config")
+    assert (t["batchSize"], t["gradientAccumulationSteps"]) == (2, 8)
+    assert _trainer_config(api, "triage-llama3-70b-ft-config")["batchSize"] == 4
+    st = api.status[key_of(cr)]
+    assert st["phase"] == "Queued" and st["jobName"] == "triage-llama3-70b-ft-a2"
+    attempts = st["trainingAttempts"]
+    assert [(a["attempt"], a["jobName"], a["batchSize"], a["gradientAccumulationSteps"]) for a in attempts] == [
+        (1, "triage-llama3-70b-ft", 4, 4), (2, "triage-llama3-70b-ft-a2", 2, 8)]
+    assert attempts[0]["reason"] == "OutOfMemory" and "per GPU" in attempts[1]["plan"]
+    ev = [e for e in api.events if e[1] == "RetryingSmaller"]
+    assert len(ev) == 1 and ev[0][0] == "Warning" and "batchSize 2" in ev[0][2] and "OOM-killed" in ev[0][2]
+
+    # a restarted operator sees both Jobs (in any order) and creates nothing more
+    op2 = operator(api)
+    op2.world.put_cr(cr)
+    op2.world.put_job(api.objects[("Job", "clinical-ai", "triage-llama3-70b-ft-a2")])
+    op2.world.put_job(api.objects[("Job", "clinical-ai", "triage-llama3-70b-ft")])
+    op2.world.put_pod(world.pods[key_of(cr)]["triage-llama3-70b-ft-p"])
+    n = len([o for o in api.objects if o[0] == "Job"])
+    op2.reconciler.reconcile(key_of(cr))
+    assert len([o for o in api.objects if o[0] == "Job"]) == n
+
+    # attempt 2 and 3 run out of memory too: the last is the smallest the spec allows ⇒ Failed
+    _oom(world, api, "triage-llama3-70b-ft-a2", job_fails=True)
+    rec.reconcile(key_of(cr))
+    assert _trainer_config(api, "triage-llama3-70b-ft-a3-config")["batchSize"] == 1
+    _oom(world, api, "triage-llama3-70b-ft-a3", job_fails=True)
+    rec.reconcile(key_of(cr))
+    st = api.status[key_of(cr)]
+    assert (st["phase"], st["reason"]) == ("Failed", "OutOfMemory")
+    assert [a["reason"] for a in st["trainingAttempts"]] == ["OutOfMemory"] * 3
+    assert ("Job", "clinical-ai", "triage-llama3-70b-ft-a4") not in api.objects
+
+
+def test_without_oom_retry_an_oom_fails_as_before() -> None:
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    pass_preflight(world, api, rec, cr)
+    _oom(world, api, "triage-llama3-70b-ft", job_fails=True)
+    rec.reconcile(key_of(cr))
+    st = api.status[key_of(cr)]
+    assert (st["phase"], st["reason"]) == ("Failed", "OutOfMemory") and "trainingAttempts" not in st
+    assert len([o for o in api.objects if o[0] == "Job"]) == 2  # the preflight's and the one trainer Job

@@ -437,3 +437,30 @@ def test_preflight_resources_and_placement_come_from_the_operator() -> None:
     bare = RenderSettings.from_env({"KUBETUNE_PREFLIGHT_RESOURCES": "{}"})
     (c,) = preflight_pod(render_children(typed(ftj()), bare))["containers"]
     assert c["resources"] == {} and "KUBETUNE_PREFLIGHT_CPUS" not in env_names(c)
+
+
+def test_tracking_credentials_reach_the_trainer_by_reference_only() -> None:
+    cr = ftj(tracking={"mlflow": {"trackingUri": "http://mlflow.mlops:5000", "experiment": "triage",
+                                  "credentialsSecret": {"name": "mlflow-creds"}}},
+             storage={"secretRef": {"name": "s3-creds"}})
+    children = render(cr)
+    assert container(children)["envFrom"] == [{"secretRef": {"name": "s3-creds"}}, {"secretRef": {"name": "mlflow-creds"}}]
+    config = json.loads(children.configmap["data"]["config.json"])
+    assert config["spec"]["tracking"]["mlflow"] == {"trackingUri": "http://mlflow.mlops:5000", "experiment": "triage",
+                                                    "credentialsSecret": {"name": "mlflow-creds"}}
+    preflight = children.preflight["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "mlflow-creds"}} not in preflight.get("envFrom", [])  # it logs nothing
+
+
+def test_an_oom_retry_attempt_renders_its_own_job_and_config() -> None:
+    cr = ftj()
+    cr["spec"]["training"].update(batchSize=4, gradientAccumulationSteps=4, oomRetry={"maxRetries": 1})
+    second = render(cr, attempt=2)
+    assert second.job["metadata"]["name"] == "triage-llama3-70b-ft-a2"
+    assert second.configmap["metadata"]["name"] == "triage-llama3-70b-ft-a2-config"
+    assert (second.config.spec.training.batch_size, second.config.spec.training.gradient_accumulation_steps) == (2, 8)
+    assert render(cr).job["metadata"]["name"] == "triage-llama3-70b-ft"
+    with pytest.raises(ValueError, match="allows 2 attempt"):
+        render(cr, attempt=3)
+    long = job_name("FineTuneJob", "x" * 80, 7)
+    assert len(long) <= 52 and long.endswith("-a7")
