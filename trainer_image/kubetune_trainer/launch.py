@@ -63,7 +63,10 @@ def _failed(failures: dict[int, Any], trainer: list[str]) -> int:
     for _, f in by_rank:  # a worker's own verdict first: it wrote its result
         if f.exitcode in PERMANENT_EXIT_CODES:
             return int(f.exitcode)
-    killed = [(rank, f) for rank, f in by_rank if f.exitcode < 0]
+    # the root cause: a rank killed by something other than the SIGTERM torchrun stops the others with
+    # (any signal when that is all there is), the earliest first
+    killed = sorted(((rank, f) for rank, f in by_rank if f.exitcode < 0),
+                    key=lambda rf: (-rf[1].exitcode == signal.SIGTERM, rf[1].timestamp, rf[0]))
     if killed:
         rank, f = killed[0]
         name = _signal_name(-f.exitcode)
