@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import CHART, RELEASE, RELEASE_NS, apply_yaml, get_cr, helm, make_volume, wait_phase
 
-from kubetune_devcluster import Cluster
+from kubetune_devcluster import Cluster, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 from s3server import SECRET_KEY, SeaweedS3
@@ -171,11 +172,24 @@ def model_cache(real_cluster: Cluster, s3: dict[str, Any]) -> Any:
     # two jobs' preflight pods side by side on the node's 2 CPUs (the suite's install requests 1 CPU each)
     helm(real_cluster, *upgrade, "--set", f"modelCache.claimName={CACHE_CLAIM}", "--set-string",
          "modelCache.sizeLimit=1Gi", "--set-string", "trainer.preflight.resources.requests.cpu=500m", timeout=400)
+    _wait_for_the_webhook(real_cluster, ns)
     try:
         yield volume
     finally:
         helm(real_cluster, *upgrade, "--set", "modelCache.claimName=", "--set-string",
              "trainer.preflight.resources.requests.cpu=1", timeout=400)
+        _wait_for_the_webhook(real_cluster, ns)
+
+
+def _wait_for_the_webhook(cluster: Cluster, ns: str) -> None:
+    """The upgrade recreated the operator pod: `helm --wait` saw it ready, but the webhook's Service may
+    still lead nowhere for a moment. A server-side dry run goes through the webhook."""
+    probe = yaml.safe_dump(s3_job("webhook-probe", ns))
+
+    def answers() -> bool:
+        return cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=probe).returncode == 0
+
+    wait_until(answers, timeout=120, what="the admission webhook answering after the upgrade", interval=1)
 
 
 def _operator_metrics(cluster: Cluster) -> str:
