@@ -19,6 +19,7 @@ import kopf
 from kubetune.controller.config import OperatorSettings
 from kubetune.controller.handlers import Handlers, register
 from kubetune.controller.k8s import KubeApi
+from kubetune.controller.leader import LeaderElector, default_identity
 from kubetune.controller.metrics import OperatorMetrics
 from kubetune.controller.reconciler import ClusterApi, Reconciler
 from kubetune.controller.world import World
@@ -56,7 +57,19 @@ def build_operator(settings: OperatorSettings, *, api: ClusterApi | None = None,
     kube = api if api is not None else KubeApi(metrics)
     reconciler = Reconciler(world, settings, kube, metrics, clock=clock)
     connect = kube.connect if isinstance(kube, KubeApi) else (lambda: None)
-    handlers = Handlers(settings, world, reconciler, metrics, connect)
+    elector = None
+    if settings.leader_election and isinstance(kube, KubeApi):
+        elector = LeaderElector(kube, settings.leader_election_namespace, settings.leader_election_name,
+                                settings.leader_identity or default_identity(), settings.leader_election_lease_seconds)
+
+    def start_background(stop: threading.Event) -> None:
+        if elector is not None:
+            threading.Thread(target=elector.run, args=(stop,), name="kubetune-leader", daemon=True).start()
+
+    handlers = Handlers(settings, world, reconciler, metrics, connect,
+                        is_leader=elector.is_leader if elector is not None else (lambda: True),
+                        start_background=start_background,
+                        stop_background=elector.release if elector is not None else (lambda: None))
     registry = registry if registry is not None else kopf.OperatorRegistry()
     register(handlers, registry)
     return Operator(settings=settings, world=world, reconciler=reconciler, metrics=metrics,

@@ -31,6 +31,13 @@ class OperatorSettings:
     webhook_key: str | None = None  # KUBETUNE_WEBHOOK_KEY
     webhook_managed: bool = True  # KUBETUNE_WEBHOOK_MANAGED: kopf creates the ValidatingWebhookConfiguration
     max_workers: int = 16  # KUBETUNE_MAX_WORKERS: threads for sync handlers
+    retry_base_seconds: float = 1.0  # KUBETUNE_RETRY_BASE_SECONDS: first backoff after a failed reconcile
+    retry_max_seconds: float = 300.0  # KUBETUNE_RETRY_MAX_SECONDS: the longest backoff
+    leader_election: bool = False  # KUBETUNE_LEADER_ELECTION: several replicas, the Lease holder reconciles
+    leader_election_namespace: str = "default"  # KUBETUNE_LEADER_ELECTION_NAMESPACE (the chart: its namespace)
+    leader_election_name: str = "kubetune-operator"  # KUBETUNE_LEADER_ELECTION_NAME: the Lease's name
+    leader_election_lease_seconds: int = 15  # KUBETUNE_LEADER_ELECTION_LEASE_SECONDS: a silent leader's term
+    leader_identity: str | None = None  # KUBETUNE_LEADER_IDENTITY (the chart: the pod name); unset: host+random
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -53,4 +60,11 @@ class OperatorSettings:
             webhook_key=env.get("KUBETUNE_WEBHOOK_KEY") or None,
             webhook_managed=_bool(env.get("KUBETUNE_WEBHOOK_MANAGED"), True),
             max_workers=int(env.get("KUBETUNE_MAX_WORKERS", "16")),
+            retry_base_seconds=float(env.get("KUBETUNE_RETRY_BASE_SECONDS", "1")),
+            retry_max_seconds=float(env.get("KUBETUNE_RETRY_MAX_SECONDS", "300")),
+            leader_election=_bool(env.get("KUBETUNE_LEADER_ELECTION"), False),
+            leader_election_namespace=env.get("KUBETUNE_LEADER_ELECTION_NAMESPACE") or "default",
+            leader_election_name=env.get("KUBETUNE_LEADER_ELECTION_NAME") or "kubetune-operator",
+            leader_election_lease_seconds=int(env.get("KUBETUNE_LEADER_ELECTION_LEASE_SECONDS", "15")),
+            leader_identity=env.get("KUBETUNE_LEADER_IDENTITY") or None,
         )

@@ -16,6 +16,7 @@ RBAC, one line per call (the Helm chart's ClusterRole mirrors this):
   "" namespaces                                       list watch (kopf, when watching all namespaces)
   apiextensions customresourcedefinitions             list watch (kopf discovery)
   admissionregistration validatingwebhookconfigurations get list create patch (kopf-managed webhook)
+  coordination leases (own namespace)                 get create update (leader election, replicaCount > 1)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ _PATHS = {
     "Event": ("/api/v1", "events"),
     "Job": ("/apis/batch/v1", "jobs"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURALS["FineTuneJob"]),
     "PreferenceAlignment": (f"/apis/{GROUP}/{VERSION}", PLURALS["PreferenceAlignment"]),
 }
@@ -110,7 +112,9 @@ class KubeApi:
                                        body=body, _request_timeout=30)
         resp.read()
         if not 200 <= resp.status < 300:
-            raise ApiException(status=resp.status, reason=resp.reason, body=resp.data)
+            exc = ApiException(status=resp.status, reason=resp.reason, body=resp.data)
+            exc.headers = dict(getattr(resp, "headers", None) or {})  # Retry-After (429) steers the backoff
+            raise exc
         return json.loads(resp.data) if resp.data else {}
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +145,12 @@ class KubeApi:
             if exc.status == 404:
                 return None
             raise
+
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT a namespaced object; with metadata.resourceVersion set, a 409 says another writer won."""
+        meta = obj["metadata"]
+        path, resource = _path(obj["kind"], meta["namespace"], meta["name"])
+        return self.request("PUT", path, obj, resource=resource)
 
     def patch_job(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         path, resource = _path("Job", namespace, name)

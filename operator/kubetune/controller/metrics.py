@@ -7,6 +7,7 @@ with it (bounded cardinality). Names follow Prometheus conventions: base units, 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,10 @@ class JobsCollector(Collector):
 
     def __init__(self, objects: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
         self._objects = objects
+        # the highest GPU-seconds reported per CR uid: a counter never goes down, even when a resumed
+        # Job resets its startTime; only uids still in the cache are kept (bounded by the live CRs)
+        self._gpu_high: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Any]:
         jobs = GaugeMetricFamily("kubetune_jobs", "kubetune jobs by kind and phase.", labels=["kind", "phase"])
@@ -36,10 +41,12 @@ class JobsCollector(Collector):
         tps = GaugeMetricFamily("kubetune_job_tokens_per_second", "Training throughput, all GPUs of the job.",
                                 labels=["kind", "namespace", "name"])
         gpu_s = CounterMetricFamily("kubetune_job_gpu_seconds", "GPU-seconds held by the job's trainer: "
-                                    "GPUs × nodes × seconds since the Job started (until it finished).",
+                                    "GPUs × nodes × seconds since the Job started (until it finished); "
+                                    "never decreases while the operator runs (a resumed Job keeps its total).",
                                     labels=["kind", "namespace", "name"])
         counts: dict[tuple[str, str], int] = {}
         now = datetime.now(UTC)
+        high: dict[str, float] = {}
         for obj in list(self._objects()):
             kind = str(obj.get("kind"))
             meta = obj.get("metadata") or {}
@@ -54,12 +61,20 @@ class JobsCollector(Collector):
                 ratio.add_metric(labels, min(1.0, float(progress["step"]) / float(progress["totalSteps"])))
             if progress.get("tokensPerSecond") is not None:
                 tps.add_metric(labels, float(progress["tokensPerSecond"]))
+            uid = str(meta.get("uid"))
+            with self._lock:
+                value = self._gpu_high.get(uid)
             start = parse_time(status.get("startTime"))
             if start is not None:
                 end = parse_time(status.get("completionTime")) or now
                 res = (obj.get("spec") or {}).get("resources") or {}
                 gpus = int(res.get("gpus") or 1) * int(res.get("nodes") or 1)
-                gpu_s.add_metric(labels, max(0.0, (end - start).total_seconds()) * gpus)
+                value = max(value or 0.0, (end - start).total_seconds() * gpus)
+            if value is not None:  # also while a suspended Job has no startTime
+                high[uid] = value
+                gpu_s.add_metric(labels, value)
+        with self._lock:
+            self._gpu_high = high
         for kind in ("FineTuneJob", "PreferenceAlignment"):
             for phase in PHASES:
                 jobs.add_metric([kind, phase], counts.get((kind, phase), 0))

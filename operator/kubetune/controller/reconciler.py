@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kubernetes.client.exceptions import ApiException
+
 from kubetune.api.constants import FINETUNEJOB, LABEL_MANAGED_BY, PREFERENCEALIGNMENT
 from kubetune.api.enums import TERMINAL_PHASES, Phase
 from kubetune.api.resources import AnyJob, PreferenceAlignment, parse_resource
@@ -34,6 +36,7 @@ from kubetune.api.trainer_contract import PlanSummary, TrainerResult
 from kubetune.controller.config import OperatorSettings
 from kubetune.controller.k8s import ForeignChild
 from kubetune.controller.metrics import OperatorMetrics
+from kubetune.controller.policy import Bounded
 from kubetune.controller.world import Key, World
 from kubetune.derivation import (
     ANNOTATION_RESULT,
@@ -51,6 +54,8 @@ from kubetune.render.job import render_children
 log = logging.getLogger("kubetune.controller")
 
 WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"  # Event reason: a child's name is still taken
+RBAC_RECHECK_SECONDS = 300.0
+RBAC_NAMESPACES_MEMORY = 4096
 
 
 class ClusterApi(Protocol):
@@ -89,9 +94,12 @@ class Reconciler:
         self.clock = clock
         self._locks: dict[Key, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._verdicts: dict[tuple[str, int, bool], tuple[Verdict, AnyJob | None, PlanSummary | None]] = {}
+        # per CR: the verdict of its latest (uid, generation, ref seen); dropped with the CR (`forget`)
+        self._verdicts: dict[Key, tuple[tuple[str, int, bool], tuple[Verdict, AnyJob | None, PlanSummary | None]]] = {}
         self._last_patch: dict[Key, float] = {}
-        self._rbac_done: set[str] = set()
+        # namespaces whose trainer ServiceAccount + RoleBinding were ensured lately: ensured again after
+        # RBAC_RECHECK_SECONDS, so one deleted by hand comes back without a restart
+        self._rbac_done: Bounded[str, bool] = Bounded(RBAC_NAMESPACES_MEMORY, ttl=RBAC_RECHECK_SECONDS)
         self._foreign_seen: dict[Key, set[tuple[str, str]]] = {}  # (CR uid, child uid) announced once
 
     # ------------------------------------------------------------------------------------------
@@ -104,12 +112,22 @@ class Reconciler:
             self._locks.pop(key, None)
         self._last_patch.pop(key, None)
         self._foreign_seen.pop(key, None)
+        self._verdicts.pop(key, None)
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each per-CR cache holds (the soak test checks they follow the live CRs)."""
+        with self._locks_guard:
+            locks = len(self._locks)
+        return {"locks": locks, "verdicts": len(self._verdicts), "last_patch": len(self._last_patch),
+                "foreign_seen": len(self._foreign_seen), "rbac_done": len(self._rbac_done)}
 
     def reconcile(self, key: Key, *, progress_only: bool = False) -> None:
         """`progress_only`: triggered by a progress annotation alone — mirrored at most every
         progress_min_interval_seconds (the periodic resync catches up)."""
         if progress_only and time.monotonic() - self._last_patch.get(key, 0.0) < self.settings.progress_min_interval_seconds:
             return
+        if self.world.cr(key) is None:
+            return  # deleted (a child's late event): no lock is made for it, nothing to do
         started = time.monotonic()
         try:
             with self.lock(key):
@@ -131,23 +149,25 @@ class Reconciler:
 
     def verdict(self, cr: Mapping[str, Any]) -> tuple[Verdict, AnyJob | None, PlanSummary | None]:
         meta = cr.get("metadata") or {}
+        key: Key = (str(cr.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
         ns = str(meta.get("namespace"))
         lookup = self._lookup(ns)
         ref = ((cr.get("spec") or {}).get("fineTuneJobRef") or {}).get("name")
         ref_seen = bool(ref and lookup(ref) is not None)
         ck = _cached_verdict_key(cr, ref_seen)
-        if ck in self._verdicts:
-            return self._verdicts[ck]
+        cached = self._verdicts.get(key)
+        if cached is not None and cached[0] == ck:
+            return cached[1]
         try:
             job = parse_resource({k: cr[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in cr})
         except Exception as exc:  # the CRD schema should have refused it
             result: tuple[Verdict, AnyJob | None, PlanSummary | None] = (Verdict(problems=[f"spec: {exc}"]), None, None)
-            self._verdicts[ck] = result
+            self._verdicts[key] = (ck, result)
             return result
         problems = [str(p) for p in semantic_problems(job, local=False, lookup=lookup) if p.severity == "error"]
         verdict, summary = self._plan(job, lookup, ref, ref_seen)
         verdict = Verdict(problems=problems, plan=verdict.plan, fits=verdict.fits, plan_message=verdict.plan_message)
-        self._verdicts[ck] = (verdict, job, summary)
+        self._verdicts[key] = (ck, (verdict, job, summary))
         return verdict, job, summary
 
     def _plan(self, job: AnyJob, lookup: Callable[[str], FineTuneJobSpec | None], ref: str | None,
@@ -167,7 +187,7 @@ class Reconciler:
         ref_key = (FINETUNEJOB, key[1], str(ref))
         ftj = self.world.cr(ref_key)
         if ftj is None:
-            if ref_key in self.world.deleted:
+            if self.world.was_deleted(ref_key):
                 return DependencyState("failed", f"FineTuneJob {ref} was deleted"), None, None
             return DependencyState("waiting", f"waiting for FineTuneJob {ref}: not found in this namespace"), None, None
         st = ftj.get("status") or {}
@@ -200,7 +220,7 @@ class Reconciler:
                         "name": self.settings.trainer_cluster_role},
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
         })
-        self._rbac_done.add(namespace)
+        self._rbac_done[namespace] = True
 
     def _create_children(self, key: Key, cr: Mapping[str, Any], job: AnyJob, referenced: FineTuneJobSpec | None,
                          adapter: str | None, summary: PlanSummary | None, *, training: bool) -> dict[str, Any] | None:
@@ -215,7 +235,7 @@ class Reconciler:
         except ForeignChild as exc:
             self._wait_for_previous_run(key, cr, exc)
             return None
-        self.world.put_job(created)
+        self.world.put_job(created, created=True)
         log.info("%s %s/%s: created Job %s", key[0], key[1], key[2], created["metadata"]["name"])
         return created
 
@@ -251,7 +271,7 @@ class Reconciler:
         if bool(js.get("suspend")) != want:
             meta = job["metadata"]
             job = self.api.patch_job(meta["namespace"], meta["name"], {"spec": {"suspend": want}})
-            self.world.put_job(job)
+            self.world.put_job(job, written=True)
         return job
 
     # ------------------------------------------------------------------------------------------
@@ -288,9 +308,18 @@ class Reconciler:
                                 image_pull_grace_seconds=rs.image_pull_grace_seconds)
         new = derived.status
         if new != old:
-            resp = self.api.patch_status(key[0], key[1], key[2], status_patch(old, new))
+            try:
+                resp = self.api.patch_status(key[0], key[1], key[2], status_patch(old, new))
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                # gone while the watch was away (its DELETED event never came): forget it
+                log.info("%s %s/%s: not found on the API server; forgotten", *key)
+                self.world.drop_cr(key)
+                self.forget(key)
+                return
             if isinstance(resp, dict) and resp.get("metadata"):
-                self.world.put_cr(resp)
+                self.world.put_cr(resp, written=True)
             else:
                 self.world.update_cr_status(key, new)
             self._last_patch[key] = time.monotonic()
@@ -306,10 +335,10 @@ class Reconciler:
         jm = job["metadata"]
         if stop and not (job.get("spec") or {}).get("suspend"):
             job = self.api.patch_job(jm["namespace"], jm["name"], {"spec": {"suspend": True}})
-            self.world.put_job(job)
+            self.world.put_job(job, written=True)
         if result is not None and ANNOTATION_RESULT not in ((job.get("metadata") or {}).get("annotations") or {}):
             self.world.put_job(self.api.patch_job(jm["namespace"], jm["name"], {"metadata": {"annotations": {
-                ANNOTATION_RESULT: result.termination_message()}}}))
+                ANNOTATION_RESULT: result.termination_message()}}}), written=True)
 
     def _announce(self, cr: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         kind = str(cr.get("kind"))
