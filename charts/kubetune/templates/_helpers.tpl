@@ -140,3 +140,8 @@ namespace and trainer.serviceAccount.namespaces, without duplicates (JSON list).
 {{- define "kubetune.trainerNamespaces" -}}
 {{- concat (list .Release.Namespace) .Values.watchNamespaces .Values.trainer.serviceAccount.namespaces | uniq | toJson }}
 {{- end }}
+
+{{/* The leader-election Lease (in the release namespace). */}}
+{{- define "kubetune.leaseName" -}}
+{{- include "kubetune.suffixed" (list . "leader") }}
+{{- end }}

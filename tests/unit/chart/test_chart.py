@@ -61,6 +61,11 @@ ALL_ON: dict[str, Any] = {
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "system", "effect": "NoSchedule"}],
     "image": {"digest": "sha256:" + "0" * 64},
+    "replicaCount": 2,
+    "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.0.0.1/32"], "ports": [6443]},
+                      "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                      "trainerEgress": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+                                         "ports": [{"port": 443, "protocol": "TCP"}]}]},
 }
 ALL_OFF: dict[str, Any] = {
     "webhook": {"enabled": False},
@@ -69,6 +74,8 @@ ALL_OFF: dict[str, Any] = {
     "serviceAccount": {"create": False, "name": "existing-sa"},
     "trainer": {"serviceAccount": {"create": False}},
     "replicaCount": 0,
+    "leaderElection": {"enabled": False},
+    "podDisruptionBudget": {"enabled": False},
 }
 CERT_MANAGER_ISSUER = {"webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},
                        "crds": {"keep": False}}
@@ -153,6 +160,7 @@ THIRD_PARTY_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                         "port": _STR, "path": {"type": "string", "pattern": "^/"}, "scheme": {"enum": ["http", "https"]},
                         "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
                         "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                        "honorLabels": {"type": "boolean"},
                     }}},
             }}}},
 }
@@ -267,6 +275,9 @@ def test_rbac_is_least_privilege(render: Render, scenario: str) -> None:
         if "clusterroles" in rule["resources"]:  # bind, to the trainer ClusterRole only
             assert rule["verbs"] == ["bind"] and len(rule["resourceNames"]) == 1, where
             assert rule["resourceNames"][0].endswith("-trainer"), where
+        elif rule["resources"] == ["leases"] and rule["verbs"] != ["create"]:  # its own Lease only
+            assert rule["verbs"] == ["get", "update"] and len(rule["resourceNames"]) == 1, where
+            assert rule["resourceNames"][0].endswith("-leader"), where
         else:
             assert "resourceNames" not in rule, where
 
@@ -339,7 +350,8 @@ def test_trainer_service_account_can_only_get_and_patch_pods(render: Render) -> 
     assert sorted(o["metadata"]["namespace"] for o in trainer_sas) == sorted(namespaces)
     (role,) = [r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"].endswith("-trainer")]
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
-    assert not by_kind(objs, "Role")
+    # the one Role is the operator's leader-election Lease (test_chart_availability.py)
+    assert [r["metadata"]["name"] for r in by_kind(objs, "Role")] == [f"{RELEASE}-kubetune-leader-election"]
     bindings = [b for b in by_kind(objs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces)
     for b in bindings:
@@ -417,7 +429,8 @@ def test_restricted_check_catches_violations() -> None:
 def test_operator_deployment_shape(render: Render) -> None:
     objs = render()
     dep = one(objs, "Deployment")
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["command"] == ["kubetune", "operator"]
@@ -497,7 +510,7 @@ def test_self_signed_ca_bundle_verifies_the_serving_certificate(render: Render) 
 
 BAD_VALUES = [
     ({"replicaCount": -1}, "replicaCount"),
-    ({"replicaCount": 2}, "replicaCount"),
+    ({"leaderElection": {"leaseSeconds": 1}}, "leaseSeconds"),
     ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
     ({"webhook": {"failurePolicy": "Maybe"}}, "failurePolicy"),
     ({"webhook": {"timeoutSeconds": 60}}, "timeoutSeconds"),
