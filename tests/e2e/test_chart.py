@@ -284,15 +284,27 @@ def test_watched_namespace_only(cluster: Cluster, one_namespace: tuple[Release, 
 
 def test_webhook_is_registered_for_the_watched_namespace(cluster: Cluster, one_namespace: tuple[Release, str]) -> None:
     rel, watched = one_namespace
-    config = cluster.get("validatingwebhookconfiguration", f"{rel.name}-kubetune-{rel.namespace}")
-    secret = cluster.get("secret", f"{rel.name}-kubetune-webhook-tls", "-n", rel.namespace)
+    name = f"{rel.name}-kubetune-{rel.namespace}"
+    config = cluster.get("validatingwebhookconfiguration", name)
+    secret_name = f"{rel.name}-kubetune-webhook-tls"
+    secret = cluster.get("secret", secret_name, "-n", rel.namespace)
+    assert not secret.get("data")  # the operator fills it in (tests/e2e/test_webhook_tls.py)
     for hook in config["webhooks"]:
-        assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+        assert "caBundle" not in hook["clientConfig"]
         assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [watched]
-    # An upgrade keeps the certificate (looked up, not regenerated), so a running operator stays valid.
+    # what the operator may do about it: its Secret and its configuration, by name, nothing more
+    sa = rel.operator_sa
+    for verb in ("get", "update"):
+        assert can_i(cluster, sa, verb, f"secrets/{secret_name}", namespace=rel.namespace)
+        assert can_i(cluster, sa, verb, f"validatingwebhookconfigurations.admissionregistration.k8s.io/{name}")
+    assert not can_i(cluster, sa, "get", "secrets/other", namespace=rel.namespace)
+    assert not can_i(cluster, sa, "list", "secrets", namespace=rel.namespace)
+    assert not can_i(cluster, sa, "create", "secrets", namespace=rel.namespace)
+    assert not can_i(cluster, sa, "update", "validatingwebhookconfigurations.admissionregistration.k8s.io/other")
+    assert not can_i(cluster, sa, "delete", f"validatingwebhookconfigurations.admissionregistration.k8s.io/{name}")
+    # An upgrade renders the same objects: nothing is regenerated.
     helm(cluster, "upgrade", rel.name, str(CHART), "--namespace", rel.namespace, "--reuse-values")
-    again = cluster.get("secret", f"{rel.name}-kubetune-webhook-tls", "-n", rel.namespace)
-    assert again["data"] == secret["data"]
+    assert cluster.get("validatingwebhookconfiguration", name)["webhooks"] == config["webhooks"]
 
 
 # --- the operator running with exactly the chart's RBAC and settings ---------------------------------------

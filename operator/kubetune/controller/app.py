@@ -9,6 +9,7 @@ belongs to the returned object: two operators in one process share nothing. Call
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from kubetune.controller.k8s import KubeApi
 from kubetune.controller.leader import LeaderElector, default_identity
 from kubetune.controller.metrics import OperatorMetrics
 from kubetune.controller.reconciler import ClusterApi, Reconciler
+from kubetune.controller.webhook_tls import WebhookCertificates
 from kubetune.controller.world import World
 
 
@@ -66,10 +68,23 @@ def build_operator(settings: OperatorSettings, *, api: ClusterApi | None = None,
         if elector is not None:
             threading.Thread(target=elector.run, args=(stop,), name="kubetune-leader", daemon=True).start()
 
-    handlers = Handlers(settings, world, reconciler, metrics, connect,
+    webhook_tls = None
+    if settings.webhook and settings.webhook_cert_secret and isinstance(kube, KubeApi):
+        webhook_tls = WebhookCertificates(
+            kube, settings.webhook_cert_namespace, settings.webhook_cert_secret, settings.webhook_configuration,
+            settings.webhook_dns_names or (settings.webhook_host or "127.0.0.1",),
+            tempfile.mkdtemp(prefix="kubetune-webhook-"), settings.webhook_cert_check_seconds)
+
+    def stop_background() -> None:
+        if elector is not None:
+            elector.release()
+        if webhook_tls is not None:
+            webhook_tls.stop()
+
+    handlers = Handlers(settings, world, reconciler, metrics, connect, webhook_tls=webhook_tls,
                         is_leader=elector.is_leader if elector is not None else (lambda: True),
                         start_background=start_background,
-                        stop_background=elector.release if elector is not None else (lambda: None))
+                        stop_background=stop_background)
     registry = registry if registry is not None else kopf.OperatorRegistry()
     register(handlers, registry)
     return Operator(settings=settings, world=world, reconciler=reconciler, metrics=metrics,

@@ -30,6 +30,12 @@ class OperatorSettings:
     webhook_cert: str | None = None  # KUBETUNE_WEBHOOK_CERT: PEM (e.g. cert-manager); unset: self-signed
     webhook_key: str | None = None  # KUBETUNE_WEBHOOK_KEY
     webhook_managed: bool = True  # KUBETUNE_WEBHOOK_MANAGED: kopf creates the ValidatingWebhookConfiguration
+    # KUBETUNE_WEBHOOK_CERT_SECRET: the operator keeps its own CA + certificate in this Secret (webhook_tls.py)
+    webhook_cert_secret: str | None = None
+    webhook_cert_namespace: str = "default"  # KUBETUNE_WEBHOOK_CERT_NAMESPACE: that Secret's namespace
+    webhook_configuration: str | None = None  # KUBETUNE_WEBHOOK_CONFIGURATION: gets the caBundle
+    webhook_dns_names: tuple[str, ...] = ()  # KUBETUNE_WEBHOOK_DNS_NAMES: the certificate's names (comma-separated)
+    webhook_cert_check_seconds: float = 30.0  # KUBETUNE_WEBHOOK_CERT_CHECK_SECONDS: renewal/reload check period
     max_workers: int = 16  # KUBETUNE_MAX_WORKERS: threads for sync handlers
     retry_base_seconds: float = 1.0  # KUBETUNE_RETRY_BASE_SECONDS: first backoff after a failed reconcile
     retry_max_seconds: float = 300.0  # KUBETUNE_RETRY_MAX_SECONDS: the longest backoff
@@ -59,6 +65,11 @@ class OperatorSettings:
             webhook_cert=env.get("KUBETUNE_WEBHOOK_CERT") or None,
             webhook_key=env.get("KUBETUNE_WEBHOOK_KEY") or None,
             webhook_managed=_bool(env.get("KUBETUNE_WEBHOOK_MANAGED"), True),
+            webhook_cert_secret=env.get("KUBETUNE_WEBHOOK_CERT_SECRET") or None,
+            webhook_cert_namespace=env.get("KUBETUNE_WEBHOOK_CERT_NAMESPACE") or "default",
+            webhook_configuration=env.get("KUBETUNE_WEBHOOK_CONFIGURATION") or None,
+            webhook_dns_names=tuple(n.strip() for n in env.get("KUBETUNE_WEBHOOK_DNS_NAMES", "").split(",") if n.strip()),
+            webhook_cert_check_seconds=float(env.get("KUBETUNE_WEBHOOK_CERT_CHECK_SECONDS", "30")),
             max_workers=int(env.get("KUBETUNE_MAX_WORKERS", "16")),
             retry_base_seconds=float(env.get("KUBETUNE_RETRY_BASE_SECONDS", "1")),
             retry_max_seconds=float(env.get("KUBETUNE_RETRY_MAX_SECONDS", "300")),

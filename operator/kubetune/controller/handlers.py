@@ -36,6 +36,7 @@ from kubetune.controller.metrics import OperatorMetrics
 from kubetune.controller.policy import Bounded, retry_after_seconds, retry_delay
 from kubetune.controller.reconciler import Reconciler
 from kubetune.controller.webhook import refusal, review, self_signed_certificate
+from kubetune.controller.webhook_tls import WebhookCertificates
 from kubetune.controller.world import Key, World, trim_pod
 from kubetune.derivation import ANNOTATION_PROGRESS
 
@@ -66,6 +67,7 @@ class Handlers:
                  connect: Callable[[], object], *, is_leader: Callable[[], bool] = lambda: True,
                  start_background: Callable[[threading.Event], None] = lambda _stop: None,
                  stop_background: Callable[[], None] = lambda: None,
+                 webhook_tls: WebhookCertificates | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.world = world
@@ -75,6 +77,7 @@ class Handlers:
         self.is_leader = is_leader
         self.start_background = start_background  # leader election (app.py)
         self.stop_background = stop_background  # releases the Lease on a clean stop
+        self.webhook_tls = webhook_tls  # the operator's own webhook certificate (KUBETUNE_WEBHOOK_CERT_SECRET)
         self.clock = clock
         self._stop = threading.Event()
         self._stop_metrics: Callable[[], None] | None = None
@@ -115,12 +118,15 @@ class Handlers:
     def _webhook_server(self) -> kopf.WebhookServer:
         s = self.settings
         certfile, keyfile, cafile = s.webhook_cert, s.webhook_key, None
-        if not certfile:  # dev/test: a self-signed certificate that is its own CA
-            certfile, keyfile = self_signed_certificate(s.webhook_host or "127.0.0.1",
-                                                        tempfile.mkdtemp(prefix="kubetune-webhook-"))
-            cafile = certfile
+        if self.webhook_tls is not None:  # the operator's own certificate, kept in a Secret
+            certfile, keyfile, _ = self.webhook_tls.start()
+        elif not certfile:  # dev/test: a CA and a certificate of our own, in a temporary folder
+            certfile, keyfile, cafile = self_signed_certificate(s.webhook_host or "127.0.0.1",
+                                                                tempfile.mkdtemp(prefix="kubetune-webhook-"))
+        # kopf re-reads the files this often and restarts its server on a renewed certificate
         return kopf.WebhookServer(port=s.webhook_port, host=s.webhook_host, addr=s.webhook_addr,
-                                  certfile=certfile, pkeyfile=keyfile, cafile=cafile)
+                                  certfile=certfile, pkeyfile=keyfile, cafile=cafile,
+                                  file_check_interval=s.webhook_cert_check_seconds)
 
     def stop(self, **_: Any) -> None:
         self._stop.set()

@@ -17,6 +17,8 @@ RBAC, one line per call (the Helm chart's ClusterRole mirrors this):
   apiextensions customresourcedefinitions             list watch (kopf discovery)
   admissionregistration validatingwebhookconfigurations get list create patch (kopf-managed webhook)
   coordination leases (own namespace)                 get create update (leader election, replicaCount > 1)
+  "" secrets (own namespace, its webhook Secret only)  get update (the webhook certificate: webhook_tls.py)
+  admissionregistration validatingwebhookconfigurations (the chart's only)  get update (its caBundle)
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ _PATHS = {
     "Job": ("/apis/batch/v1", "jobs"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "Secret": ("/api/v1", "secrets"),
     "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURALS["FineTuneJob"]),
     "PreferenceAlignment": (f"/apis/{GROUP}/{VERSION}", PLURALS["PreferenceAlignment"]),
 }

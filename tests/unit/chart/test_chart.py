@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from pathlib import Path
@@ -27,8 +26,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from kubetune.api.validate import validate_object
 from kubetune.render.settings import RenderSettings
@@ -266,7 +263,8 @@ def test_rbac_is_least_privilege(render: Render, scenario: str) -> None:
     for where, rule in rules(render(SCENARIOS[scenario])):
         assert "*" not in rule.get("apiGroups", []), where
         assert "*" not in rule["resources"] and not any(r.endswith("/*") for r in rule["resources"]), where
-        assert not FORBIDDEN_RESOURCES & set(rule["resources"]), (where, rule)
+        named = rule.get("resourceNames") and rule["resources"] in (["secrets"], ["validatingwebhookconfigurations"])
+        assert named or not FORBIDDEN_RESOURCES & set(rule["resources"]), (where, rule)
         allowed = {"bind"} if rule["resources"] == ["clusterroles"] else set()
         assert not (FORBIDDEN_VERBS - allowed) & set(rule["verbs"]), (where, rule)
         assert "nonResourceURLs" not in rule, where
@@ -278,6 +276,9 @@ def test_rbac_is_least_privilege(render: Render, scenario: str) -> None:
         elif rule["resources"] == ["leases"] and rule["verbs"] != ["create"]:  # its own Lease only
             assert rule["verbs"] == ["get", "update"] and len(rule["resourceNames"]) == 1, where
             assert rule["resourceNames"][0].endswith("-leader"), where
+        elif rule["resources"] in (["secrets"], ["validatingwebhookconfigurations"]):
+            # its webhook certificate's Secret and the chart's own webhook configuration, by name
+            assert rule["verbs"] == ["get", "update"] and len(rule["resourceNames"]) == 1, where
         else:
             assert "resourceNames" not in rule, where
 
@@ -307,7 +308,8 @@ TRAINER_RBAC_RIGHTS = (grant("", "serviceaccounts", "get create") | grant("rbac.
 @pytest.mark.parametrize("manage", [True, False])
 def test_operator_rights_are_the_documented_set(render: Render, manage: bool) -> None:
     granted = operator_grants(render({"trainer": {"serviceAccount": {"createInJobNamespaces": manage}}}))
-    expected = OPERATOR_RIGHTS | (TRAINER_RBAC_RIGHTS if manage else set())
+    expected = (OPERATOR_RIGHTS | (TRAINER_RBAC_RIGHTS if manage else set())
+                | grant("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get update"))
     assert granted == expected, f"extra: {sorted(granted - expected)}; missing: {sorted(expected - granted)}"
     env = operator_env(render({"trainer": {"serviceAccount": {"createInJobNamespaces": manage}}}))
     assert env["KUBETUNE_MANAGE_TRAINER_RBAC"] == str(manage).lower()
@@ -441,8 +443,6 @@ def test_operator_deployment_shape(render: Render) -> None:
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert pod["serviceAccountName"] == f"{RELEASE}-kubetune"
-    secret_volume = next(v for v in pod["volumes"] if v["name"] == "webhook-tls")
-    assert secret_volume["secret"]["secretName"] == one(objs, "Secret")["metadata"]["name"]
     # Services select the operator pod and point at its named ports.
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     for svc in by_kind(objs, "Service"):
@@ -484,26 +484,24 @@ def test_webhook_configuration(render: Render, scenario: str) -> None:
         assert f"{svc['metadata']['name']}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
 
 
-def test_self_signed_ca_bundle_verifies_the_serving_certificate(render: Render) -> None:
+def test_the_operator_keeps_the_certificate_nothing_is_generated_at_render_time(helm: Path, render: Render) -> None:
+    """`helm template` twice (what Argo CD does on every sync) gives the same bytes: no certificate,
+    key or caBundle in the manifests; the Secret is rendered empty for the operator to fill in."""
+    first = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE).stdout
+    second = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE).stdout
+    assert first == second
     objs = render()
     secret = one(objs, "Secret")
-    assert secret["type"] == "kubernetes.io/tls"
-    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
-    leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    assert secret["type"] == "Opaque" and "data" not in secret and "stringData" not in secret
     for hook in one(objs, "ValidatingWebhookConfiguration")["webhooks"]:
-        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == base64.b64decode(secret["data"]["ca.crt"])
-    assert leaf.issuer == ca.subject
-    key, digest = ca.public_key(), leaf.signature_hash_algorithm
-    assert digest is not None
-    if isinstance(key, rsa.RSAPublicKey):
-        key.verify(leaf.signature, leaf.tbs_certificate_bytes, padding.PKCS1v15(), digest)
-    else:
-        assert isinstance(key, ec.EllipticCurvePublicKey)
-        key.verify(leaf.signature, leaf.tbs_certificate_bytes, ec.ECDSA(digest))
-    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        assert "caBundle" not in hook["clientConfig"]
+    env = operator_env(objs)
+    assert env["KUBETUNE_WEBHOOK_CERT_SECRET"] == secret["metadata"]["name"]
+    assert env["KUBETUNE_WEBHOOK_CONFIGURATION"] == one(objs, "ValidatingWebhookConfiguration")["metadata"]["name"]
     svc = next(s for s in by_kind(objs, "Service") if s["metadata"]["name"].endswith("-webhook"))["metadata"]["name"]
-    assert f"{svc}.{NAMESPACE}.svc" in sans
-    assert base64.b64decode(secret["data"]["tls.key"]).startswith(b"-----BEGIN")
+    assert f"{svc}.{NAMESPACE}.svc" in (env["KUBETUNE_WEBHOOK_DNS_NAMES"] or "").split(",")
+    assert "KUBETUNE_WEBHOOK_CERT" not in env
+    assert not any(v["name"] == "webhook-tls" for v in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"])
 
 
 # --- values ------------------------------------------------------------------------------------
@@ -637,7 +635,7 @@ def test_chart_defaults_equal_operator_defaults(render: Render) -> None:
     assert (chart.metrics_port, chart.webhook_port, chart.peering, chart.manage_trainer_rbac) == \
         (defaults.metrics_port, defaults.webhook_port, defaults.peering, defaults.manage_trainer_rbac)
     # What the chart decides differently, on purpose:
-    assert chart.webhook and not chart.webhook_managed and chart.webhook_cert and chart.webhook_key
+    assert chart.webhook and not chart.webhook_managed and chart.webhook_cert_secret and chart.webhook_configuration
     assert chart.trainer_cluster_role.endswith("-trainer") and chart.namespaces == ()
 
 
