@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_helpers import REPO, ftj
+from operator_helpers import REPO, ftj, sa_kubeconfig
 
 from kubetune_devcluster import Cluster, wait_until
 
@@ -312,17 +312,7 @@ def test_webhook_is_registered_for_the_watched_namespace(cluster: Cluster, one_n
 
 def token_kubeconfig(cluster: Cluster, release: Release, path: Path) -> Path:
     """A kubeconfig that authenticates as the chart's operator ServiceAccount (TokenRequest)."""
-    sa = release.operator_sa.rsplit(":", 1)[1]
-    token = cluster.kubectl("create", "token", sa, "-n", release.namespace, "--duration=1h", check=True).stdout.strip()
-    config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [{"name": "local", "cluster": {"server": cluster.server,
-                                                  "certificate-authority": str(cluster.pki.ca_crt)}}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return sa_kubeconfig(cluster, release.namespace, release.operator_sa.rsplit(":", 1)[1], path)
 
 
 def test_operator_reconciles_with_only_the_charts_rbac(cluster: Cluster, tmp_path: Path) -> None:

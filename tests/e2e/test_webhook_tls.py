@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from operator_helpers import REPO, free_port, ftj
+from operator_helpers import REPO, free_port, ftj, sa_kubeconfig
 
 from kubetune_devcluster import Cluster, wait_until
 
@@ -77,17 +77,6 @@ def sync(cluster: Cluster, manifest: Path) -> str:
     return str(cluster.kubectl("apply", "-f", str(manifest), check=True).stdout)
 
 
-def token_kubeconfig(cluster: Cluster, namespace: str, sa: str, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=1h", check=True).stdout.strip()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "op",
-        "clusters": [{"name": "local", "cluster": {"server": cluster.server,
-                                                  "certificate-authority": str(cluster.pki.ca_crt)}}],
-        "users": [{"name": "op", "user": {"token": token}}],
-        "contexts": [{"name": "op", "context": {"cluster": "local", "user": "op"}}]}))
-    return path
-
-
 @pytest.fixture
 def synced(cluster: Cluster, tmp_path: Path) -> Iterator[Synced]:
     cluster.kubectl("apply", "-f", str(REPO / "crds"), check=True)
@@ -111,7 +100,7 @@ def synced(cluster: Cluster, tmp_path: Path) -> Iterator[Synced]:
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     env.update({
-        "KUBECONFIG": str(token_kubeconfig(cluster, ns, deploy["spec"]["template"]["spec"]["serviceAccountName"],
+        "KUBECONFIG": str(sa_kubeconfig(cluster, ns, deploy["spec"]["template"]["spec"]["serviceAccountName"],
                                            tmp_path / "kubeconfig")),
         "PYTHONPATH": str(REPO / "operator"), "KUBETUNE_METRICS_PORT": str(free_port()),
         "KUBETUNE_WEBHOOK_PORT": str(port), "KUBETUNE_WEBHOOK_ADDR": "127.0.0.1", "KUBETUNE_WEBHOOK_HOST": "127.0.0.1",
