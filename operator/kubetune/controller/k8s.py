@@ -9,7 +9,8 @@ RBAC, one line per call (the Helm chart's ClusterRole mirrors this):
   batch jobs                                          get list watch create patch
   "" configmaps, services                             get create
   "" pods                                             get list watch
-  "" events, events.k8s.io events                     create (kopf posts some too)
+  "" events, events.k8s.io events                     create (kopf posts some too); list (an unschedulable
+                                                      pod's cluster-autoscaler events, by field selector)
   "" serviceaccounts                                  get create (trainer SA, when manage_trainer_rbac)
   rbac rolebindings                                   get create (binds the trainer ClusterRole)
   rbac clusterroles (resourceNames kubetune-trainer)  bind
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.parse
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -154,6 +156,12 @@ class KubeApi:
         meta = obj["metadata"]
         path, resource = _path(obj["kind"], meta["namespace"], meta["name"])
         return self.request("PUT", path, obj, resource=resource)
+
+    def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]:
+        """The core/v1 Events about pod `pod` (the cluster autoscaler's TriggeredScaleUp/NotTriggerScaleUp)."""
+        selector = urllib.parse.quote(f"involvedObject.kind=Pod,involvedObject.name={pod}")
+        path, resource = _path("Event", namespace)
+        return list(self.request("GET", f"{path}?fieldSelector={selector}&limit=100", resource=resource).get("items") or [])
 
     def patch_job(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         path, resource = _path("Job", namespace, name)

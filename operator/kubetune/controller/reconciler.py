@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.constants import FINETUNEJOB, LABEL_MANAGED_BY, PREFERENCEALIGNMENT
-from kubetune.api.enums import TERMINAL_PHASES, Phase
+from kubetune.api.enums import TERMINAL_PHASES, Phase, Reason
 from kubetune.api.resources import AnyJob, PreferenceAlignment, parse_resource
 from kubetune.api.semantics import semantic_problems
 from kubetune.api.spec import FineTuneJobSpec
@@ -48,6 +48,8 @@ from kubetune.derivation import (
     events_for,
     preflight_passed,
 )
+from kubetune.derivation.pods import pod_condition
+from kubetune.derivation.scheduling import ScaleUp, autoscaler_signal
 from kubetune.planning.admission import plan_job, plan_summary
 from kubetune.render.job import render_children
 
@@ -56,6 +58,8 @@ log = logging.getLogger("kubetune.controller")
 WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"  # Event reason: a child's name is still taken
 RBAC_RECHECK_SECONDS = 300.0
 RBAC_NAMESPACES_MEMORY = 4096
+SCALE_UP_RECHECK_SECONDS = 10.0
+SCALE_UP_MEMORY = 10_000
 
 
 class ClusterApi(Protocol):
@@ -68,6 +72,8 @@ class ClusterApi(Protocol):
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]: ...
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+    def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]: ...
 
 
 def _cached_verdict_key(cr: Mapping[str, Any], ref_seen: bool) -> tuple[str, int, bool]:
@@ -101,6 +107,10 @@ class Reconciler:
         # RBAC_RECHECK_SECONDS, so one deleted by hand comes back without a restart
         self._rbac_done: Bounded[str, bool] = Bounded(RBAC_NAMESPACES_MEMORY, ttl=RBAC_RECHECK_SECONDS)
         self._foreign_seen: dict[Key, set[tuple[str, str]]] = {}  # (CR uid, child uid) announced once
+        # the cluster autoscaler's latest word on each unschedulable pod, read at most every
+        # SCALE_UP_RECHECK_SECONDS per pod: (namespace, pod) => signal
+        self._scale_ups: Bounded[tuple[str, str], tuple[ScaleUp | None]] = Bounded(
+            SCALE_UP_MEMORY, ttl=SCALE_UP_RECHECK_SECONDS)
 
     # ------------------------------------------------------------------------------------------
     def lock(self, key: Key) -> threading.Lock:
@@ -119,7 +129,8 @@ class Reconciler:
         with self._locks_guard:
             locks = len(self._locks)
         return {"locks": locks, "verdicts": len(self._verdicts), "last_patch": len(self._last_patch),
-                "foreign_seen": len(self._foreign_seen), "rbac_done": len(self._rbac_done)}
+                "foreign_seen": len(self._foreign_seen), "rbac_done": len(self._rbac_done),
+                "scale_ups": len(self._scale_ups)}
 
     def reconcile(self, key: Key, *, progress_only: bool = False) -> None:
         """`progress_only`: triggered by a progress annotation alone — mirrored at most every
@@ -302,10 +313,20 @@ class Reconciler:
         elif preflight is not None:
             preflight = self._sync_suspend(cr, preflight, queued=False)
         rs = self.settings.render
-        derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=self.world.pods_of(key),
-                                preflight=preflight, preflight_pods=self.world.preflight_pods_of(key),
+        pods, preflight_pods = self.world.pods_of(key), self.world.preflight_pods_of(key)
+        derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=pods,
+                                preflight=preflight, preflight_pods=preflight_pods,
                                 now=self.clock(), unschedulable_grace_seconds=rs.unschedulable_grace_seconds,
-                                image_pull_grace_seconds=rs.image_pull_grace_seconds)
+                                image_pull_grace_seconds=rs.image_pull_grace_seconds,
+                                scale_ups=(scale_ups := self._autoscaler(key[1], [*pods, *preflight_pods])))
+        if Reason.UNSCHEDULABLE in (derived.stop_job, derived.stop_preflight):
+            # failing it: decide on the autoscaler's latest word, not on one read up to 10 s ago
+            fresh = self._autoscaler(key[1], [*pods, *preflight_pods], fresh=True)
+            if fresh != scale_ups:
+                derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=pods, preflight=preflight,
+                                        preflight_pods=preflight_pods, now=self.clock(),
+                                        unschedulable_grace_seconds=rs.unschedulable_grace_seconds,
+                                        image_pull_grace_seconds=rs.image_pull_grace_seconds, scale_ups=fresh)
         new = derived.status
         if new != old:
             try:
@@ -328,6 +349,27 @@ class Reconciler:
                                     (preflight, derived.stop_preflight, derived.preflight_result)):
             if child is not None:
                 self._finish_job(child, stop, result)
+
+    def _autoscaler(self, namespace: str, pods: list[dict[str, Any]], *, fresh: bool = False) -> dict[str, ScaleUp]:
+        """What the cluster autoscaler said about each unschedulable pod (its Events), by pod name;
+        read at most every SCALE_UP_RECHECK_SECONDS per pod, or now (`fresh`)."""
+        out: dict[str, ScaleUp] = {}
+        for pod in pods:
+            sched = pod_condition(pod, "PodScheduled")
+            if (pod.get("status") or {}).get("phase") != "Pending" or not sched or sched.get("reason") != "Unschedulable":
+                continue
+            name = str((pod.get("metadata") or {}).get("name"))
+            cached = None if fresh else self._scale_ups.get((namespace, name))
+            if cached is None:
+                try:
+                    cached = (autoscaler_signal(self.api.pod_events(namespace, name)),)
+                except Exception as exc:  # no Events to read (RBAC, the API away): the grace period decides
+                    log.warning("events of pod %s/%s: %s", namespace, name, exc)
+                    cached = (None,)
+                self._scale_ups[(namespace, name)] = cached
+            if cached[0] is not None:
+                out[name] = cached[0]
+        return out
 
     def _finish_job(self, job: dict[str, Any], stop: str | None, result: TrainerResult | None) -> None:
         """Suspend a Job whose pod can never start (`stop`); keep its pod's result on it, for when

@@ -300,7 +300,7 @@ OPERATOR_RIGHTS = (grant("apiextensions.k8s.io", "customresourcedefinitions", "l
                    | grant("batch", "jobs", "get list watch create patch")
                    | grant("", "configmaps services", "get create")
                    | grant("", "pods", "get list watch")
-                   | grant("", "events", "create"))
+                   | grant("", "events", "create list"))
 TRAINER_RBAC_RIGHTS = (grant("", "serviceaccounts", "get create") | grant("rbac.authorization.k8s.io", "rolebindings", "get create")
                        | grant("rbac.authorization.k8s.io", "clusterroles", "bind"))
 

@@ -19,6 +19,7 @@ class FakeApi:
         self.status: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.events: list[tuple[str, str, str]] = []
         self.created = 0
+        self.pod_event_log: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """What KubeApi.create does on a 409: the existing one if it has the same controlling owner."""
@@ -55,6 +56,11 @@ class FakeApi:
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
+
+    def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]:
+        """Events others (the cluster autoscaler) posted about a pod: `pod_event_log[(namespace, pod)]`."""
+        self.calls.append(("list", "Event"))
+        return list(self.pod_event_log.get((namespace, pod), []))
 
     def collect_garbage(self, owner_uid: str) -> list[dict[str, Any]]:
         """What the garbage collector does once a CR is gone: delete the children it controlled."""
