@@ -58,6 +58,7 @@ def build_operator(settings: OperatorSettings, *, api: ClusterApi | None = None,
     metrics = OperatorMetrics(world.objects)
     kube = api if api is not None else KubeApi(metrics)
     reconciler = Reconciler(world, settings, kube, metrics, clock=clock)
+    metrics.track_caches(lambda: {**world.sizes(), **reconciler.sizes()})
     connect = kube.connect if isinstance(kube, KubeApi) else (lambda: None)
     elector = None
     if settings.leader_election and isinstance(kube, KubeApi):

@@ -81,6 +81,19 @@ class JobsCollector(Collector):
         yield from (jobs, loss, ratio, tps, gpu_s)
 
 
+class _CacheCollector(Collector):
+    def __init__(self, sizes: Callable[[], Mapping[str, int]]) -> None:
+        self._sizes = sizes
+
+    def collect(self) -> Iterator[Any]:
+        fam = GaugeMetricFamily("kubetune_operator_cache_entries",
+                                "Entries in each of the operator's in-memory caches (bounded by the live CRs).",
+                                labels=["cache"])
+        for name, n in sorted(self._sizes().items()):
+            fam.add_metric([name], float(n))
+        yield fam
+
+
 class OperatorMetrics:
     """One operator's metrics, in a registry of its own: two operators in one process (tests) never
     count into each other's series. `objects` (the cache of CRs) feeds the scrape-time gauges."""
@@ -109,6 +122,11 @@ class OperatorMetrics:
             "kubetune_events_total", "Kubernetes Events posted, by type and reason.", ["type", "reason"],
             registry=self.registry)
         self.registry.register(JobsCollector(objects))
+
+    def track_caches(self, sizes: Callable[[], Mapping[str, int]]) -> None:
+        """kubetune_operator_cache_entries{cache}: how many entries each of the operator's caches holds
+        (the World's and the Reconciler's `sizes()`), so a leak shows on a dashboard and in the soak test."""
+        self.registry.register(_CacheCollector(sizes))
 
     def names(self) -> list[str]:
         """Every metric name this registry exposes (docs/operator.md lists them)."""

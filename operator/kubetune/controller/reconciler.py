@@ -50,6 +50,7 @@ from kubetune.derivation import (
 )
 from kubetune.derivation.pods import pod_condition
 from kubetune.derivation.scheduling import ScaleUp, autoscaler_signal
+from kubetune.derivation.timeutil import parse_time
 from kubetune.planning.admission import plan_job, plan_summary
 from kubetune.render.job import render_children
 
@@ -58,7 +59,8 @@ log = logging.getLogger("kubetune.controller")
 WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"  # Event reason: a child's name is still taken
 RBAC_RECHECK_SECONDS = 300.0
 RBAC_NAMESPACES_MEMORY = 4096
-SCALE_UP_RECHECK_SECONDS = 10.0
+SCALE_UP_RECHECK_SECONDS = 15.0
+SCALE_UP_MIN_AGE_SECONDS = 20.0  # the autoscaler takes seconds to react: no reads before (but before failing)
 SCALE_UP_MEMORY = 10_000
 
 
@@ -352,13 +354,17 @@ class Reconciler:
 
     def _autoscaler(self, namespace: str, pods: list[dict[str, Any]], *, fresh: bool = False) -> dict[str, ScaleUp]:
         """What the cluster autoscaler said about each unschedulable pod (its Events), by pod name;
-        read at most every SCALE_UP_RECHECK_SECONDS per pod, or now (`fresh`)."""
+        read once a pod has been unschedulable for SCALE_UP_MIN_AGE_SECONDS, then at most every
+        SCALE_UP_RECHECK_SECONDS per pod — or now (`fresh`, before failing it)."""
         out: dict[str, ScaleUp] = {}
         for pod in pods:
             sched = pod_condition(pod, "PodScheduled")
             if (pod.get("status") or {}).get("phase") != "Pending" or not sched or sched.get("reason") != "Unschedulable":
                 continue
             name = str((pod.get("metadata") or {}).get("name"))
+            since = parse_time(sched.get("lastTransitionTime"))
+            if not fresh and since is not None and (self.clock() - since).total_seconds() < SCALE_UP_MIN_AGE_SECONDS:
+                continue
             cached = None if fresh else self._scale_ups.get((namespace, name))
             if cached is None:
                 try:
