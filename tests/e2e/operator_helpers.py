@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 TRAINER_CLUSTER_ROLE = {
     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
     "metadata": {"name": "kubetune-trainer"},
-    # the trainer reads and annotates its own pod (progress); nothing else
-    "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
+    # the trainer annotates its own pod (progress); nothing else (the chart's admission policy narrows
+    # it to its own pod and that annotation)
+    "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}],
 }
 
 

@@ -253,7 +253,7 @@ def test_trainer_can_patch_pods_in_its_namespace_only(cluster: Cluster, all_name
                                                       job_ns: str) -> None:
     ns = all_namespaces.namespace  # created by the chart there
     trainer = all_namespaces.trainer_sa(ns)
-    assert can_i(cluster, trainer, "get", "pods", namespace=ns)
+    assert not can_i(cluster, trainer, "get", "pods", namespace=ns)  # it reads nothing
     assert can_i(cluster, trainer, "patch", "pods", namespace=ns)
     assert not can_i(cluster, trainer, "list", "pods", namespace=ns)
     assert not can_i(cluster, trainer, "list", "secrets", namespace=ns)
@@ -262,6 +262,59 @@ def test_trainer_can_patch_pods_in_its_namespace_only(cluster: Cluster, all_name
     assert not can_i(cluster, trainer, "create", "pods", namespace=ns, subresource="exec")
     assert not can_i(cluster, trainer, "patch", "pods", namespace="kube-system")
     assert not can_i(cluster, trainer, "patch", "pods")  # not cluster-wide
+
+
+def as_token(cluster: Cluster, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
+    """One API request with a bearer token (what the trainer's code could send); (status, body)."""
+    import ssl
+    import urllib.error
+
+    ctx = ssl.create_default_context(cafile=str(cluster.pki.ca_crt))
+    req = urllib.request.Request(cluster.server + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json",
+                                          "Content-Type": "application/merge-patch+json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_a_trainer_changes_only_its_own_pods_progress(cluster: Cluster, all_namespaces: Release) -> None:
+    """The trainer ServiceAccount's token bound to its pod (what the kubelet mounts): it may set the
+    progress annotation on that pod and nothing else — no other pod, no spec (images are mutable),
+    no label or other annotation, no reads; a token not bound to a pod may change nothing."""
+    ns = all_namespaces.namespace
+    for name in ("trainer-a", "trainer-b"):
+        cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns,
+                                                                       "annotations": {"team": "ml"}},
+                       "spec": {"serviceAccountName": "kubetune-trainer", "automountServiceAccountToken": False,
+                                "nodeSelector": {"kubetune.io/none": "true"},  # never scheduled: not needed
+                                "containers": [{"name": "trainer", "image": "ghcr.io/kubetune/trainer:1"}]}})
+    token = cluster.kubectl("create", "token", "kubetune-trainer", "-n", ns, "--bound-object-kind=Pod",
+                            "--bound-object-name=trainer-a", "--duration=10m", check=True).stdout.strip()
+    pods = f"/api/v1/namespaces/{ns}/pods"
+    progress = {"metadata": {"annotations": {"kubetune.io/progress": '{"step": 3}'}}}
+    status, body = as_token(cluster, token, "PATCH", f"{pods}/trainer-a", progress)
+    assert status == 200, body
+    assert cluster.get("pod", "trainer-a", "-n", ns)["metadata"]["annotations"]["kubetune.io/progress"] == '{"step": 3}'
+    refusals = {
+        "another pod": ("trainer-b", progress, "only change its own pod"),
+        "the image": ("trainer-a", {"spec": {"containers": [{"name": "trainer", "image": "evil:1"}]}}, "spec"),
+        "a label": ("trainer-a", {"metadata": {"labels": {"x": "y"}}}, "labels"),
+        "another annotation": ("trainer-a", {"metadata": {"annotations": {"team": "x"}}}, "only the kubetune.io/progress"),
+        "an annotation removed": ("trainer-a", {"metadata": {"annotations": {"team": None}}}, "only the kubetune.io/progress"),
+    }
+    for what, (pod, patch, message) in refusals.items():
+        status, body = as_token(cluster, token, "PATCH", f"{pods}/{pod}", patch)
+        assert status in (403, 422) and message in body, (what, status, body)
+    assert as_token(cluster, token, "GET", f"{pods}/trainer-a")[0] == 403
+    assert as_token(cluster, token, "GET", f"/api/v1/namespaces/{ns}/secrets")[0] == 403
+    unbound = cluster.kubectl("create", "token", "kubetune-trainer", "-n", ns, "--duration=10m", check=True).stdout.strip()
+    status, body = as_token(cluster, unbound, "PATCH", f"{pods}/trainer-a", progress)
+    assert status in (403, 422) and "only change its own pod" in body, body
+    cluster.kubectl("delete", "pod", "trainer-a", "trainer-b", "-n", ns, "--wait=false")
 
 
 # --- watching one namespace ------------------------------------------------------------------------------

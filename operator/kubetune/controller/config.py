@@ -22,7 +22,7 @@ class OperatorSettings:
     progress_min_interval_seconds: float = 5.0  # KUBETUNE_PROGRESS_MIN_INTERVAL: progress mirroring rate limit
     peering: bool = False  # KUBETUNE_PEERING: kopf peering (several replicas, one active)
     manage_trainer_rbac: bool = True  # KUBETUNE_MANAGE_TRAINER_RBAC: create the trainer SA + RoleBinding per namespace
-    trainer_cluster_role: str = "kubetune-trainer"  # KUBETUNE_TRAINER_CLUSTER_ROLE (pods get/patch; from the chart)
+    trainer_cluster_role: str = "kubetune-trainer"  # KUBETUNE_TRAINER_CLUSTER_ROLE (pods patch; from the chart)
     webhook: bool = False  # KUBETUNE_WEBHOOK: serve the validating admission webhook
     webhook_port: int = 9443  # KUBETUNE_WEBHOOK_PORT
     webhook_host: str | None = None  # KUBETUNE_WEBHOOK_HOST: the name the API server reaches us by

@@ -6,10 +6,11 @@
   supports and for the local control plane's; our own kinds go through kubetune's validator,
   cert-manager's and prometheus-operator's through the subset of their schemas we use;
 - the chart's CRDs are crds/ byte for byte (plus the keep annotation when asked);
-- RBAC: no "*", no Secrets, no pods/exec, no delete, the trainer only get/patch on pods;
+- RBAC: no "*", no Secrets (but the webhook certificate's, by name), no pods/exec, no delete, the trainer only
+  patch on pods (and an admission policy narrows that to its own pod's progress annotation);
 - the operator pod meets Pod Security "restricted" and runs with a read-only root filesystem;
-- the webhook: Fail/None, both kinds on CREATE/UPDATE, a caBundle that verifies the serving
-  certificate for the Service's DNS names;
+- the webhook: Fail/None, both kinds on CREATE/UPDATE, no certificate or caBundle rendered (the
+  operator keeps its own: identical renders);
 - values.schema.json refuses bad values; every value is documented with an example;
 - the env vars the chart sets are the ones the operator reads, with the same defaults;
 - kind-config.yaml and docs/kind.md fit together: the job in the doc validates and can land on
@@ -104,7 +105,8 @@ def test_renders(render: Render, scenario: str) -> None:
     objs = render(SCENARIOS[scenario])
     kinds = {o["kind"] for o in objs}
     if scenario == "all-off":
-        assert kinds == {"Deployment", "ClusterRole", "ClusterRoleBinding"}
+        assert kinds == {"Deployment", "ClusterRole", "ClusterRoleBinding",
+                         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}  # the trainer's
         return
     assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "RoleBinding",
             "Service", "ValidatingWebhookConfiguration", "CustomResourceDefinition"} <= kinds
@@ -345,13 +347,13 @@ def test_watched_namespaces_get_rolebindings_only(render: Render) -> None:
             {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
 
 
-def test_trainer_service_account_can_only_get_and_patch_pods(render: Render) -> None:
+def test_trainer_service_account_can_only_patch_pods(render: Render) -> None:
     objs = render(ALL_ON)
     namespaces = [NAMESPACE, "team-a", "team-b", "research"]
     trainer_sas = [o for o in by_kind(objs, "ServiceAccount") if o["metadata"]["name"] == "kubetune-trainer"]
     assert sorted(o["metadata"]["namespace"] for o in trainer_sas) == sorted(namespaces)
     (role,) = [r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"].endswith("-trainer")]
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
     # the one Role is the operator's leader-election Lease (test_chart_availability.py)
     assert [r["metadata"]["name"] for r in by_kind(objs, "Role")] == [f"{RELEASE}-kubetune-leader-election"]
     bindings = [b for b in by_kind(objs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]

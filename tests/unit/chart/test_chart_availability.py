@@ -83,3 +83,19 @@ def test_network_policies(render: Render) -> None:
         assert tr["podSelector"] == {"matchExpressions": [{"key": "kubetune.io/job", "operator": "Exists"}]}
         assert tr["ingress"] == [{"from": [{"podSelector": tr["podSelector"]}]}]
         assert tr["egress"][1] == {}  # trainerEgress default: downloads allowed
+
+
+def test_the_trainer_may_change_only_its_own_pods_progress(render: Render) -> None:
+    objs = render({"trainer": {"serviceAccount": {"name": "tuner"}}})
+    (policy,) = by_kind(objs, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(objs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}]
+    assert spec["matchConditions"][0]["expression"].endswith("endsWith(':tuner')")
+    messages = {v["message"] for v in spec["validations"]}
+    assert "a trainer may only change its own pod (the pod its token is bound to)" in messages
+    assert "a trainer may change only the kubetune.io/progress annotation" in messages
+    assert "a trainer may not change a pod's spec" in messages
