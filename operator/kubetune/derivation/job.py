@@ -44,7 +44,13 @@ def job_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, 
               scale_ups: Mapping[str, ScaleUp] | None = None) -> tuple[State, str | None]:
     """(the state, the reason to stop the Job or None)."""
     # Finished
-    if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
+    done = job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet")
+    if done:
+        if result is None and not result_overdue(job, done, now):
+            # Job and pod events come on separate watches (and after a restart, separate lists): the
+            # pod's termination message may not be seen yet; deciding now would end it without metrics
+            return State(Phase.EVALUATING, Reason.EVALUATING,
+                         "the trainer finished; reading its result (the pod's termination message)"), None
         return finished_state(result), None
     failed = job_condition(job, "Failed") or job_condition(job, "FailureTarget")
     if failed:
@@ -79,6 +85,16 @@ def job_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, 
     if pods.phase("Pending"):
         return State(Phase.QUEUED, Reason.JOB_CREATED, "the trainer pod is starting" + previous), None
     return State(Phase.QUEUED, Reason.JOB_CREATED, "the training Job was created" + previous), None
+
+
+RESULT_WAIT_SECONDS = 60.0
+
+
+def result_overdue(job: Mapping[str, Any], done: Mapping[str, Any], now: datetime) -> bool:
+    """A finished Job's result is given up on RESULT_WAIT_SECONDS after it finished (its pod gone
+    before the operator read it, and none kept on the Job): the run then ends on what is known."""
+    at = parse_time((job.get("status") or {}).get("completionTime")) or parse_time(done.get("lastTransitionTime"))
+    return at is None or (now - at).total_seconds() >= RESULT_WAIT_SECONDS
 
 
 def pending_state(pods: Pods, now: datetime, unschedulable_grace: float, image_pull_grace: float, *, what: str,

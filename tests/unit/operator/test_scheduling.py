@@ -121,3 +121,24 @@ def test_the_fail_decision_reads_the_autoscaler_afresh() -> None:
     op.handlers.resync_once()
     st = (op.world.cr(next(iter(op.world.crs))) or {})["status"]
     assert (st["phase"], st["reason"]) == ("Validating", "Unschedulable"), st["message"]
+
+
+def test_a_finished_job_waits_for_its_pods_result_before_the_gates_decide() -> None:
+    """The Job's Complete event can come before the pod's (separate watches; after a restart, separate
+    lists): ending the run then would fail its gates as "not measured"."""
+    from operator_builders import jcond, terminated
+
+    from kubetune.api.trainer_contract import TrainerResult
+
+    done = job(succeeded=1, conditions=[jcond("Complete")])
+    done["status"]["completionTime"] = ts(NOW - timedelta(seconds=5))
+    d = derive_status(ftj(), verdict=FITS, job=done, pods=[], now=NOW)
+    assert (d.status["phase"], d.status["reason"]) == ("Evaluating", "Evaluating")
+    assert "reading its result" in d.status["message"]
+    result = TrainerResult(outcome="succeeded", metrics={"golden.accuracy": 0.9, "safety.refusal_rate": 1.0,
+                                                          "forgetting.perplexity_increase": 0.01}, artifact="/a")
+    p = pod("p-1", phase="Succeeded", state=terminated(0, "Completed", result.termination_message()))
+    assert derive_status(ftj(), verdict=FITS, job=done, pods=[p], now=NOW).status["phase"] == "Succeeded"
+    # its pod gone unread and nothing kept on the Job: after a minute the run ends on what is known
+    late = derive_status(ftj(), verdict=FITS, job=done, pods=[], now=NOW + timedelta(seconds=60))
+    assert late.status["phase"] == "GateFailed"
