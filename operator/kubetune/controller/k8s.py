@@ -8,7 +8,8 @@ RBAC, one line per call (the Helm chart's ClusterRole mirrors this):
   kubetune.io finetunejobs/finalizers, .../finalizers update (blockOwnerDeletion on children)
   batch jobs                                          get list watch create patch
   "" configmaps, services                             get create
-  "" pods                                             get list watch
+  "" pods                                             get list watch (list: a finished Job's pods, when
+                                                      its watch events are late)
   "" events, events.k8s.io events                     create (kopf posts some too); list (an unschedulable
                                                       pod's cluster-autoscaler events, by field selector)
   "" serviceaccounts                                  get create (trainer SA, when manage_trainer_rbac)
@@ -47,6 +48,7 @@ _PATHS = {
     "Service": ("/api/v1", "services"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Event": ("/api/v1", "events"),
+    "Pod": ("/api/v1", "pods"),
     "Job": ("/apis/batch/v1", "jobs"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
@@ -156,6 +158,12 @@ class KubeApi:
         meta = obj["metadata"]
         path, resource = _path(obj["kind"], meta["namespace"], meta["name"])
         return self.request("PUT", path, obj, resource=resource)
+
+    def job_pods(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """The pods of one Job (label batch.kubernetes.io/controller-uid), read from the API server."""
+        selector = urllib.parse.quote(f"batch.kubernetes.io/controller-uid={job_uid}")
+        path, resource = _path("Pod", namespace)
+        return list(self.request("GET", f"{path}?labelSelector={selector}", resource=resource).get("items") or [])
 
     def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]:
         """The core/v1 Events about pod `pod` (the cluster autoscaler's TriggeredScaleUp/NotTriggerScaleUp)."""

@@ -77,6 +77,8 @@ class ClusterApi(Protocol):
 
     def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]: ...
 
+    def job_pods(self, namespace: str, job_uid: str) -> list[dict[str, Any]]: ...
+
 
 def _cached_verdict_key(cr: Mapping[str, Any], ref_seen: bool) -> tuple[str, int, bool]:
     meta = cr.get("metadata") or {}
@@ -315,6 +317,8 @@ class Reconciler:
         elif preflight is not None:
             preflight = self._sync_suspend(cr, preflight, queued=False)
         rs = self.settings.render
+        if job is not None:
+            self._read_result(key, job)
         pods, preflight_pods = self.world.pods_of(key), self.world.preflight_pods_of(key)
         derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=pods,
                                 preflight=preflight, preflight_pods=preflight_pods,
@@ -351,6 +355,21 @@ class Reconciler:
                                     (preflight, derived.stop_preflight, derived.preflight_result)):
             if child is not None:
                 self._finish_job(child, stop, result)
+
+    def _read_result(self, key: Key, job: dict[str, Any]) -> None:
+        """A Job finished but no pod's result seen yet: its pods' watch events may lag behind the Job's
+        (separate streams; after a restart, separate lists). Read them from the API server once, so the
+        gates never decide on a result that exists but was not seen."""
+        done = any(c.get("type") in ("Complete", "SuccessCriteriaMet") and c.get("status") == "True"
+                   for c in (job.get("status") or {}).get("conditions") or [])
+        if not done or Pods.of(self.world.pods_of(key)).result(job) is not None:
+            return
+        uid = str((job.get("metadata") or {}).get("uid"))
+        try:
+            for pod in self.api.job_pods(key[1], uid):
+                self.world.put_pod(pod)
+        except Exception as exc:  # the derivation waits RESULT_WAIT_SECONDS for the watch instead
+            log.warning("%s %s/%s: could not read the pods of Job %s: %s", *key, uid, exc)
 
     def _autoscaler(self, namespace: str, pods: list[dict[str, Any]], *, fresh: bool = False) -> dict[str, ScaleUp]:
         """What the cluster autoscaler said about each unschedulable pod (its Events), by pod name;

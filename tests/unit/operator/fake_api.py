@@ -20,6 +20,7 @@ class FakeApi:
         self.events: list[tuple[str, str, str]] = []
         self.created = 0
         self.pod_event_log: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.pods_of_job: dict[str, list[dict[str, Any]]] = {}
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """What KubeApi.create does on a 409: the existing one if it has the same controlling owner."""
@@ -56,6 +57,11 @@ class FakeApi:
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
+
+    def job_pods(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """Pods others (the Job controller) made: `pods_of_job[job_uid]`."""
+        self.calls.append(("list", "Pod"))
+        return list(self.pods_of_job.get(job_uid, []))
 
     def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]:
         """Events others (the cluster autoscaler) posted about a pod: `pod_event_log[(namespace, pod)]`."""

@@ -142,3 +142,34 @@ def test_a_finished_job_waits_for_its_pods_result_before_the_gates_decide() -> N
     # its pod gone unread and nothing kept on the Job: after a minute the run ends on what is known
     late = derive_status(ftj(), verdict=FITS, job=done, pods=[], now=NOW + timedelta(seconds=60))
     assert late.status["phase"] == "GateFailed"
+
+
+def test_a_finished_jobs_pods_are_read_when_their_events_lag() -> None:
+    from operator_builders import jcond, preflight_done, terminated
+
+    from kubetune.api.trainer_contract import TrainerResult
+
+    api = FakeApi()
+    op = build_operator(OperatorSettings(), api=api, clock=lambda: NOW)
+    cr = ftj()
+    op.handlers.on_cr_event({"type": "ADDED", "object": cr})
+    ns = cr["metadata"]["namespace"]
+    preflight = api.objects[("Job", ns, f"{cr['metadata']['name']}-ft-preflight")]
+    op.handlers.on_pod_event({"type": "MODIFIED", "object": preflight_done(preflight)})
+    op.handlers.on_job_event({"type": "MODIFIED", "object": preflight})
+    trainer = api.objects[("Job", ns, f"{cr['metadata']['name']}-ft")]
+    result = TrainerResult(outcome="succeeded", metrics={"golden.accuracy": 0.9, "safety.refusal_rate": 1.0,
+                                                          "forgetting.perplexity_increase": 0.01}, artifact="/a")
+    p = pod("t-1", phase="Succeeded", state=terminated(0, "Completed", result.termination_message()))
+    p["metadata"].update(namespace=ns, labels=trainer["spec"]["template"]["metadata"]["labels"],
+                         annotations=trainer["spec"]["template"]["metadata"]["annotations"],
+                         ownerReferences=[{"kind": "Job", "name": trainer["metadata"]["name"],
+                                           "uid": trainer["metadata"]["uid"], "controller": True}])
+    api.pods_of_job[trainer["metadata"]["uid"]] = [p]  # on the API server; its watch event not here yet
+    trainer["status"] = {"conditions": [jcond("Complete")], "succeeded": 1, "startTime": ts(NOW),
+                         "completionTime": ts(NOW)}
+    trainer["metadata"]["resourceVersion"] = "999"
+    op.handlers.on_job_event({"type": "MODIFIED", "object": trainer})
+    st = (op.world.cr(next(iter(op.world.crs))) or {})["status"]
+    assert (st["phase"], st["metrics"]["golden.accuracy"]) == ("Succeeded", 0.9), st["message"]
+    assert api.calls.count(("list", "Pod")) == 1
