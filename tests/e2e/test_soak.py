@@ -72,7 +72,7 @@ def test_soak(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
         cluster.apply(*[ftj(f"s{j}", namespace) for j in range(i, min(N, i + 100))])
     thresholds = [N * (k + 1) // (KILLS + 2) for k in range(KILLS)]
     rss: list[float] = []
-    kills, apiserver_down, done = 0, None, 0
+    kills, apiserver_down, done, last_kill = 0, None, 0, started
     try:
         while time.monotonic() - started < DEADLINE:
             try:
@@ -85,11 +85,13 @@ def test_soak(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
             done = sum((c.get("status") or {}).get("phase") in ("Succeeded", "GateFailed", "Failed") for c in crs)
             if done >= N:
                 break
-            if kills < KILLS and done >= thresholds[kills]:
+            # a kill at each tenth of the jobs done, or every 30 s while the jobs wait for nodes
+            if kills < KILLS and (done >= thresholds[kills] or time.monotonic() - last_kill >= 30):
                 rss.append(rss_mb(op))
                 op.kill(signal.SIGKILL)
                 kills += 1
                 op.start()
+                last_kill = time.monotonic()
             if apiserver_down is None and done >= N // 2:
                 apiserver_down = cluster.restart("kube-apiserver")
             time.sleep(1)
