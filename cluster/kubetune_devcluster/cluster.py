@@ -306,6 +306,43 @@ class Cluster:
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / STATE_FILE).unlink()
         shutil.rmtree(self.workdir / "pids", ignore_errors=True)
+        shutil.rmtree(self.workdir / "argv", ignore_errors=True)
+
+    def restart(self, component: str, timeout: float = 60) -> float:
+        """Stop one component (SIGTERM to its process group, SIGKILL after 15 s) and start it again
+        with the command line it was started with, its log and working folder (the soak test restarts the API server
+        mid-flight; etcd keeps the state). Returns the seconds it was away (kube-apiserver: until
+        /readyz answers again)."""
+        pid = self.pids[component]
+        argv = json.loads((self.workdir / "argv" / f"{component}.json").read_text())
+        env = dict(os.environ, PATH=f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        started = time.monotonic()
+        _kill_group(pid, signal.SIGTERM)
+        proc = self._procs.get(component)
+        deadline = time.monotonic() + 15
+        while (proc.poll() is None if proc is not None else _pid_alive(pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _kill_group(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10  # gone, its ports free, before the new one binds them
+        while (proc.poll() is None if proc is not None else _pid_alive(pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for attempt in range(10):  # its port may still be held a moment (the old listener, a client's source port)
+            with open(self.log_path(component), "ab") as log:
+                new = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=self.workdir, start_new_session=True,
+                                       preexec_fn=_preexec(proc is not None, self.netns),  # as it was started
+                                       env=env)
+            self.pids[component] = new.pid
+            self._procs[component] = new
+            self._save()
+            try:
+                new.wait(timeout=3)  # exited at once: try again
+            except subprocess.TimeoutExpired:
+                break
+            time.sleep(1 + attempt)
+        if component == "kube-apiserver":
+            _wait("kube-apiserver /readyz", lambda: self.api_get("/readyz")[0] == 200, timeout, self)
+        return time.monotonic() - started
 
     def stop_and_report(self) -> None:
         """stop(), first saying why when a component died meanwhile (the end of a test session)."""
@@ -496,6 +533,9 @@ class _Boot:
         finally:
             log.close()
         cluster.pids[name] = proc.pid
+        argv_dir = cluster.workdir / "argv"  # Cluster.restart starts it again the same way
+        argv_dir.mkdir(exist_ok=True)
+        (argv_dir / f"{name}.json").write_text(json.dumps(list(argv)))
         if not self.detach:
             cluster._procs[name] = proc
         cluster._save()

@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 TRAINER_CLUSTER_ROLE = {
     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
     "metadata": {"name": "kubetune-trainer"},
-    # the trainer reads and annotates its own pod (progress); nothing else
-    "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
+    # the trainer annotates its own pod (progress); nothing else (the chart's admission policy narrows
+    # it to its own pod and that annotation)
+    "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}],
 }
 
 
@@ -213,3 +214,17 @@ def children(cluster: Cluster, ns: str, name: str) -> dict[str, list[str]]:
 
 def wait_deadline(seconds: float) -> float:
     return time.monotonic() + seconds
+
+
+def sa_kubeconfig(cluster: Cluster, namespace: str, sa: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as ServiceAccount `namespace/sa` (a TokenRequest, 1 h)."""
+    import yaml
+
+    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=1h", check=True).stdout.strip()
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "local", "cluster": {"server": cluster.server,
+                                                  "certificate-authority": str(cluster.pki.ca_crt)}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa"}}]}))
+    return path

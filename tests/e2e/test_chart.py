@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_helpers import REPO, ftj
+from operator_helpers import REPO, ftj, sa_kubeconfig
 
 from kubetune_devcluster import Cluster, wait_until
 
@@ -267,7 +267,7 @@ def test_trainer_can_patch_pods_in_its_namespace_only(cluster: Cluster, all_name
                                                       job_ns: str) -> None:
     ns = all_namespaces.namespace  # created by the chart there
     trainer = all_namespaces.trainer_sa(ns)
-    assert can_i(cluster, trainer, "get", "pods", namespace=ns)
+    assert not can_i(cluster, trainer, "get", "pods", namespace=ns)  # it reads nothing
     assert can_i(cluster, trainer, "patch", "pods", namespace=ns)
     assert not can_i(cluster, trainer, "list", "pods", namespace=ns)
     assert not can_i(cluster, trainer, "list", "secrets", namespace=ns)
@@ -276,6 +276,59 @@ def test_trainer_can_patch_pods_in_its_namespace_only(cluster: Cluster, all_name
     assert not can_i(cluster, trainer, "create", "pods", namespace=ns, subresource="exec")
     assert not can_i(cluster, trainer, "patch", "pods", namespace="kube-system")
     assert not can_i(cluster, trainer, "patch", "pods")  # not cluster-wide
+
+
+def as_token(cluster: Cluster, token: str, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
+    """One API request with a bearer token (what the trainer's code could send); (status, body)."""
+    import ssl
+    import urllib.error
+
+    ctx = ssl.create_default_context(cafile=str(cluster.pki.ca_crt))
+    req = urllib.request.Request(cluster.server + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json",
+                                          "Content-Type": "application/merge-patch+json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_a_trainer_changes_only_its_own_pods_progress(cluster: Cluster, all_namespaces: Release) -> None:
+    """The trainer ServiceAccount's token bound to its pod (what the kubelet mounts): it may set the
+    progress annotation on that pod and nothing else — no other pod, no spec (images are mutable),
+    no label or other annotation, no reads; a token not bound to a pod may change nothing."""
+    ns = all_namespaces.namespace
+    for name in ("trainer-a", "trainer-b"):
+        cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns,
+                                                                       "annotations": {"team": "ml"}},
+                       "spec": {"serviceAccountName": "kubetune-trainer", "automountServiceAccountToken": False,
+                                "nodeSelector": {"kubetune.io/none": "true"},  # never scheduled: not needed
+                                "containers": [{"name": "trainer", "image": "ghcr.io/kubetune/trainer:1"}]}})
+    token = cluster.kubectl("create", "token", "kubetune-trainer", "-n", ns, "--bound-object-kind=Pod",
+                            "--bound-object-name=trainer-a", "--duration=10m", check=True).stdout.strip()
+    pods = f"/api/v1/namespaces/{ns}/pods"
+    progress = {"metadata": {"annotations": {"kubetune.io/progress": '{"step": 3}'}}}
+    status, body = as_token(cluster, token, "PATCH", f"{pods}/trainer-a", progress)
+    assert status == 200, body
+    assert cluster.get("pod", "trainer-a", "-n", ns)["metadata"]["annotations"]["kubetune.io/progress"] == '{"step": 3}'
+    refusals = {
+        "another pod": ("trainer-b", progress, "only change its own pod"),
+        "the image": ("trainer-a", {"spec": {"containers": [{"name": "trainer", "image": "evil:1"}]}}, "spec"),
+        "a label": ("trainer-a", {"metadata": {"labels": {"x": "y"}}}, "labels"),
+        "another annotation": ("trainer-a", {"metadata": {"annotations": {"team": "x"}}}, "only the kubetune.io/progress"),
+        "an annotation removed": ("trainer-a", {"metadata": {"annotations": {"team": None}}}, "only the kubetune.io/progress"),
+    }
+    for what, (pod, patch, message) in refusals.items():
+        status, body = as_token(cluster, token, "PATCH", f"{pods}/{pod}", patch)
+        assert status in (403, 422) and message in body, (what, status, body)
+    assert as_token(cluster, token, "GET", f"{pods}/trainer-a")[0] == 403
+    assert as_token(cluster, token, "GET", f"/api/v1/namespaces/{ns}/secrets")[0] == 403
+    unbound = cluster.kubectl("create", "token", "kubetune-trainer", "-n", ns, "--duration=10m", check=True).stdout.strip()
+    status, body = as_token(cluster, unbound, "PATCH", f"{pods}/trainer-a", progress)
+    assert status in (403, 422) and "only change its own pod" in body, body
+    cluster.kubectl("delete", "pod", "trainer-a", "trainer-b", "-n", ns, "--wait=false")
 
 
 # --- watching one namespace ------------------------------------------------------------------------------
@@ -298,15 +351,27 @@ def test_watched_namespace_only(cluster: Cluster, one_namespace: tuple[Release, 
 
 def test_webhook_is_registered_for_the_watched_namespace(cluster: Cluster, one_namespace: tuple[Release, str]) -> None:
     rel, watched = one_namespace
-    config = cluster.get("validatingwebhookconfiguration", f"{rel.name}-kubetune-{rel.namespace}")
-    secret = cluster.get("secret", f"{rel.name}-kubetune-webhook-tls", "-n", rel.namespace)
+    name = f"{rel.name}-kubetune-{rel.namespace}"
+    config = cluster.get("validatingwebhookconfiguration", name)
+    secret_name = f"{rel.name}-kubetune-webhook-tls"
+    secret = cluster.get("secret", secret_name, "-n", rel.namespace)
+    assert not secret.get("data")  # the operator fills it in (tests/e2e/test_webhook_tls.py)
     for hook in config["webhooks"]:
-        assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+        assert "caBundle" not in hook["clientConfig"]
         assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [watched]
-    # An upgrade keeps the certificate (looked up, not regenerated), so a running operator stays valid.
+    # what the operator may do about it: its Secret and its configuration, by name, nothing more
+    sa = rel.operator_sa
+    for verb in ("get", "update"):
+        assert can_i(cluster, sa, verb, f"secrets/{secret_name}", namespace=rel.namespace)
+        assert can_i(cluster, sa, verb, f"validatingwebhookconfigurations.admissionregistration.k8s.io/{name}")
+    assert not can_i(cluster, sa, "get", "secrets/other", namespace=rel.namespace)
+    assert not can_i(cluster, sa, "list", "secrets", namespace=rel.namespace)
+    assert not can_i(cluster, sa, "create", "secrets", namespace=rel.namespace)
+    assert not can_i(cluster, sa, "update", "validatingwebhookconfigurations.admissionregistration.k8s.io/other")
+    assert not can_i(cluster, sa, "delete", f"validatingwebhookconfigurations.admissionregistration.k8s.io/{name}")
+    # An upgrade renders the same objects: nothing is regenerated.
     helm(cluster, "upgrade", rel.name, str(CHART), "--namespace", rel.namespace, "--reuse-values")
-    again = cluster.get("secret", f"{rel.name}-kubetune-webhook-tls", "-n", rel.namespace)
-    assert again["data"] == secret["data"]
+    assert cluster.get("validatingwebhookconfiguration", name)["webhooks"] == config["webhooks"]
 
 
 # --- the operator running with exactly the chart's RBAC and settings ---------------------------------------
@@ -314,17 +379,7 @@ def test_webhook_is_registered_for_the_watched_namespace(cluster: Cluster, one_n
 
 def token_kubeconfig(cluster: Cluster, release: Release, path: Path) -> Path:
     """A kubeconfig that authenticates as the chart's operator ServiceAccount (TokenRequest)."""
-    sa = release.operator_sa.rsplit(":", 1)[1]
-    token = cluster.kubectl("create", "token", sa, "-n", release.namespace, "--duration=1h", check=True).stdout.strip()
-    config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [{"name": "local", "cluster": {"server": cluster.server,
-                                                  "certificate-authority": str(cluster.pki.ca_crt)}}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return sa_kubeconfig(cluster, release.namespace, release.operator_sa.rsplit(":", 1)[1], path)
 
 
 def test_operator_reconciles_with_only_the_charts_rbac(cluster: Cluster, tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ different namespaces must not collide, so its name carries the release namespace
 {{- printf "%s-%s-%s" (include "kubetune.fullname" $ctx | trunc 30 | trimSuffix "-") ($ctx.Release.Namespace | trunc 20 | trimSuffix "-") $suffix | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* The ClusterRole of the trainer pods (get/patch pods), bound per namespace by RoleBindings. */}}
+{{/* The ClusterRole of the trainer pods (patch pods), bound per namespace by RoleBindings. */}}
 {{- define "kubetune.trainerClusterRoleName" -}}
 {{- include "kubetune.clusterName" (list . "trainer") }}
 {{- end }}
@@ -139,4 +139,9 @@ different namespaces must not collide, so its name carries the release namespace
 namespace and trainer.serviceAccount.namespaces, without duplicates (JSON list). */}}
 {{- define "kubetune.trainerNamespaces" -}}
 {{- concat (list .Release.Namespace) .Values.watchNamespaces .Values.trainer.serviceAccount.namespaces | uniq | toJson }}
+{{- end }}
+
+{{/* The leader-election Lease (in the release namespace). */}}
+{{- define "kubetune.leaseName" -}}
+{{- include "kubetune.suffixed" (list . "leader") }}
 {{- end }}

@@ -226,6 +226,10 @@ class Resources(KubeModel):
     memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=SHORT, description=(
         "Memory request and limit per pod, e.g. 64Gi. Required when gpus is 0: a CPU job's memory plan is "
         "checked against it."))
+    unschedulable_grace_seconds: int | None = Field(default=None, ge=0, le=7 * 24 * 3600, description=(
+        "Seconds a pod of this job may stay unschedulable before the job fails Unschedulable (default: the "
+        "operator's, 120 s). While the cluster autoscaler reports a scale-up for the pod (its TriggeredScaleUp "
+        "event, for up to 15 min) the job keeps waiting past it; the status message says what it waits for."))
 
     @property
     def cpu_only(self) -> bool:

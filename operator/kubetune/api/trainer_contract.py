@@ -3,8 +3,8 @@
 - TrainerConfig: rendered by the operator (or `kubetune run`) into a ConfigMap mounted at
   /etc/kubetune/config.json (locally: a file), read by the trainer's entry point.
 - Progress: reported often — patched as the `kubetune.io/progress` annotation on the trainer's
-  own Pod (RBAC: get/patch pods in its namespace only), written to progress.json on the output
-  volume, and served as Prometheus metrics by the trainer.
+  own Pod (RBAC: patch pods in its namespace, narrowed to its own pod by the chart's admission
+  policy), written to progress.json on the output volume, and served as Prometheus metrics by the trainer.
 - TrainerResult: reported once, reliably — the compact form (≤ 4 KiB) in the container
   termination message, the full form as result.json on the output volume.
 No secret value ever appears here: secrets reach the trainer as environment variables whose

@@ -9,6 +9,7 @@ belongs to the returned object: two operators in one process share nothing. Call
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ import kopf
 from kubetune.controller.config import OperatorSettings
 from kubetune.controller.handlers import Handlers, register
 from kubetune.controller.k8s import KubeApi
+from kubetune.controller.leader import LeaderElector, default_identity
 from kubetune.controller.metrics import OperatorMetrics
 from kubetune.controller.reconciler import ClusterApi, Reconciler
+from kubetune.controller.webhook_tls import WebhookCertificates
 from kubetune.controller.world import World
 
 
@@ -55,8 +58,34 @@ def build_operator(settings: OperatorSettings, *, api: ClusterApi | None = None,
     metrics = OperatorMetrics(world.objects)
     kube = api if api is not None else KubeApi(metrics)
     reconciler = Reconciler(world, settings, kube, metrics, clock=clock)
+    metrics.track_caches(lambda: {**world.sizes(), **reconciler.sizes()})
     connect = kube.connect if isinstance(kube, KubeApi) else (lambda: None)
-    handlers = Handlers(settings, world, reconciler, metrics, connect)
+    elector = None
+    if settings.leader_election and isinstance(kube, KubeApi):
+        elector = LeaderElector(kube, settings.leader_election_namespace, settings.leader_election_name,
+                                settings.leader_identity or default_identity(), settings.leader_election_lease_seconds)
+
+    def start_background(stop: threading.Event) -> None:
+        if elector is not None:
+            threading.Thread(target=elector.run, args=(stop,), name="kubetune-leader", daemon=True).start()
+
+    webhook_tls = None
+    if settings.webhook and settings.webhook_cert_secret and isinstance(kube, KubeApi):
+        webhook_tls = WebhookCertificates(
+            kube, settings.webhook_cert_namespace, settings.webhook_cert_secret, settings.webhook_configuration,
+            settings.webhook_dns_names or (settings.webhook_host or "127.0.0.1",),
+            tempfile.mkdtemp(prefix="kubetune-webhook-"), settings.webhook_cert_check_seconds)
+
+    def stop_background() -> None:
+        if elector is not None:
+            elector.release()
+        if webhook_tls is not None:
+            webhook_tls.stop()
+
+    handlers = Handlers(settings, world, reconciler, metrics, connect, webhook_tls=webhook_tls,
+                        is_leader=elector.is_leader if elector is not None else (lambda: True),
+                        start_background=start_background,
+                        stop_background=stop_background)
     registry = registry if registry is not None else kopf.OperatorRegistry()
     register(handlers, registry)
     return Operator(settings=settings, world=world, reconciler=reconciler, metrics=metrics,

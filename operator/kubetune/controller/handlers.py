@@ -5,7 +5,11 @@
 - batch/v1 Jobs and Pods labelled kubetune.io/job: update the cache and reconcile their owner
   (a change of the progress annotation alone is rate-limited);
 - a resync thread re-derives the status of every non-terminal job every KUBETUNE_RESYNC_SECONDS
-  (grace periods, progress mirroring, retries after API errors);
+  (grace periods, progress mirroring); a job whose reconcile failed (429, 5xx, a conflict, a dropped
+  connection) is retried after an exponential backoff with jitter (policy.retry_delay), not on every
+  resync;
+- with leader election (several replicas), only the replica holding the Lease reconciles; every
+  replica keeps its cache warm from the watches and serves the webhook;
 - the validating admission webhook, when KUBETUNE_WEBHOOK is on.
 No finalizers: children are garbage-collected through their ownerReferences.
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,12 +33,15 @@ from kubetune.api.enums import TERMINAL_PHASES
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.controller.config import OperatorSettings
 from kubetune.controller.metrics import OperatorMetrics
+from kubetune.controller.policy import Bounded, retry_after_seconds, retry_delay
 from kubetune.controller.reconciler import Reconciler
 from kubetune.controller.webhook import refusal, review, self_signed_certificate
+from kubetune.controller.webhook_tls import WebhookCertificates
 from kubetune.controller.world import Key, World, trim_pod
 from kubetune.derivation import ANNOTATION_PROGRESS
 
 log = logging.getLogger("kubetune.controller")
+RETRY_MEMORY = 100_000
 
 
 def _pod_signature(pod: dict[str, Any] | None) -> Any:
@@ -56,14 +64,27 @@ class Handlers:
     """The handlers of one operator. `connect` loads the API credentials at start-up (fail early)."""
 
     def __init__(self, settings: OperatorSettings, world: World, reconciler: Reconciler, metrics: OperatorMetrics,
-                 connect: Callable[[], object]) -> None:
+                 connect: Callable[[], object], *, is_leader: Callable[[], bool] = lambda: True,
+                 start_background: Callable[[threading.Event], None] = lambda _stop: None,
+                 stop_background: Callable[[], None] = lambda: None,
+                 webhook_tls: WebhookCertificates | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.world = world
         self.reconciler = reconciler
         self.metrics = metrics
         self.connect = connect
+        self.is_leader = is_leader
+        self.start_background = start_background  # leader election (app.py)
+        self.stop_background = stop_background  # releases the Lease on a clean stop
+        self.webhook_tls = webhook_tls  # the operator's own webhook certificate (KUBETUNE_WEBHOOK_CERT_SECRET)
+        self.clock = clock
         self._stop = threading.Event()
         self._stop_metrics: Callable[[], None] | None = None
+        # per failing CR: (failures in a row, monotonic time of the next retry); bounded, and a CR that
+        # reconciles again (or is deleted) leaves it
+        self._retries: Bounded[Key, tuple[int, float]] = Bounded(RETRY_MEMORY)
+        self._retries_lock = threading.Lock()
 
     # -- start-up and clean-up -----------------------------------------------------------------
     def configure(self, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
@@ -77,6 +98,7 @@ class Handlers:
             self._stop_metrics = self.metrics.serve(s.metrics_port)
         self.connect()
         self._stop.clear()
+        self.start_background(self._stop)
         threading.Thread(target=self._resync_loop, name="kubetune-resync", daemon=True).start()
         logger.info("kubetune operator: image %s, namespaces %s, metrics :%s, webhook %s",
                     s.render.trainer_image, ",".join(s.namespaces) or "all", s.metrics_port,
@@ -96,40 +118,70 @@ class Handlers:
     def _webhook_server(self) -> kopf.WebhookServer:
         s = self.settings
         certfile, keyfile, cafile = s.webhook_cert, s.webhook_key, None
-        if not certfile:  # dev/test: a self-signed certificate that is its own CA
-            certfile, keyfile = self_signed_certificate(s.webhook_host or "127.0.0.1",
-                                                        tempfile.mkdtemp(prefix="kubetune-webhook-"))
-            cafile = certfile
+        if self.webhook_tls is not None:  # the operator's own certificate, kept in a Secret
+            certfile, keyfile, _ = self.webhook_tls.start()
+        elif not certfile:  # dev/test: a CA and a certificate of our own, in a temporary folder
+            certfile, keyfile, cafile = self_signed_certificate(s.webhook_host or "127.0.0.1",
+                                                                tempfile.mkdtemp(prefix="kubetune-webhook-"))
+        # kopf re-reads the files this often and restarts its server on a renewed certificate
         return kopf.WebhookServer(port=s.webhook_port, host=s.webhook_host, addr=s.webhook_addr,
-                                  certfile=certfile, pkeyfile=keyfile, cafile=cafile)
+                                  certfile=certfile, pkeyfile=keyfile, cafile=cafile,
+                                  file_check_interval=s.webhook_cert_check_seconds)
 
     def stop(self, **_: Any) -> None:
         self._stop.set()
+        self.stop_background()
         if self._stop_metrics is not None:
             self._stop_metrics()
             self._stop_metrics = None
 
     # -- reconciling ---------------------------------------------------------------------------
     def _safe_reconcile(self, key: Key, *, progress_only: bool = False) -> None:
-        """Reconcile; API errors that may heal are retried by the resync loop (and logged)."""
+        """Reconcile (only the leader does); a failure is logged and retried after a backoff."""
+        if not self.is_leader():
+            return
         try:
             self.reconciler.reconcile(key, progress_only=progress_only)
         except ApiException as exc:
+            delay = self._failed(key, retry_after_seconds(exc.headers))
             if exc.status in (409, 429) or exc.status >= 500:
-                log.warning("%s %s/%s: API %s, retrying on the next resync", *key, exc.status)
+                log.warning("%s %s/%s: API %s, retrying in %.1fs", *key, exc.status, delay)
             else:
-                log.error("%s %s/%s: API error %s: %s %s", *key, exc.status, exc.reason, str(exc.body)[:2000])
+                log.error("%s %s/%s: API error %s: %s %s; retrying in %.1fs", *key, exc.status, exc.reason,
+                          str(exc.body)[:2000], delay)
         except Exception:
-            log.exception("%s %s/%s: reconcile failed; retrying on the next resync", *key)
+            delay = self._failed(key, None)
+            log.exception("%s %s/%s: reconcile failed; retrying in %.1fs", *key, delay)
+        else:
+            with self._retries_lock:
+                self._retries.pop(key)
+
+    def _failed(self, key: Key, retry_after: float | None) -> float:
+        s = self.settings
+        with self._retries_lock:
+            attempts = (self._retries.get(key) or (0, 0.0))[0] + 1
+            delay = retry_delay(attempts, base=s.retry_base_seconds, cap=s.retry_max_seconds, retry_after=retry_after)
+            self._retries[key] = (attempts, self.clock() + delay)
+        return delay
+
+    def due(self, key: Key) -> bool:
+        """Whether the resync may reconcile `key` now (not while it backs off after a failure)."""
+        with self._retries_lock:
+            entry = self._retries.get(key)
+        return entry is None or self.clock() >= entry[1]
+
+    def resync_once(self) -> None:
+        for key, cr in list(self.world.crs.items()):
+            st = cr.get("status") or {}
+            if (st.get("phase") in TERMINAL_PHASES
+                    and st.get("observedGeneration") == (cr.get("metadata") or {}).get("generation")):
+                continue
+            if self.due(key):
+                self._safe_reconcile(key)
 
     def _resync_loop(self) -> None:
         while not self._stop.wait(self.settings.resync_seconds):
-            for key, cr in list(self.world.crs.items()):
-                st = cr.get("status") or {}
-                if (st.get("phase") in TERMINAL_PHASES
-                        and st.get("observedGeneration") == (cr.get("metadata") or {}).get("generation")):
-                    continue
-                self._safe_reconcile(key)
+            self.resync_once()
 
     # -- watch events --------------------------------------------------------------------------
     def on_cr_event(self, event: kopf.RawEvent, **_: Any) -> None:
@@ -139,6 +191,8 @@ class Handlers:
             key: Key = (str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
             self.world.drop_cr(key)
             self.reconciler.forget(key)
+            with self._retries_lock:
+                self._retries.pop(key)
         else:
             key = self.world.put_cr(obj)
             self._safe_reconcile(key)

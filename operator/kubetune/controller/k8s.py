@@ -8,8 +8,10 @@ RBAC, one line per call (the Helm chart's ClusterRole mirrors this):
   kubetune.io finetunejobs/finalizers, .../finalizers update (blockOwnerDeletion on children)
   batch jobs                                          get list watch create patch
   "" configmaps, services                             get create
-  "" pods                                             get list watch
-  "" events, events.k8s.io events                     create (kopf posts some too)
+  "" pods                                             get list watch (list: a finished Job's pods, when
+                                                      its watch events are late)
+  "" events, events.k8s.io events                     create (kopf posts some too); list (an unschedulable
+                                                      pod's cluster-autoscaler events, by field selector)
   kueue.x-k8s.io workloads                            list (Kueue's Workload of a queued Job it holds suspended)
   "" serviceaccounts                                  get create (trainer SA, when manage_trainer_rbac)
   rbac rolebindings                                   get create (binds the trainer ClusterRole)
@@ -17,12 +19,16 @@ RBAC, one line per call (the Helm chart's ClusterRole mirrors this):
   "" namespaces                                       list watch (kopf, when watching all namespaces)
   apiextensions customresourcedefinitions             list watch (kopf discovery)
   admissionregistration validatingwebhookconfigurations get list create patch (kopf-managed webhook)
+  coordination leases (own namespace)                 get create update (leader election, replicaCount > 1)
+  "" secrets (own namespace, its webhook Secret only)  get update (the webhook certificate: webhook_tls.py)
+  admissionregistration validatingwebhookconfigurations (the chart's only)  get update (its caBundle)
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import urllib.parse
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -44,8 +50,11 @@ _PATHS = {
     "Service": ("/api/v1", "services"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Event": ("/api/v1", "events"),
+    "Pod": ("/api/v1", "pods"),
     "Job": ("/apis/batch/v1", "jobs"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "Secret": ("/api/v1", "secrets"),
     "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURALS["FineTuneJob"]),
     "PreferenceAlignment": (f"/apis/{GROUP}/{VERSION}", PLURALS["PreferenceAlignment"]),
     "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),  # Kueue's, read only
@@ -113,7 +122,9 @@ class KubeApi:
                                        body=body, _request_timeout=30)
         resp.read()
         if not 200 <= resp.status < 300:
-            raise ApiException(status=resp.status, reason=resp.reason, body=resp.data)
+            exc = ApiException(status=resp.status, reason=resp.reason, body=resp.data)
+            exc.headers = dict(getattr(resp, "headers", None) or {})  # Retry-After (429) steers the backoff
+            raise exc
         return json.loads(resp.data) if resp.data else {}
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +169,24 @@ class KubeApi:
             raise
         items = found.get("items") or []
         return items[0] if items else None
+
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT a namespaced object; with metadata.resourceVersion set, a 409 says another writer won."""
+        meta = obj["metadata"]
+        path, resource = _path(obj["kind"], meta["namespace"], meta["name"])
+        return self.request("PUT", path, obj, resource=resource)
+
+    def job_pods(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """The pods of one Job (label batch.kubernetes.io/controller-uid), read from the API server."""
+        selector = urllib.parse.quote(f"batch.kubernetes.io/controller-uid={job_uid}")
+        path, resource = _path("Pod", namespace)
+        return list(self.request("GET", f"{path}?labelSelector={selector}", resource=resource).get("items") or [])
+
+    def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]:
+        """The core/v1 Events about pod `pod` (the cluster autoscaler's TriggeredScaleUp/NotTriggerScaleUp)."""
+        selector = urllib.parse.quote(f"involvedObject.kind=Pod,involvedObject.name={pod}")
+        path, resource = _path("Event", namespace)
+        return list(self.request("GET", f"{path}?fieldSelector={selector}&limit=100", resource=resource).get("items") or [])
 
     def patch_job(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         path, resource = _path("Job", namespace, name)

@@ -7,6 +7,7 @@ with it (bounded cardinality). Names follow Prometheus conventions: base units, 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,10 @@ class JobsCollector(Collector):
 
     def __init__(self, objects: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
         self._objects = objects
+        # the highest GPU-seconds reported per CR uid: a counter never goes down, even when a resumed
+        # Job resets its startTime; only uids still in the cache are kept (bounded by the live CRs)
+        self._gpu_high: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Any]:
         jobs = GaugeMetricFamily("kubetune_jobs", "kubetune jobs by kind and phase.", labels=["kind", "phase"])
@@ -36,7 +41,8 @@ class JobsCollector(Collector):
         tps = GaugeMetricFamily("kubetune_job_tokens_per_second", "Training throughput, all GPUs of the job.",
                                 labels=["kind", "namespace", "name"])
         gpu_s = CounterMetricFamily("kubetune_job_gpu_seconds", "GPU-seconds held by the job's trainer: "
-                                    "GPUs × nodes × seconds since the Job started (until it finished).",
+                                    "GPUs × nodes × seconds since the Job started (until it finished); "
+                                    "never decreases while the operator runs (a resumed Job keeps its total).",
                                     labels=["kind", "namespace", "name"])
         # the model cache, from what each job's data preflight reported (status.modelCache)
         cache = CounterMetricFamily("kubetune_model_cache_requests", "Base models asked of the model cache by "
@@ -48,6 +54,7 @@ class JobsCollector(Collector):
         hits = misses = 0
         counts: dict[tuple[str, str], int] = {}
         now = datetime.now(UTC)
+        high: dict[str, float] = {}
         for obj in list(self._objects()):
             kind = str(obj.get("kind"))
             meta = obj.get("metadata") or {}
@@ -66,18 +73,39 @@ class JobsCollector(Collector):
             if mc.get("used"):
                 hits, misses = hits + bool(mc.get("hit")), misses + (not mc.get("hit"))
                 downloaded.add_metric(labels, float(mc.get("bytesDownloaded") or 0))
+            uid = str(meta.get("uid"))
+            with self._lock:
+                value = self._gpu_high.get(uid)
             start = parse_time(status.get("startTime"))
             if start is not None:
                 end = parse_time(status.get("completionTime")) or now
                 res = (obj.get("spec") or {}).get("resources") or {}
                 gpus = int(res.get("gpus") or 1) * int(res.get("nodes") or 1)
-                gpu_s.add_metric(labels, max(0.0, (end - start).total_seconds()) * gpus)
+                value = max(value or 0.0, (end - start).total_seconds() * gpus)
+            if value is not None:  # also while a suspended Job has no startTime
+                high[uid] = value
+                gpu_s.add_metric(labels, value)
+        with self._lock:
+            self._gpu_high = high
         for kind in ("FineTuneJob", "PreferenceAlignment"):
             for phase in PHASES:
                 jobs.add_metric([kind, phase], counts.get((kind, phase), 0))
         cache.add_metric(["hit"], hits)
         cache.add_metric(["miss"], misses)
         yield from (jobs, loss, ratio, tps, gpu_s, cache, downloaded)
+
+
+class _CacheCollector(Collector):
+    def __init__(self, sizes: Callable[[], Mapping[str, int]]) -> None:
+        self._sizes = sizes
+
+    def collect(self) -> Iterator[Any]:
+        fam = GaugeMetricFamily("kubetune_operator_cache_entries",
+                                "Entries in each of the operator's in-memory caches (bounded by the live CRs).",
+                                labels=["cache"])
+        for name, n in sorted(self._sizes().items()):
+            fam.add_metric([name], float(n))
+        yield fam
 
 
 class OperatorMetrics:
@@ -108,6 +136,11 @@ class OperatorMetrics:
             "kubetune_events_total", "Kubernetes Events posted, by type and reason.", ["type", "reason"],
             registry=self.registry)
         self.registry.register(JobsCollector(objects))
+
+    def track_caches(self, sizes: Callable[[], Mapping[str, int]]) -> None:
+        """kubetune_operator_cache_entries{cache}: how many entries each of the operator's caches holds
+        (the World's and the Reconciler's `sizes()`), so a leak shows on a dashboard and in the soak test."""
+        self.registry.register(_CacheCollector(sizes))
 
     def names(self) -> list[str]:
         """Every metric name this registry exposes (docs/operator.md lists them)."""

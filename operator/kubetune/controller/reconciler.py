@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kubernetes.client.exceptions import ApiException
+
 from kubetune.api.constants import FINETUNEJOB, LABEL_MANAGED_BY, PREFERENCEALIGNMENT
 from kubetune.api.enums import TERMINAL_PHASES, Phase, Reason
 from kubetune.api.method_defaults import resolve
@@ -35,6 +37,7 @@ from kubetune.api.trainer_contract import PlanSummary, TrainerResult
 from kubetune.controller.config import OperatorSettings
 from kubetune.controller.k8s import ForeignChild
 from kubetune.controller.metrics import OperatorMetrics
+from kubetune.controller.policy import Bounded
 from kubetune.controller.world import Key, World
 from kubetune.derivation import (
     ANNOTATION_RESULT,
@@ -49,6 +52,9 @@ from kubetune.derivation import (
     preflight_passed,
 )
 from kubetune.derivation.events import truncate
+from kubetune.derivation.pods import pod_condition
+from kubetune.derivation.scheduling import ScaleUp, autoscaler_signal
+from kubetune.derivation.timeutil import parse_time
 from kubetune.planning.admission import plan_job, plan_summary
 from kubetune.planning.oom_retry import attempt_shapes
 from kubetune.render.job import attempt_job, render_children
@@ -57,6 +63,11 @@ from kubetune.render.names import job_name
 log = logging.getLogger("kubetune.controller")
 
 WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"  # Event reason: a child's name is still taken
+RBAC_RECHECK_SECONDS = 300.0
+RBAC_NAMESPACES_MEMORY = 4096
+SCALE_UP_RECHECK_SECONDS = 15.0
+SCALE_UP_MIN_AGE_SECONDS = 20.0  # the autoscaler takes seconds to react: no reads before (but before failing)
+SCALE_UP_MEMORY = 10_000
 
 
 class ClusterApi(Protocol):
@@ -71,6 +82,9 @@ class ClusterApi(Protocol):
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
 
     def workload_of(self, namespace: str, job_uid: str) -> dict[str, Any] | None: ...  # Kueue's, or None
+    def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]: ...
+
+    def job_pods(self, namespace: str, job_uid: str) -> list[dict[str, Any]]: ...
 
 
 def _cached_verdict_key(cr: Mapping[str, Any], ref_seen: bool) -> tuple[str, int, bool]:
@@ -97,11 +111,18 @@ class Reconciler:
         self.clock = clock
         self._locks: dict[Key, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._verdicts: dict[tuple[str, int, bool], tuple[Verdict, AnyJob | None, PlanSummary | None]] = {}
+        # per CR: the verdict of its latest (uid, generation, ref seen); dropped with the CR (`forget`)
+        self._verdicts: dict[Key, tuple[tuple[str, int, bool], tuple[Verdict, AnyJob | None, PlanSummary | None]]] = {}
         self._last_patch: dict[Key, float] = {}
-        self._rbac_done: set[str] = set()
+        # namespaces whose trainer ServiceAccount + RoleBinding were ensured lately: ensured again after
+        # RBAC_RECHECK_SECONDS, so one deleted by hand comes back without a restart
+        self._rbac_done: Bounded[str, bool] = Bounded(RBAC_NAMESPACES_MEMORY, ttl=RBAC_RECHECK_SECONDS)
         self._foreign_seen: dict[Key, set[tuple[str, str]]] = {}  # (CR uid, child uid) announced once
-        self._attempt_summaries: dict[tuple[str, int, bool], list[PlanSummary | None]] = {}  # oomRetry plans
+        self._attempt_summaries: dict[Key, list[PlanSummary | None]] = {}  # oomRetry plans, per CR
+        # the cluster autoscaler's latest word on each unschedulable pod, read at most every
+        # SCALE_UP_RECHECK_SECONDS per pod: (namespace, pod) => signal
+        self._scale_ups: Bounded[tuple[str, str], tuple[ScaleUp | None]] = Bounded(
+            SCALE_UP_MEMORY, ttl=SCALE_UP_RECHECK_SECONDS)
 
     # ------------------------------------------------------------------------------------------
     def lock(self, key: Key) -> threading.Lock:
@@ -113,12 +134,24 @@ class Reconciler:
             self._locks.pop(key, None)
         self._last_patch.pop(key, None)
         self._foreign_seen.pop(key, None)
+        self._verdicts.pop(key, None)
+        self._attempt_summaries.pop(key, None)
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each per-CR cache holds (the soak test checks they follow the live CRs)."""
+        with self._locks_guard:
+            locks = len(self._locks)
+        return {"locks": locks, "verdicts": len(self._verdicts), "last_patch": len(self._last_patch),
+                "foreign_seen": len(self._foreign_seen), "rbac_done": len(self._rbac_done),
+                "scale_ups": len(self._scale_ups), "attempt_summaries": len(self._attempt_summaries)}
 
     def reconcile(self, key: Key, *, progress_only: bool = False) -> None:
         """`progress_only`: triggered by a progress annotation alone — mirrored at most every
         progress_min_interval_seconds (the periodic resync catches up)."""
         if progress_only and time.monotonic() - self._last_patch.get(key, 0.0) < self.settings.progress_min_interval_seconds:
             return
+        if self.world.cr(key) is None:
+            return  # deleted (a child's late event): no lock is made for it, nothing to do
         started = time.monotonic()
         try:
             with self.lock(key):
@@ -140,26 +173,28 @@ class Reconciler:
 
     def verdict(self, cr: Mapping[str, Any]) -> tuple[Verdict, AnyJob | None, PlanSummary | None]:
         meta = cr.get("metadata") or {}
+        key: Key = (str(cr.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
         ns = str(meta.get("namespace"))
         lookup = self._lookup(ns)
         ref = ((cr.get("spec") or {}).get("fineTuneJobRef") or {}).get("name")
         ref_seen = bool(ref and lookup(ref) is not None)
         ck = _cached_verdict_key(cr, ref_seen)
-        if ck in self._verdicts:
-            return self._verdicts[ck]
+        cached = self._verdicts.get(key)
+        if cached is not None and cached[0] == ck:
+            return cached[1]
         try:
             job = parse_resource({k: cr[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in cr})
         except Exception as exc:  # the CRD schema should have refused it
             result: tuple[Verdict, AnyJob | None, PlanSummary | None] = (Verdict(problems=[f"spec: {exc}"]), None, None)
-            self._verdicts[ck] = result
+            self._verdicts[key] = (ck, result)
             return result
         problems = [str(p) for p in semantic_problems(job, local=False, lookup=lookup) if p.severity == "error"]
         verdict, summary = self._plan(job, lookup, ref, ref_seen)
         attempts = self._attempts(job, lookup, ref) if not (ref and not ref_seen) else []
         verdict = Verdict(problems=problems, plan=verdict.plan, fits=verdict.fits, plan_message=verdict.plan_message,
                           attempts=[{k: v for k, v in a.items() if k != "summary"} for a in attempts])
-        self._attempt_summaries[ck] = [a.get("summary") for a in attempts]
-        self._verdicts[ck] = (verdict, job, summary)
+        self._attempt_summaries[key] = [a.get("summary") for a in attempts]
+        self._verdicts[key] = (ck, (verdict, job, summary))
         return verdict, job, summary
 
     def _plan(self, job: AnyJob, lookup: Callable[[str], FineTuneJobSpec | None], ref: str | None,
@@ -206,7 +241,7 @@ class Reconciler:
         ref_key = (FINETUNEJOB, key[1], str(ref))
         ftj = self.world.cr(ref_key)
         if ftj is None:
-            if ref_key in self.world.deleted:
+            if self.world.was_deleted(ref_key):
                 return DependencyState("failed", f"FineTuneJob {ref} was deleted"), None, None
             return DependencyState("waiting", f"waiting for FineTuneJob {ref}: not found in this namespace"), None, None
         st = ftj.get("status") or {}
@@ -239,7 +274,7 @@ class Reconciler:
                         "name": self.settings.trainer_cluster_role},
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
         })
-        self._rbac_done.add(namespace)
+        self._rbac_done[namespace] = True
 
     def _create_children(self, key: Key, cr: Mapping[str, Any], job: AnyJob, referenced: FineTuneJobSpec | None,
                          adapter: str | None, summary: PlanSummary | None, *, training: bool,
@@ -257,7 +292,7 @@ class Reconciler:
         except ForeignChild as exc:
             self._wait_for_previous_run(key, cr, exc)
             return None
-        self.world.put_job(created)
+        self.world.put_job(created, created=True)
         log.info("%s %s/%s: created Job %s", key[0], key[1], key[2], created["metadata"]["name"])
         return created
 
@@ -293,7 +328,7 @@ class Reconciler:
         if bool(js.get("suspend")) != want:
             meta = job["metadata"]
             job = self.api.patch_job(meta["namespace"], meta["name"], {"spec": {"suspend": want}})
-            self.world.put_job(job)
+            self.world.put_job(job, written=True)
         return job
 
     def _workload(self, cr: Mapping[str, Any], job: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -337,19 +372,41 @@ class Reconciler:
         elif preflight is not None:
             preflight = self._sync_suspend(cr, preflight, queued=False)
         rs = self.settings.render
-        derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=self.world.pods_of(key),
-                                preflight=preflight, preflight_pods=self.world.preflight_pods_of(key),
+        if job is not None:
+            self._read_result(key, job)
+        pods, preflight_pods = self.world.pods_of(key), self.world.preflight_pods_of(key)
+        derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=pods,
+                                preflight=preflight, preflight_pods=preflight_pods,
                                 now=self.clock(), unschedulable_grace_seconds=rs.unschedulable_grace_seconds,
                                 image_pull_grace_seconds=rs.image_pull_grace_seconds,
-                                workload=self._workload(cr, job))
+                                workload=self._workload(cr, job),
+                                scale_ups=(scale_ups := self._autoscaler(key[1], [*pods, *preflight_pods])))
+        if Reason.UNSCHEDULABLE in (derived.stop_job, derived.stop_preflight):
+            # failing it: decide on the autoscaler's latest word, not on one read up to 10 s ago
+            fresh = self._autoscaler(key[1], [*pods, *preflight_pods], fresh=True)
+            if fresh != scale_ups:
+                derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=pods, preflight=preflight,
+                                        preflight_pods=preflight_pods, now=self.clock(),
+                                        unschedulable_grace_seconds=rs.unschedulable_grace_seconds,
+                                        image_pull_grace_seconds=rs.image_pull_grace_seconds, scale_ups=fresh,
+                                        workload=self._workload(cr, job))
         if derived.next_attempt is not None and job_typed is not None and job is not None:
             job, derived = self._next_attempt(key, cr, job, derived, job_typed, referenced, adapter, verdict, dep,
                                               preflight)
         new = derived.status
         if new != old:
-            resp = self.api.patch_status(key[0], key[1], key[2], status_patch(old, new))
+            try:
+                resp = self.api.patch_status(key[0], key[1], key[2], status_patch(old, new))
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                # gone while the watch was away (its DELETED event never came): forget it
+                log.info("%s %s/%s: not found on the API server; forgotten", *key)
+                self.world.drop_cr(key)
+                self.forget(key)
+                return
             if isinstance(resp, dict) and resp.get("metadata"):
-                self.world.put_cr(resp)
+                self.world.put_cr(resp, written=True)
             else:
                 self.world.update_cr_status(key, new)
             self._last_patch[key] = time.monotonic()
@@ -369,7 +426,7 @@ class Reconciler:
         attempt = derived.next_attempt or 1
         if derived.stop_job:
             self._finish_job(job, derived.stop_job, None)
-        summaries = self._attempt_summaries.get(_cached_verdict_key(cr, bool(referenced)), [])
+        summaries = self._attempt_summaries.get(key, [])
         summary = summaries[attempt - 1] if len(summaries) >= attempt else None
         created = self._create_children(key, cr, job_typed, referenced, adapter, summary, training=True, attempt=attempt)
         if created is None:
@@ -384,16 +441,56 @@ class Reconciler:
                               image_pull_grace_seconds=rs.image_pull_grace_seconds)
         return new_job, again
 
+    def _read_result(self, key: Key, job: dict[str, Any]) -> None:
+        """A Job finished but no pod's result seen yet: its pods' watch events may lag behind the Job's
+        (separate streams; after a restart, separate lists). Read them from the API server once, so the
+        gates never decide on a result that exists but was not seen."""
+        done = any(c.get("type") in ("Complete", "SuccessCriteriaMet") and c.get("status") == "True"
+                   for c in (job.get("status") or {}).get("conditions") or [])
+        if not done or Pods.of(self.world.pods_of(key)).result(job) is not None:
+            return
+        uid = str((job.get("metadata") or {}).get("uid"))
+        try:
+            for pod in self.api.job_pods(key[1], uid):
+                self.world.put_pod(pod)
+        except Exception as exc:  # the derivation waits RESULT_WAIT_SECONDS for the watch instead
+            log.warning("%s %s/%s: could not read the pods of Job %s: %s", *key, uid, exc)
+
+    def _autoscaler(self, namespace: str, pods: list[dict[str, Any]], *, fresh: bool = False) -> dict[str, ScaleUp]:
+        """What the cluster autoscaler said about each unschedulable pod (its Events), by pod name;
+        read once a pod has been unschedulable for SCALE_UP_MIN_AGE_SECONDS, then at most every
+        SCALE_UP_RECHECK_SECONDS per pod — or now (`fresh`, before failing it)."""
+        out: dict[str, ScaleUp] = {}
+        for pod in pods:
+            sched = pod_condition(pod, "PodScheduled")
+            if (pod.get("status") or {}).get("phase") != "Pending" or not sched or sched.get("reason") != "Unschedulable":
+                continue
+            name = str((pod.get("metadata") or {}).get("name"))
+            since = parse_time(sched.get("lastTransitionTime"))
+            if not fresh and since is not None and (self.clock() - since).total_seconds() < SCALE_UP_MIN_AGE_SECONDS:
+                continue
+            cached = None if fresh else self._scale_ups.get((namespace, name))
+            if cached is None:
+                try:
+                    cached = (autoscaler_signal(self.api.pod_events(namespace, name)),)
+                except Exception as exc:  # no Events to read (RBAC, the API away): the grace period decides
+                    log.warning("events of pod %s/%s: %s", namespace, name, exc)
+                    cached = (None,)
+                self._scale_ups[(namespace, name)] = cached
+            if cached[0] is not None:
+                out[name] = cached[0]
+        return out
+
     def _finish_job(self, job: dict[str, Any], stop: str | None, result: TrainerResult | None) -> None:
         """Suspend a Job whose pod can never start (`stop`); keep its pod's result on it, for when
         the pod is gone."""
         jm = job["metadata"]
         if stop and not (job.get("spec") or {}).get("suspend"):
             job = self.api.patch_job(jm["namespace"], jm["name"], {"spec": {"suspend": True}})
-            self.world.put_job(job)
+            self.world.put_job(job, written=True)
         if result is not None and ANNOTATION_RESULT not in ((job.get("metadata") or {}).get("annotations") or {}):
             self.world.put_job(self.api.patch_job(jm["namespace"], jm["name"], {"metadata": {"annotations": {
-                ANNOTATION_RESULT: result.termination_message()}}}))
+                ANNOTATION_RESULT: result.termination_message()}}}), written=True)
 
     def _announce(self, cr: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         kind = str(cr.get("kind"))

@@ -7,7 +7,12 @@ the CR's uid (Job) or the current Job's uid (Pods). An old run's Job or Pods, st
 garbage-collected, are never read as the new run's.
 
 A CR has up to two Jobs: the data preflight's (label kubetune.io/component=preflight) and the
-trainer's (any other); each has its own table, and its pods are those it controls."""
+trainer's (any other); each has its own table, and its pods are those it controls.
+
+Bounded: everything here is keyed by a live CR and dropped with it (`drop_cr`), except `deleted`
+(names of FineTuneJobs seen deleted, for the PreferenceAlignments that wait on them), which keeps
+the most recent DELETED_MEMORY. Which copy of an object is newer is decided by the watch order
+(`policy.Freshness`), never by comparing resourceVersions: they are opaque."""
 
 from __future__ import annotations
 
@@ -16,10 +21,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kubetune.api.constants import COMPONENT_PREFLIGHT, LABEL_COMPONENT, LABEL_KIND
+from kubetune.controller.policy import Bounded, Freshness
 from kubetune.derivation.retry import job_attempt as attempt
 from kubetune.render.meta import ANNOTATION_OWNER, controller_uid
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
+DELETED_MEMORY = 10_000  # CR names remembered as deleted (a PreferenceAlignment's ref then fails, not waits)
 
 _KEEP_POD_ANNOTATIONS = ("kubetune.io/progress", ANNOTATION_OWNER)
 
@@ -62,19 +69,20 @@ class World:
         self.jobs: dict[Key, dict[str, Any]] = {}  # trainer Jobs
         self.preflights: dict[Key, dict[str, Any]] = {}  # data preflight Jobs
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}
-        self.deleted: set[Key] = set()  # CRs seen deleted by this process
+        self.deleted: Bounded[Key, bool] = Bounded(DELETED_MEMORY)  # CRs seen deleted by this process
+        self._fresh: dict[str, Freshness] = {"cr": Freshness(), "job": Freshness(), "preflight": Freshness()}
 
     # CRs
-    def put_cr(self, obj: Mapping[str, Any]) -> Key:
+    def put_cr(self, obj: Mapping[str, Any], *, written: bool = False) -> Key:
+        """A CR from a watch event, or with `written` from the response to our own write: a late
+        watch event must not bring back an older status than the one we patched."""
         meta = obj.get("metadata") or {}
         key = (str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
         with self._lock:
-            old = self.crs.get(key)
-            same = old is not None and (old.get("metadata") or {}).get("uid") == meta.get("uid")
-            # a late watch event must not bring back an older status than the one we patched
-            if not same or _rv(obj) >= _rv(old or {}):
+            fresh = self._fresh["cr"]
+            if fresh.written(key, obj) if written else fresh.watched(key, obj):
                 self.crs[key] = trim(obj)
-            self.deleted.discard(key)
+            self.deleted.pop(key)
         return key
 
     def drop_cr(self, key: Key) -> None:
@@ -83,7 +91,13 @@ class World:
             self.jobs.pop(key, None)
             self.preflights.pop(key, None)
             self.pods.pop(key, None)
-            self.deleted.add(key)
+            for fresh in self._fresh.values():
+                fresh.forget(key)
+            self.deleted[key] = True
+
+    def was_deleted(self, key: Key) -> bool:
+        with self._lock:
+            return key in self.deleted
 
     def cr(self, key: Key) -> dict[str, Any] | None:
         return self.crs.get(key)
@@ -101,20 +115,37 @@ class World:
 
     # Jobs
     def _table(self, obj: Mapping[str, Any]) -> dict[Key, dict[str, Any]]:
-        labels = (obj.get("metadata") or {}).get("labels") or {}
-        return self.preflights if labels.get(LABEL_COMPONENT) == COMPONENT_PREFLIGHT else self.jobs
+        return self.preflights if self._kind(obj) == "preflight" else self.jobs
 
-    def put_job(self, obj: Mapping[str, Any]) -> Key | None:
+    @staticmethod
+    def _kind(obj: Mapping[str, Any]) -> str:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return "preflight" if labels.get(LABEL_COMPONENT) == COMPONENT_PREFLIGHT else "job"
+
+    def put_job(self, obj: Mapping[str, Any], *, written: bool = False, created: bool = False) -> Key | None:
+        """A Job from a watch event, or with `written` from our own patch (`created`: our create):
+        never replace a newer copy with an older one (a create response racing a watch event)."""
         key = owner_key(obj)
         if key is not None:
             with self._lock:
                 table = self._table(obj)
                 old = table.get(key)
-                # never replace a newer object with an older one (a create response racing a watch event),
-                # nor a CR's later attempt (spec.training.oomRetry) with an earlier one
-                if old is None or _newer(obj, old):
+                if old is not None and _other_attempt(obj, old):
+                    # a CR's later attempt (spec.training.oomRetry) is never replaced by an earlier one
+                    newest = attempt(obj) > attempt(old)
+                else:
+                    fresh = self._fresh[self._kind(obj)]
+                    newest = fresh.written(key, obj, created=created) if written or created else fresh.watched(key, obj)
+                if newest:
                     table[key] = trim(obj)
         return key
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each cache holds (the soak test checks they follow the live CRs)."""
+        with self._lock:
+            return {"crs": len(self.crs), "jobs": len(self.jobs), "preflights": len(self.preflights),
+                    "pods": len(self.pods), "deleted": len(self.deleted),
+                    **{f"fresh_{k}": len(v) for k, v in self._fresh.items()}}
 
     def drop_job(self, obj: Mapping[str, Any]) -> Key | None:
         key = owner_key(obj)
@@ -188,16 +219,7 @@ class World:
                     and ((cr.get("spec") or {}).get("fineTuneJobRef") or {}).get("name") == name]
 
 
-def _newer(obj: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
-    """Whether `obj` is to replace `old` in a CR's Job table: a later attempt of the same CR, or a
-    later version of the same attempt (or of another CR's: the owner check comes when it is read)."""
-    if controller_uid(obj) == controller_uid(old) and attempt(obj) != attempt(old):
-        return attempt(obj) > attempt(old)
-    return _rv(obj) >= _rv(old)
 
-
-def _rv(obj: Mapping[str, Any]) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
+def _other_attempt(obj: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Two Jobs of the same CR that are different attempts (spec.training.oomRetry)."""
+    return controller_uid(obj) == controller_uid(old) and attempt(obj) != attempt(old)

@@ -35,6 +35,7 @@ from kubetune.derivation.outcome import State, outcome_status
 from kubetune.derivation.pods import Pods
 from kubetune.derivation.preflight import preflight_state
 from kubetune.derivation.retry import retry, training_attempts
+from kubetune.derivation.scheduling import ScaleUp
 from kubetune.derivation.timeutil import format_time
 from kubetune.gates import ConditionUpdate
 
@@ -64,11 +65,18 @@ def derive_status(
     image_pull_grace_seconds: float = 120.0,
     job_name: str | None = None,
     workload: Mapping[str, Any] | None = None,
+    scale_ups: Mapping[str, ScaleUp] | None = None,
 ) -> Derived:
+    """`unschedulable_grace_seconds`: the operator's, unless the job sets
+    spec.resources.unschedulableGraceSeconds; `scale_ups`: the cluster autoscaler's latest word on
+    each unschedulable pod, by pod name (derivation/scheduling.py)."""
     meta = cr.get("metadata") or {}
     spec = cr.get("spec") or {}
     old = dict(cr.get("status") or {})
     generation = meta.get("generation")
+    own_grace = (spec.get("resources") or {}).get("unschedulableGraceSeconds")
+    if own_grace is not None:
+        unschedulable_grace_seconds = float(own_grace)
 
     # A terminal phase of this generation is final.
     if old.get("phase") in TERMINAL_PHASES and old.get("observedGeneration") == generation:
@@ -95,7 +103,8 @@ def derive_status(
     if job is None and preflight is not None and state.phase not in (Phase.FAILED, Phase.WAITING):
         state, stop_preflight = preflight_state(
             preflight, checks, checked, suspend_wanted=bool(spec.get("suspend")), now=now,
-            unschedulable_grace=unschedulable_grace_seconds, image_pull_grace=image_pull_grace_seconds)
+            unschedulable_grace=unschedulable_grace_seconds, image_pull_grace=image_pull_grace_seconds,
+            scale_ups=scale_ups)
         # Unknown until the data is known (outcome_status sets True or False then)
         conds.append(ConditionUpdate(ConditionType.DATA_VALID, "Unknown", state.reason, state.message))
 
@@ -103,7 +112,7 @@ def derive_status(
     if job is not None and state.phase not in (Phase.FAILED,):
         state, stop = job_state(job, pods_, result, progress, verdict, bool(spec.get("suspend")),
                                 bool(spec.get("queueName")), now, unschedulable_grace_seconds,
-                                image_pull_grace_seconds, workload)
+                                image_pull_grace_seconds, workload, scale_ups=scale_ups)
         again = retry(job, pods_, state, verdict, suspend_wanted=bool(spec.get("suspend")))
         if again is not None:  # out of memory, and spec.training.oomRetry allows a smaller attempt
             state, next_attempt = again.state, again.next_attempt

@@ -16,6 +16,7 @@ from kubetune.derivation.inputs import Verdict
 from kubetune.derivation.kueue import admission_state
 from kubetune.derivation.outcome import State, finished_state
 from kubetune.derivation.pods import Pods, created, pod_condition, progress_summary, waiting
+from kubetune.derivation.scheduling import ScaleUp, unschedulable_outcome
 from kubetune.derivation.timeutil import parse_time
 
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
@@ -41,10 +42,18 @@ def failure_time(job: Mapping[str, Any] | None) -> str | None:
 def job_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, progress: ProgressReport | None,
               verdict: Verdict, suspend_wanted: bool, queued: bool, now: datetime,
               unschedulable_grace: float, image_pull_grace: float,
-              workload: Mapping[str, Any] | None = None) -> tuple[State, str | None]:
-    """(the state, the reason to stop the Job or None). `workload`: Kueue's Workload of a queued Job."""
+              workload: Mapping[str, Any] | None = None, *,
+              scale_ups: Mapping[str, ScaleUp] | None = None) -> tuple[State, str | None]:
+    """(the state, the reason to stop the Job or None). `workload`: Kueue's Workload of a queued Job;
+    `scale_ups`: what the cluster autoscaler said about each unschedulable pod."""
     # Finished
-    if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
+    done = job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet")
+    if done:
+        if result is None and not result_overdue(job, done, now):
+            # Job and pod events come on separate watches (and after a restart, separate lists): the
+            # pod's termination message may not be seen yet; deciding now would end it without metrics
+            return State(Phase.EVALUATING, Reason.EVALUATING,
+                         "the trainer finished; reading its result (the pod's termination message)"), None
         return finished_state(result), None
     failed = job_condition(job, "Failed") or job_condition(job, "FailureTarget")
     if failed:
@@ -73,7 +82,8 @@ def job_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, 
         step = progress_summary(progress.step, progress.total_steps) if progress is not None else None
         msg = f"training: {step}" if step else f"the trainer is running ({stage or 'starting'})"
         return State(Phase.RUNNING, Reason.RUNNING, msg + previous), None
-    stuck = pending_state(pods, now, unschedulable_grace, image_pull_grace, what="trainer", phase=Phase.QUEUED)
+    stuck = pending_state(pods, now, unschedulable_grace, image_pull_grace, what="trainer", phase=Phase.QUEUED,
+                          scale_ups=scale_ups)
     if stuck is not None:
         return stuck
     if pods.phase("Pending"):
@@ -81,20 +91,32 @@ def job_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, 
     return State(Phase.QUEUED, Reason.JOB_CREATED, "the training Job was created" + previous), None
 
 
+RESULT_WAIT_SECONDS = 60.0
+
+
+def result_overdue(job: Mapping[str, Any], done: Mapping[str, Any], now: datetime) -> bool:
+    """A finished Job's result is given up on RESULT_WAIT_SECONDS after it finished (its pod gone
+    before the operator read it, and none kept on the Job): the run then ends on what is known."""
+    at = parse_time((job.get("status") or {}).get("completionTime")) or parse_time(done.get("lastTransitionTime"))
+    return at is None or (now - at).total_seconds() >= RESULT_WAIT_SECONDS
+
+
 def pending_state(pods: Pods, now: datetime, unschedulable_grace: float, image_pull_grace: float, *, what: str,
-                  phase: Phase) -> tuple[State, str | None] | None:
+                  phase: Phase, scale_ups: Mapping[str, ScaleUp] | None = None) -> tuple[State, str | None] | None:
     """A pending pod that cannot start — no node for it, or its image cannot be pulled: in `phase`
-    while within the grace period, then Failed with the reason to stop its Job. None when no pod is
-    stuck. `what` names the pod ("trainer", "data preflight")."""
+    while within the grace period (or, unschedulable, while the cluster autoscaler is adding a node
+    for it: `scale_ups`, by pod name, see scheduling.py), then Failed with the reason to stop its Job.
+    None when no pod is stuck. `what` names the pod ("trainer", "data preflight")."""
     for pod in pods.phase("Pending"):
         sched = pod_condition(pod, "PodScheduled")
         if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
             since = parse_time(sched.get("lastTransitionTime")) or parse_time(created(pod)) or now
             msg = f"no node can run the {what} pod: {sched.get('message', '')}".strip()
-            if (now - since).total_seconds() >= unschedulable_grace:
-                return State(Phase.FAILED, Reason.UNSCHEDULABLE,
-                             msg + f" (unschedulable for over {int(unschedulable_grace)}s)"), Reason.UNSCHEDULABLE
-            return State(phase, Reason.UNSCHEDULABLE, msg), None
+            signal = (scale_ups or {}).get(str((pod.get("metadata") or {}).get("name")))
+            fail, note = unschedulable_outcome((now - since).total_seconds(), unschedulable_grace, signal, now)
+            if fail:
+                return State(Phase.FAILED, Reason.UNSCHEDULABLE, f"{msg} ({note})"), Reason.UNSCHEDULABLE
+            return State(phase, Reason.UNSCHEDULABLE, f"{msg}; {note}"), None
         wait = waiting(pod)
         if wait and wait.get("reason") in IMAGE_PULL_REASONS:
             since = parse_time((pod.get("status") or {}).get("startTime")) or parse_time(created(pod)) or now

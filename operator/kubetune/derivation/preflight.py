@@ -16,6 +16,7 @@ from kubetune.api.trainer_contract import TrainerResult
 from kubetune.derivation.job import job_condition, pending_state
 from kubetune.derivation.outcome import State
 from kubetune.derivation.pods import Pods, disrupted, parse_result, terminated
+from kubetune.derivation.scheduling import ScaleUp
 
 WHAT = "data preflight"
 RESOURCES_HINT = "trainer.preflight.resources in the chart (KUBETUNE_PREFLIGHT_RESOURCES)"
@@ -29,7 +30,8 @@ def passed(job: Mapping[str, Any], pods: Pods) -> bool:
 
 
 def preflight_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | None, *, suspend_wanted: bool,
-                    now: datetime, unschedulable_grace: float, image_pull_grace: float) -> tuple[State, str | None]:
+                    now: datetime, unschedulable_grace: float, image_pull_grace: float,
+                    scale_ups: Mapping[str, ScaleUp] | None = None) -> tuple[State, str | None]:
     """(the state, the reason to stop the preflight Job or None). Passed: Validating with reason
     Validated — the trainer's Job is next."""
     if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
@@ -48,7 +50,8 @@ def preflight_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | 
         name = (running[-1].get("metadata") or {}).get("name", "?")
         return State(Phase.VALIDATING, Reason.CHECKING_DATA,
                      f"checking the data in pod {name} (CPU only: no GPU is requested until the data passes)"), None
-    stuck = pending_state(pods, now, unschedulable_grace, image_pull_grace, what=WHAT, phase=Phase.VALIDATING)
+    stuck = pending_state(pods, now, unschedulable_grace, image_pull_grace, what=WHAT, phase=Phase.VALIDATING,
+                          scale_ups=scale_ups)
     if stuck is not None:
         return stuck
     return State(Phase.VALIDATING, Reason.CHECKING_DATA, "the data preflight Job was created"), None

@@ -6,10 +6,11 @@
   supports and for the local control plane's; our own kinds go through kubetune's validator,
   cert-manager's and prometheus-operator's through the subset of their schemas we use;
 - the chart's CRDs are crds/ byte for byte (plus the keep annotation when asked);
-- RBAC: no "*", no Secrets, no pods/exec, no delete, the trainer only get/patch on pods;
+- RBAC: no "*", no Secrets (but the webhook certificate's, by name), no pods/exec, no delete, the trainer only
+  patch on pods (and an admission policy narrows that to its own pod's progress annotation);
 - the operator pod meets Pod Security "restricted" and runs with a read-only root filesystem;
-- the webhook: Fail/None, both kinds on CREATE/UPDATE, a caBundle that verifies the serving
-  certificate for the Service's DNS names;
+- the webhook: Fail/None, both kinds on CREATE/UPDATE, no certificate or caBundle rendered (the
+  operator keeps its own: identical renders);
 - values.schema.json refuses bad values; every value is documented with an example;
 - the env vars the chart sets are the ones the operator reads, with the same defaults;
 - kind-config.yaml and docs/kind.md fit together: the job in the doc validates and can land on
@@ -18,7 +19,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from pathlib import Path
@@ -27,8 +27,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from kubetune.api.validate import validate_object
 from kubetune.render.settings import RenderSettings
@@ -61,6 +59,11 @@ ALL_ON: dict[str, Any] = {
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "system", "effect": "NoSchedule"}],
     "image": {"digest": "sha256:" + "0" * 64},
+    "replicaCount": 2,
+    "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.0.0.1/32"], "ports": [6443]},
+                      "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                      "trainerEgress": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+                                         "ports": [{"port": 443, "protocol": "TCP"}]}]},
 }
 ALL_OFF: dict[str, Any] = {
     "webhook": {"enabled": False},
@@ -69,6 +72,8 @@ ALL_OFF: dict[str, Any] = {
     "serviceAccount": {"create": False, "name": "existing-sa"},
     "trainer": {"serviceAccount": {"create": False}},
     "replicaCount": 0,
+    "leaderElection": {"enabled": False},
+    "podDisruptionBudget": {"enabled": False},
 }
 CERT_MANAGER_ISSUER = {"webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},
                        "crds": {"keep": False}}
@@ -100,7 +105,8 @@ def test_renders(render: Render, scenario: str) -> None:
     objs = render(SCENARIOS[scenario])
     kinds = {o["kind"] for o in objs}
     if scenario == "all-off":
-        assert kinds == {"Deployment", "ClusterRole", "ClusterRoleBinding"}
+        assert kinds == {"Deployment", "ClusterRole", "ClusterRoleBinding",
+                         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}  # the trainer's
         return
     assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "RoleBinding",
             "Service", "ValidatingWebhookConfiguration", "CustomResourceDefinition"} <= kinds
@@ -153,6 +159,7 @@ THIRD_PARTY_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                         "port": _STR, "path": {"type": "string", "pattern": "^/"}, "scheme": {"enum": ["http", "https"]},
                         "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
                         "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                        "honorLabels": {"type": "boolean"},
                     }}},
             }}}},
 }
@@ -258,7 +265,8 @@ def test_rbac_is_least_privilege(render: Render, scenario: str) -> None:
     for where, rule in rules(render(SCENARIOS[scenario])):
         assert "*" not in rule.get("apiGroups", []), where
         assert "*" not in rule["resources"] and not any(r.endswith("/*") for r in rule["resources"]), where
-        assert not FORBIDDEN_RESOURCES & set(rule["resources"]), (where, rule)
+        named = rule.get("resourceNames") and rule["resources"] in (["secrets"], ["validatingwebhookconfigurations"])
+        assert named or not FORBIDDEN_RESOURCES & set(rule["resources"]), (where, rule)
         allowed = {"bind"} if rule["resources"] == ["clusterroles"] else set()
         assert not (FORBIDDEN_VERBS - allowed) & set(rule["verbs"]), (where, rule)
         assert "nonResourceURLs" not in rule, where
@@ -267,6 +275,12 @@ def test_rbac_is_least_privilege(render: Render, scenario: str) -> None:
         if "clusterroles" in rule["resources"]:  # bind, to the trainer ClusterRole only
             assert rule["verbs"] == ["bind"] and len(rule["resourceNames"]) == 1, where
             assert rule["resourceNames"][0].endswith("-trainer"), where
+        elif rule["resources"] == ["leases"] and rule["verbs"] != ["create"]:  # its own Lease only
+            assert rule["verbs"] == ["get", "update"] and len(rule["resourceNames"]) == 1, where
+            assert rule["resourceNames"][0].endswith("-leader"), where
+        elif rule["resources"] in (["secrets"], ["validatingwebhookconfigurations"]):
+            # its webhook certificate's Secret and the chart's own webhook configuration, by name
+            assert rule["verbs"] == ["get", "update"] and len(rule["resourceNames"]) == 1, where
         else:
             assert "resourceNames" not in rule, where
 
@@ -288,7 +302,7 @@ OPERATOR_RIGHTS = (grant("apiextensions.k8s.io", "customresourcedefinitions", "l
                    | grant("batch", "jobs", "get list watch create patch")
                    | grant("", "configmaps services", "get create")
                    | grant("", "pods", "get list watch")
-                   | grant("", "events", "create")
+                   | grant("", "events", "create list")
                    | grant("kueue.x-k8s.io", "workloads", "list"))
 TRAINER_RBAC_RIGHTS = (grant("", "serviceaccounts", "get create") | grant("rbac.authorization.k8s.io", "rolebindings", "get create")
                        | grant("rbac.authorization.k8s.io", "clusterroles", "bind"))
@@ -297,7 +311,8 @@ TRAINER_RBAC_RIGHTS = (grant("", "serviceaccounts", "get create") | grant("rbac.
 @pytest.mark.parametrize("manage", [True, False])
 def test_operator_rights_are_the_documented_set(render: Render, manage: bool) -> None:
     granted = operator_grants(render({"trainer": {"serviceAccount": {"createInJobNamespaces": manage}}}))
-    expected = OPERATOR_RIGHTS | (TRAINER_RBAC_RIGHTS if manage else set())
+    expected = (OPERATOR_RIGHTS | (TRAINER_RBAC_RIGHTS if manage else set())
+                | grant("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get update"))
     assert granted == expected, f"extra: {sorted(granted - expected)}; missing: {sorted(expected - granted)}"
     env = operator_env(render({"trainer": {"serviceAccount": {"createInJobNamespaces": manage}}}))
     assert env["KUBETUNE_MANAGE_TRAINER_RBAC"] == str(manage).lower()
@@ -333,14 +348,15 @@ def test_watched_namespaces_get_rolebindings_only(render: Render) -> None:
             {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
 
 
-def test_trainer_service_account_can_only_get_and_patch_pods(render: Render) -> None:
+def test_trainer_service_account_can_only_patch_pods(render: Render) -> None:
     objs = render(ALL_ON)
     namespaces = [NAMESPACE, "team-a", "team-b", "research"]
     trainer_sas = [o for o in by_kind(objs, "ServiceAccount") if o["metadata"]["name"] == "kubetune-trainer"]
     assert sorted(o["metadata"]["namespace"] for o in trainer_sas) == sorted(namespaces)
     (role,) = [r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"].endswith("-trainer")]
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
-    assert not by_kind(objs, "Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
+    # the one Role is the operator's leader-election Lease (test_chart_availability.py)
+    assert [r["metadata"]["name"] for r in by_kind(objs, "Role")] == [f"{RELEASE}-kubetune-leader-election"]
     bindings = [b for b in by_kind(objs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces)
     for b in bindings:
@@ -418,7 +434,8 @@ def test_restricted_check_catches_violations() -> None:
 def test_operator_deployment_shape(render: Render) -> None:
     objs = render()
     dep = one(objs, "Deployment")
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["command"] == ["kubetune", "operator"]
@@ -429,8 +446,6 @@ def test_operator_deployment_shape(render: Render) -> None:
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert pod["serviceAccountName"] == f"{RELEASE}-kubetune"
-    secret_volume = next(v for v in pod["volumes"] if v["name"] == "webhook-tls")
-    assert secret_volume["secret"]["secretName"] == one(objs, "Secret")["metadata"]["name"]
     # Services select the operator pod and point at its named ports.
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     for svc in by_kind(objs, "Service"):
@@ -472,33 +487,31 @@ def test_webhook_configuration(render: Render, scenario: str) -> None:
         assert f"{svc['metadata']['name']}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
 
 
-def test_self_signed_ca_bundle_verifies_the_serving_certificate(render: Render) -> None:
+def test_the_operator_keeps_the_certificate_nothing_is_generated_at_render_time(helm: Path, render: Render) -> None:
+    """`helm template` twice (what Argo CD does on every sync) gives the same bytes: no certificate,
+    key or caBundle in the manifests; the Secret is rendered empty for the operator to fill in."""
+    first = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE).stdout
+    second = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE).stdout
+    assert first == second
     objs = render()
     secret = one(objs, "Secret")
-    assert secret["type"] == "kubernetes.io/tls"
-    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
-    leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    assert secret["type"] == "Opaque" and "data" not in secret and "stringData" not in secret
     for hook in one(objs, "ValidatingWebhookConfiguration")["webhooks"]:
-        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == base64.b64decode(secret["data"]["ca.crt"])
-    assert leaf.issuer == ca.subject
-    key, digest = ca.public_key(), leaf.signature_hash_algorithm
-    assert digest is not None
-    if isinstance(key, rsa.RSAPublicKey):
-        key.verify(leaf.signature, leaf.tbs_certificate_bytes, padding.PKCS1v15(), digest)
-    else:
-        assert isinstance(key, ec.EllipticCurvePublicKey)
-        key.verify(leaf.signature, leaf.tbs_certificate_bytes, ec.ECDSA(digest))
-    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        assert "caBundle" not in hook["clientConfig"]
+    env = operator_env(objs)
+    assert env["KUBETUNE_WEBHOOK_CERT_SECRET"] == secret["metadata"]["name"]
+    assert env["KUBETUNE_WEBHOOK_CONFIGURATION"] == one(objs, "ValidatingWebhookConfiguration")["metadata"]["name"]
     svc = next(s for s in by_kind(objs, "Service") if s["metadata"]["name"].endswith("-webhook"))["metadata"]["name"]
-    assert f"{svc}.{NAMESPACE}.svc" in sans
-    assert base64.b64decode(secret["data"]["tls.key"]).startswith(b"-----BEGIN")
+    assert f"{svc}.{NAMESPACE}.svc" in (env["KUBETUNE_WEBHOOK_DNS_NAMES"] or "").split(",")
+    assert "KUBETUNE_WEBHOOK_CERT" not in env
+    assert not any(v["name"] == "webhook-tls" for v in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"])
 
 
 # --- values ------------------------------------------------------------------------------------
 
 BAD_VALUES = [
     ({"replicaCount": -1}, "replicaCount"),
-    ({"replicaCount": 2}, "replicaCount"),
+    ({"leaderElection": {"leaseSeconds": 1}}, "leaseSeconds"),
     ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
     ({"webhook": {"failurePolicy": "Maybe"}}, "failurePolicy"),
     ({"webhook": {"timeoutSeconds": 60}}, "timeoutSeconds"),
@@ -625,7 +638,7 @@ def test_chart_defaults_equal_operator_defaults(render: Render) -> None:
     assert (chart.metrics_port, chart.webhook_port, chart.peering, chart.manage_trainer_rbac) == \
         (defaults.metrics_port, defaults.webhook_port, defaults.peering, defaults.manage_trainer_rbac)
     # What the chart decides differently, on purpose:
-    assert chart.webhook and not chart.webhook_managed and chart.webhook_cert and chart.webhook_key
+    assert chart.webhook and not chart.webhook_managed and chart.webhook_cert_secret and chart.webhook_configuration
     assert chart.trainer_cluster_role.endswith("-trainer") and chart.namespaces == ()
 
 

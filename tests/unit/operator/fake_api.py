@@ -20,6 +20,8 @@ class FakeApi:
         self.events: list[tuple[str, str, str]] = []
         self.created = 0
         self.workloads: dict[str, dict[str, Any]] = {}  # Kueue's Workloads, by their Job's uid
+        self.pod_event_log: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.pods_of_job: dict[str, list[dict[str, Any]]] = {}
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """What KubeApi.create does on a 409: the existing one if it has the same controlling owner."""
@@ -60,6 +62,16 @@ class FakeApi:
     def workload_of(self, ns: str, job_uid: str) -> dict[str, Any] | None:
         self.calls.append(("list", "Workload"))
         return self.workloads.get(job_uid)
+
+    def job_pods(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """Pods others (the Job controller) made: `pods_of_job[job_uid]`."""
+        self.calls.append(("list", "Pod"))
+        return list(self.pods_of_job.get(job_uid, []))
+
+    def pod_events(self, namespace: str, pod: str) -> list[dict[str, Any]]:
+        """Events others (the cluster autoscaler) posted about a pod: `pod_event_log[(namespace, pod)]`."""
+        self.calls.append(("list", "Event"))
+        return list(self.pod_event_log.get((namespace, pod), []))
 
     def collect_garbage(self, owner_uid: str) -> list[dict[str, Any]]:
         """What the garbage collector does once a CR is gone: delete the children it controlled."""
