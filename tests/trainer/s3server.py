@@ -101,9 +101,24 @@ class SeaweedS3:
                                  endpoint_override=self._here, region="us-east-1",
                                  allow_bucket_creation=True, allow_bucket_deletion=True, connect_timeout=5, **options)
 
-    def make_bucket(self, name: str) -> None:
-        self.client().create_dir(name)
+    def make_bucket(self, name: str, *, timeout: float = 60.0) -> None:
+        """Create it and write (then delete) a probe object: SeaweedFS grows a bucket's first volumes on
+        its first write, which can fail while the machine is busy; the probe retries that here, before
+        any client of the test writes there."""
+        fs = self.client()
+        fs.create_dir(name)
         self.buckets.append(name)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with fs.open_output_stream(f"{name}/.kubetune-probe") as out:
+                    out.write(b"ok")
+                fs.delete_file(f"{name}/.kubetune-probe")
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     @classmethod
     def start(cls, root: Path, *, timeout: float = 60.0, netns: Any = None) -> SeaweedS3:
