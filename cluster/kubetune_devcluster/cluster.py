@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from . import dns as dns_mod
 from . import node as node_mod
 from . import pki as pki_mod
 from .binaries import Binaries, ensure_binaries, read_versions
@@ -34,9 +35,10 @@ from .netns import Netns
 from .nodes import KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE, default_nodes
 
 STATE_FILE = "cluster.json"
-# Start order; stop() goes the other way round. The last five only with a real node.
+# Start order; stop() goes the other way round. The last six only with a real node.
 COMPONENTS = ("etcd", "kube-apiserver", "apiserver-forwarder", "kube-controller-manager", "kube-scheduler",
-              "kwok", "containerd", "kubelet", "kube-proxy")
+              "kwok", "cluster-dns", "containerd", "kubelet", "kube-proxy")
+PYTHON_COMPONENTS = ("apiserver-forwarder", "cluster-dns")  # run by this Python
 STAGES_FILE = Path(__file__).with_name("stages.yaml")
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 CONTEXT = "kubetune-dev"
@@ -98,8 +100,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _executable(component: str) -> str:
-    """The program a component's pid runs (the forwarder is this Python)."""
-    return os.path.realpath(sys.executable) if component == "apiserver-forwarder" else component
+    """The program a component's pid runs (the forwarder and the cluster DNS are this Python)."""
+    return os.path.realpath(sys.executable) if component in PYTHON_COMPONENTS else component
 
 
 def _pid_runs(pid: int, binary: str) -> bool:
@@ -440,11 +442,14 @@ def start(
             nodes = default_nodes(cpu_node=not real_node)
         names = boot.register_nodes(nodes)
         if real_node:
+            boot.cluster_dns()
             boot.containerd()
             boot.kubelet()
             boot.kube_proxy()
             names.append(node_mod.NODE_NAME)
         boot.wait_ready(names)
+        if real_node:
+            boot.wait_cluster_dns()
         boot.cluster.startup_seconds = time.monotonic() - t0
         return boot.cluster
     except BaseException:
@@ -682,6 +687,21 @@ class _Boot:
         )
 
     # ---- the real node ----------------------------------------------------------------------
+    def cluster_dns(self) -> None:
+        """The pods' DNS server (kubetune_devcluster.dns) on the node's address, port 53, reading
+        Services and EndpointSlices with kube-proxy's identity (system:node-proxier may list them)."""
+        assert self.cluster.netns is not None
+        self._spawn("cluster-dns", [
+            sys.executable, "-m", "kubetune_devcluster.dns", f"--listen={self.cluster.netns.node_ip}:{dns_mod.PORT}",
+            f"--kubeconfig={self._config('kube-proxy.kubeconfig')}", f"--domain={node_mod.CLUSTER_DOMAIN}"])
+
+    def wait_cluster_dns(self) -> None:
+        """It answers with the `kubernetes` Service's ClusterIP (so it reads the API)."""
+        assert self.cluster.netns is not None
+        server = (self.cluster.netns.node_ip, dns_mod.PORT)
+        name = f"kubernetes.default.svc.{node_mod.CLUSTER_DOMAIN}"
+        self._until("the cluster DNS to answer", self._probe(lambda: dns_mod.probe(server, name, 0.5)[1]), 30)
+
     def containerd(self) -> None:
         """containerd (CRI) with runc and the CNI bridge; the pause image imported and pinned."""
         paths, bins = self.cluster.node_paths, self.bins

@@ -1,4 +1,5 @@
-"""A real node for the local cluster: containerd v2 + runc, CNI bridge, kubelet and kube-proxy.
+"""A real node for the local cluster: containerd v2 + runc, CNI bridge, kubelet, kube-proxy and the
+cluster DNS (:mod:`kubetune_devcluster.dns`).
 
 Everything here is configuration (plain data and files); :mod:`kubetune_devcluster.cluster` starts
 the processes inside the cluster's network namespace (:mod:`kubetune_devcluster.netns`).
@@ -31,6 +32,7 @@ NODE_NAME = "kubetune-node-0"
 NODE_IP = "10.213.0.1"  # on a device inside the cluster's own network namespace
 POD_SUBNET = "10.88.0.0/24"  # the CNI bridge's addresses (kwok's fake pods use 10.244.0.0/16)
 CLUSTER_CIDR = "10.88.0.0/16"
+CLUSTER_DOMAIN = "cluster.local"  # kubetune_devcluster.dns answers for it
 NODE_LABEL = "kubetune.io/real-node"  # the real node carries it ("true"): tests pin pods with it
 K8S_NAMESPACE = "k8s.io"  # containerd namespace the CRI plugin uses
 
@@ -170,7 +172,11 @@ def kubelet_configuration(paths: NodePaths, ca: Path, serving_cert: Path, servin
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "localStorageCapacityIsolation": False,
-        "resolvConf": "",  # pods get no DNS server: there is none to reach
+        # ClusterFirst pods ask the cluster DNS (dns.py, on the node's address) and nothing else: no
+        # host resolv.conf is merged in, and that server forwards nothing.
+        "resolvConf": "",
+        "clusterDNS": [NODE_IP],
+        "clusterDomain": CLUSTER_DOMAIN,
         "serializeImagePulls": False,
         "maxPods": 30,
         "shutdownGracePeriod": "0s",

@@ -11,7 +11,10 @@ pod, trainer pods that train on the real node's CPU and report through their own
 5. a trainer pod whose memory limit is too small is OOM-killed by the kernel: OutOfMemory, with the
    plan's figure and its advice; with spec.training.oomRetry a second attempt runs in the smaller
    configuration (its own Job and ConfigMap);
-6. a FineTuneJob deleted and applied again at once gets a fresh run, never the old one's.
+6. a FineTuneJob deleted and applied again at once gets a fresh run, never the old one's;
+7. a CPU job on two nodes: an Indexed Job of two pods and its headless Service; pod 1 finds rank 0 at
+   `<job>-0.<service>` through the cluster DNS, both train with gloo over the pod network, and the job
+   ends Succeeded with rank 0's result in status.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -327,3 +331,45 @@ def test_a_job_deleted_and_applied_again_gets_a_fresh_run(real_cluster: Cluster,
     jobs = real_cluster.get("jobs", "-n", s["ns"], "-l", "kubetune.io/job,kubetune.io/component=trainer")["items"]
     mine = [j for j in jobs if j["metadata"]["ownerReferences"][0]["uid"] == new["metadata"]["uid"]]
     assert len(mine) == 1 and mine[0]["metadata"]["uid"] not in old_job_uids
+
+
+# --- 7 -------------------------------------------------------------------------------------------
+
+def test_a_cpu_job_on_two_nodes_trains_over_the_pod_network(real_cluster: Cluster, storage: dict[str, Any]) -> None:
+    s = storage
+    name, steps = "tiny-ddp", 6
+    # two pods of 700m next to the operator (the node has 2 CPUs); LoRA over two ranks is data parallel (DDP)
+    spec = ftj(name, s["ns"], s["inputs"], s["outputs"], steps=steps, every=3, method="lora",
+               resources={"gpus": 0, "nodes": 2, "cpu": "700m", "memory": "3Gi"})
+    spec["spec"] = {k: v for k, v in spec["spec"].items() if k not in ("quantization", "evaluation")}
+    t0 = time.monotonic()
+    assert apply_yaml(real_cluster, spec).returncode == 0
+    cr = wait_phase(real_cluster, "FineTuneJob", s["ns"], name, {"Succeeded", "Failed", "GateFailed"}, timeout=900)
+    seconds = time.monotonic() - t0
+    st = cr["status"]
+    assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
+    # an Indexed Job of two pods with its headless Service, rank 0's address by name
+    (job,) = [j for j in real_cluster.get("jobs", "-n", s["ns"], "-l", "kubetune.io/component=trainer")["items"]
+              if j["metadata"]["name"].startswith(f"{name}-")]
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    assert job["status"]["succeeded"] == 2
+    service = real_cluster.get("service", job["spec"]["template"]["spec"]["subdomain"], "-n", s["ns"])
+    assert service["spec"]["clusterIP"] == "None"
+    pods = sorted(trainer_pods(real_cluster, s["ns"], name), key=lambda p: p["spec"]["hostname"])
+    assert [p["spec"]["hostname"] for p in pods] == [f"{job['metadata']['name']}-0", f"{job['metadata']['name']}-1"]
+    master = {e["name"]: e.get("value") for e in pods[1]["spec"]["containers"][0]["env"]}["KUBETUNE_MASTER_ADDR"]
+    assert master == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    # two pods, two network namespaces: rank 1 reached rank 0 over the pod network (the bridge)
+    assert len({p["status"]["podIP"] for p in pods}) == 2
+    for p in pods:
+        assert p["spec"]["nodeName"] == "kubetune-node-0"
+        assert p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    # rank 0's result is the status; rank 1 stepped with it (the same steps, the same all-reduced loss)
+    result = _result_on_volume(s["outputs"], name)
+    worker = json.loads((s["outputs"].host / name / "kubetune" / "result-rank1.json").read_text())
+    assert result["outcome"] == "succeeded" and worker["message"] == "worker rank finished"
+    assert st["metrics"] == pytest.approx(result["metrics"])
+    assert result["metrics"]["train.steps"] == worker["metrics"]["train.steps"] == steps
+    assert result["metrics"]["train.loss"] == worker["metrics"]["train.loss"]
+    assert (s["outputs"].host / name / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+    print(f"\ntwo-pod CPU job: applied -> Succeeded in {seconds:.0f}s", file=sys.stderr)

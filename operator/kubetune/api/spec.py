@@ -205,14 +205,12 @@ class Resources(KubeModel):
         cel("!has(self.gpus) || self.gpus > 0 || has(self.memory)",
             "a CPU job (gpus 0) needs resources.memory so the plan can be checked against the pod's memory limit",
             ".memory"),
-        cel("!has(self.gpus) || self.gpus > 0 || !has(self.nodes) || self.nodes == 1",
-            "a CPU job (gpus 0) runs one process on one node; set nodes to 1, or request GPUs", ".nodes"),
     ))
 
     gpus: int = Field(default=1, ge=0, le=64, description=(
         "GPUs per node (nvidia.com/gpu); > 1 runs torchrun with one process per GPU. 0 is a CPU job: no GPU "
-        "request, toleration or GPU-memory affinity, the trainer runs on CPU, one node only, and the memory "
-        "plan is checked against resources.memory (then required)."))
+        "request, toleration or GPU-memory affinity, the trainer runs on CPU (one gloo process per pod when nodes > 1), "
+        "and the memory plan is checked against resources.memory (then required)."))
     nodes: int = Field(default=1, ge=1, le=256, description="Nodes; > 1 renders an Indexed Job with a headless Service for torchrun.")
     gpu_memory: str = Field(default="80Gi", pattern=QUANTITY_PATTERN, max_length=SHORT, description=(
         "Memory per GPU, a quantity (80Gi); the memory plan must fit it and pods land only on GPUs with at least "
@@ -233,12 +231,12 @@ class Resources(KubeModel):
 
     @property
     def cpu_only(self) -> bool:
-        """`gpus: 0`: the trainer runs on CPU, in one process on one node."""
+        """`gpus: 0`: the trainer runs on CPU, one process per pod (gloo across `nodes` pods)."""
         return self.gpus == 0
 
     @property
     def world_size(self) -> int:
-        """Trainer processes in all: one per GPU, or one for a CPU job."""
+        """Trainer processes in all: one per GPU, or one per pod for a CPU job."""
         return max(self.gpus, 1) * self.nodes
 
 

@@ -96,7 +96,7 @@ class PlanRequest:
     """What the planner needs to know about one job, with the trainer's defaults.
 
     Sizes are per GPU: `batch_size` is the per-device micro-batch (sequences; DPO pairs count as two
-    sequences internally), `gpus` is per node. `gpus = 0` is a CPU job: one process on one node, no CUDA
+    sequences internally), `gpus` is per node. `gpus = 0` is a CPU job: one process per node (gloo), no CUDA
     context, and the peak is checked against `memory_bytes`, the pod's memory limit.
     """
 
@@ -162,11 +162,8 @@ class PlanRequest:
                 raise bad(name, value, "a positive integer")
         if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
             raise bad("gpus", self.gpus, "0 (a CPU job) or a positive integer")
-        if self.cpu_only:
-            if self.nodes != 1:
-                raise bad("nodes", self.nodes, "1: a CPU job (gpus 0) runs one process on one node")
-            if self.memory_bytes is None:
-                raise bad("memory_bytes", None, "the pod's memory limit: a CPU job (gpus 0) is checked against it")
+        if self.cpu_only and self.memory_bytes is None:
+            raise bad("memory_bytes", None, "the pod's memory limit: a CPU job (gpus 0) is checked against it")
         if self.memory_bytes is not None and (isinstance(self.memory_bytes, bool) or self.memory_bytes <= 0):
             raise bad("memory_bytes", self.memory_bytes, "a positive byte count")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -186,7 +183,7 @@ class PlanRequest:
 
     @property
     def world_size(self) -> int:
-        """Trainer processes: one per GPU, or one for a CPU job."""
+        """Trainer processes: one per GPU, or one per node for a CPU job."""
         return max(self.gpus, 1) * self.nodes
 
     @property

@@ -99,8 +99,6 @@ BAD: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], No
     ("gpus-negative", ftj, _set("spec.resources", {"gpus": -1}), "spec.resources.gpus", "must be ≥ 0"),
     ("cpu-job-without-memory", ftj, _set("spec.resources", {"gpus": 0}), "spec.resources.memory",
      "a CPU job (gpus 0) needs resources.memory"),
-    ("cpu-job-on-two-nodes", ftj, _set("spec.resources", {"gpus": 0, "memory": "8Gi", "nodes": 2}),
-     "spec.resources.nodes", "runs one process on one node"),
     ("pa-cpu-job-without-memory", pa, _set("spec.resources", {"gpus": 0, "cpu": "4"}), "spec.resources.memory",
      "needs resources.memory"),
     ("nodes-zero", ftj, _set("spec.resources", {"nodes": 0}), "spec.resources.nodes", "must be ≥ 1"),
@@ -263,6 +261,16 @@ def test_cpu_job_is_valid_with_memory(method: str) -> None:
     obj = ftj()
     obj["spec"]["method"] = method
     obj["spec"]["resources"] = dict(CPU_JOB)
+    assert [str(p) for p in validate_object(obj) if p.severity == "error"] == []
+
+
+def test_cpu_job_on_two_nodes_is_valid() -> None:
+    """gpus 0 over nodes 2: one gloo process per pod (an Indexed Job of two CPU pods)."""
+    obj = ftj()
+    obj["spec"]["method"] = "lora"
+    obj["spec"]["quantization"] = None
+    obj["spec"]["resources"] = {**CPU_JOB, "nodes": 2}
+    obj["spec"] = {k: v for k, v in obj["spec"].items() if v is not None}
     assert [str(p) for p in validate_object(obj) if p.severity == "error"] == []
 
 

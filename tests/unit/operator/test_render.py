@@ -228,6 +228,19 @@ def test_multi_node_indexed_job_with_headless_service() -> None:
     assert [c["kind"] for c in ch.preflight_objects()] == ["ConfigMap", "Job"]
 
 
+def test_cpu_job_on_two_nodes_runs_one_gloo_process_per_pod() -> None:
+    obj = ftj()
+    obj["spec"]["resources"] = {"gpus": 0, "nodes": 2, "memory": "3Gi", "cpu": "1"}
+    ch = render(obj)
+    assert ch.job["spec"]["completionMode"] == "Indexed" and ch.job["spec"]["completions"] == 2
+    assert ch.service is not None and pod_spec(ch)["subdomain"] == ch.service["metadata"]["name"]
+    cmd = container(ch)["command"]
+    assert cmd[:3] == ["kubetune-trainer", "launch", "--nproc-per-node=1"] and "--nnodes=2" in cmd
+    assert "nvidia.com/gpu" not in container(ch)["resources"].get("limits", {})
+    cfg = json.loads(ch.configmap["data"]["config.json"])
+    assert cfg["worldSize"] == 2 and cfg["device"] == "cpu"  # the trainer picks gloo on cpu
+
+
 def test_kueue_queue_label_and_suspended() -> None:
     obj = ftj(queueName="gpu-queue")
     j = render(obj).job

@@ -90,7 +90,7 @@ def test_suggestions_on_cpu_are_ones_the_cpu_trainer_takes() -> None:
 
 @pytest.mark.parametrize(("changes", "field"), [
     ({"gpus": -1}, "gpus"),
-    ({"nodes": 2}, "nodes"),
+    ({"nodes": 0}, "nodes"),
     ({"memory_bytes": None}, "memory_bytes"),
     ({"memory_bytes": 0}, "memory_bytes"),
 ])
@@ -105,6 +105,8 @@ def test_spec_adapter_plans_what_the_cpu_trainer_runs() -> None:
     assert req.memory_bytes == parse_quantity("6Gi")
     assert req.compute_dtype == "float32"  # the trainer computes in fp32 on CPU, 4-bit included
     assert req.optimizer == "adamw_torch"  # qlora's default paged_adamw_8bit needs CUDA
+    two = plan_request(ftj({"gpus": 0, "memory": "6Gi", "nodes": 2}))
+    assert two.cpu_only and two.world_size == 2  # one gloo process per pod
     gpu = plan_request(ftj({"gpus": 2}))
     assert (gpu.compute_dtype, gpu.optimizer, gpu.world_size) == ("bfloat16", "paged_adamw_8bit", 2)
 
