@@ -216,3 +216,25 @@ def test_download_progress_extrapolates_the_mean_rate() -> None:
     assert download_progress(99_999, 100_000, 1.0).eta_seconds == 0.1  # never 0 before the end
     assert download_progress(5, None, 1.0) == DownloadProgress(bytes_done=5)
     assert DownloadProgress(bytes_done=3 * 2**20, bytes_total=None).line() == "3.0 MiB"
+
+
+def test_the_reconciler_mirrors_the_preflight_pods_download_progress_before_any_gpu_job() -> None:
+    from operator_builders import preflight_pod
+
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    preflight, _ = jobs(api, cr)
+    running = preflight_pod(preflight, phase="Running")
+    running["metadata"]["annotations"]["kubetune.io/progress"] = _downloading(2**20, 4 * 2**20, 3.0)
+    world.put_pod(running)
+    rec.reconcile(key_of(cr))  # the pod's start (a progress-only event is mirrored at most every interval)
+    st = api.status[key_of(cr)]
+    assert st["modelCache"]["progress"] == {"bytesDone": 2**20, "bytesTotal": 4 * 2**20, "etaSeconds": 3.0}
+    assert "1.0 of 4.0 MiB, ETA 3 s" in st["message"] and jobs(api, cr)[1] is None  # no GPU Job yet
+    done = MISS.model_copy(update={"bytes_downloaded": 4 * 2**20,
+                                   "progress": download_progress(4 * 2**20, 4 * 2**20, 9.0)})
+    pass_preflight(world, api, rec, cr, result=_with_cache(done))
+    st = api.status[key_of(cr)]
+    assert st["modelCache"]["progress"] == {"bytesDone": 4 * 2**20, "bytesTotal": 4 * 2**20, "etaSeconds": 0.0}
+    assert jobs(api, cr)[1] is not None
