@@ -427,7 +427,8 @@ def test_restricted_namespace_admits_trainer_pods(cluster: Cluster, operator: Op
     apply(cluster, ftj("strict", namespace))
     check = pass_preflight(cluster, namespace, "strict")
     assert check["spec"]["securityContext"]["runAsNonRoot"] is True
-    assert check["spec"]["automountServiceAccountToken"] is False
+    assert check["spec"]["automountServiceAccountToken"] is True  # its progress annotation (model download)
+    assert check["spec"]["serviceAccountName"] == "kubetune-trainer"
     (pod,) = trainer_pods(cluster, namespace, "strict")
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 

@@ -97,7 +97,7 @@ def test_the_trainer_reads_the_preflights_entry_and_downloads_nothing(s3_env, s3
     config.job.uid = "uid-7"
     config.model_cache = ModelCacheConfig(root=str(tmp_path / "cache"), lease_seconds=60)
     logs: list[str] = []
-    report = cache_model(config, logs.append)  # the preflight pod
+    report = cache_model(config, logs.append, progress_path=tmp_path / "progress.json")  # the preflight pod
     assert report is not None and report.used and not report.hit and report.bytes_downloaded == s3_model["size"]
     before = s3_env.sent_bytes("cache-models")
     with contextlib.ExitStack() as stack:  # the trainer pod
@@ -112,6 +112,61 @@ def test_the_trainer_reads_the_preflights_entry_and_downloads_nothing(s3_env, s3
     assert s3_env.sent_bytes("cache-models") == before
     assert any("from the model cache, fetched by the data preflight pod; nothing downloaded here" in m for m in logs)
     assert pinned is None  # s3://: provenance digests the folder; hf:// pins the commit
+
+
+def test_the_preflight_reports_the_downloads_bytes_total_and_eta_while_it_runs(s3_env, s3_model, tmp_path,
+                                                                               monkeypatch):
+    """The data preflight pod's progress while it downloads the model: every snapshot in progress.jsonl and
+    the kubetune.io/progress patches (the trainer's PodAnnotator against a recording HTTP server) carry
+    modelCache.progress — bytes done, the total (the objects' sizes), the ETA — and the last says done."""
+    from conftest import make_config, sft_manifest
+    from test_reporting import _ApiServer
+
+    from kubetune.api.trainer_contract import ReportChannel
+    from kubetune_trainer import model_cache, reporting, storage
+    from kubetune_trainer.preflight import cache_model
+
+    size = s3_model["size"]
+    # the cadence, not the contract: small chunks and no throttling, so a loopback download shows its middle
+    monkeypatch.setattr(storage, "GET_CHUNK", max(1, size // 16))
+    monkeypatch.setattr(model_cache, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(reporting, "FILE_INTERVAL_S", 0.0)
+    api = _ApiServer()
+    monkeypatch.setattr(reporting.PodAnnotator, "from_env", classmethod(
+        lambda cls: cls("ns", "preflight-pod", api=api.url, token_path=tmp_path / "token")))
+    (tmp_path / "token").write_text("t")
+    config = make_config(sft_manifest("qlora"), model=Path("/unused"), dataset=tmp_path / "d.jsonl", output=tmp_path,
+                         report=ReportChannel(pod_annotations=True, interval_seconds=0.05))
+    config.sources.model = "s3://cache-models/tiny-a"
+    config.job.uid = "uid-progress"
+    config.model_cache = ModelCacheConfig(root=str(tmp_path / "cache"))
+    logs: list[str] = []
+    report = cache_model(config, logs.append, progress_path=tmp_path / "pf" / "progress.json")
+    assert report is not None and not report.hit and report.bytes_downloaded == size
+    # the final report carries the finished download: status.modelCache.progress once the preflight ended
+    assert report.progress is not None and (report.progress.bytes_done, report.progress.bytes_total,
+                                            report.progress.eta_seconds) == (size, size, 0.0)
+
+    snaps = [json.loads(line) for line in (tmp_path / "pf" / "progress.jsonl").read_text().splitlines()]
+    assert all(s["stage"] == "preflight" and s["modelCache"]["uri"] == "s3://cache-models/tiny-a" for s in snaps)
+    progress = [s["modelCache"]["progress"] for s in snaps]
+    assert all(p["bytesTotal"] == size for p in progress)
+    done = [p["bytesDone"] for p in progress]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == size
+    middle = [p for p in progress if 0 < p["bytesDone"] < size]
+    assert len(middle) >= 3 and all(p["etaSeconds"] > 0 for p in middle)  # during: an ETA from the rate so far
+    assert progress[-1]["etaSeconds"] == 0
+    assert snaps[-1]["summary"].startswith("downloading the base model: ") and " MiB" in snaps[-1]["summary"]
+    assert json.loads((tmp_path / "pf" / "progress.json").read_text()) == snaps[-1]
+    # no trainer start counted, no metrics served: the preflight is not an attempt of the trainer
+    assert "attempt" not in snaps[-1] and not (tmp_path / "kubetune" / "attempts").exists()
+
+    # the annotation: the same payload, patched on the preflight's own pod; the start and the end always sent
+    assert api.requests and all(path == "/api/v1/namespaces/ns/pods/preflight-pod" for path, _, _ in api.requests)
+    sent = [json.loads(body["metadata"]["annotations"]["kubetune.io/progress"]) for _, _, body in api.requests]
+    assert sent[0]["modelCache"]["progress"] == {"bytesDone": 0, "bytesTotal": size}
+    assert sent[-1]["modelCache"]["progress"] == {"bytesDone": size, "bytesTotal": size, "etaSeconds": 0.0}
+    assert any("model download" in line and "MiB" in line for line in logs)
 
 
 def test_a_missing_model_is_model_unavailable_and_a_missing_bucket_storage_unavailable(s3_env, s3_model, tmp_path):

@@ -30,18 +30,20 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kubetune.api.enums import Reason
 from kubetune.api.model_cache import (
     COMPLETE_MARKER,
+    DownloadProgress,
     Entry,
     ModelCacheConfig,
     ModelCacheReport,
     cache_key,
     choose_evictions,
+    download_progress,
     live_leases,
     normalize_uri,
 )
@@ -49,6 +51,31 @@ from kubetune_trainer.failures import TrainerFailure
 from kubetune_trainer.reporting import Log, stderr_log
 
 HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"]
+PROGRESS_INTERVAL_S = 0.5  # at most this often to on_progress while downloading (and once at the end)
+
+OnProgress = Callable[[DownloadProgress], None]
+
+
+class _Meter:
+    """Counts the bytes of a download and hands on_progress the bytes done, the total and the ETA, at most
+    once per PROGRESS_INTERVAL_S (the reporter throttles its channels further)."""
+
+    def __init__(self, total: int | None, on_progress: OnProgress | None) -> None:
+        self.total, self.on_progress = total, on_progress
+        self.done = 0
+        self.t0 = time.monotonic()
+        self._last = -PROGRESS_INTERVAL_S
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_INTERVAL_S:
+            self._last = now
+            self.emit()
+
+    def emit(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(download_progress(self.done, self.total, time.monotonic() - self.t0))
 
 
 @contextlib.contextmanager
@@ -185,9 +212,11 @@ class ModelCache:
         return removed
 
     def ensure(self, uri: str, *, revision: str | None, job_uid: str, token_env: str | None = None,
-               log: Log = stderr_log) -> tuple[Path, ModelCacheReport]:
+               log: Log = stderr_log, on_progress: OnProgress | None = None) -> tuple[Path, ModelCacheReport]:
         """The cached folder of the model at `uri` (downloading it once if missing) and what was done.
-        The job's lease on it is taken first and kept (the trainer renews it; :meth:`release`)."""
+        The job's lease on it is taken first and kept (the trainer renews it; :meth:`release`).
+        `on_progress`: the download's progress (bytes done, total, ETA), throttled; for s3:// per chunk,
+        for hf:// once at the end (huggingface_hub gives no byte count here)."""
         started = time.monotonic()
         rev, source = resolve_revision(uri, revision, token_env)
         key = cache_key(uri, rev)
@@ -198,6 +227,7 @@ class ModelCache:
                 if hit:
                     self._touch(key)
             downloaded = 0
+            progress: DownloadProgress | None = None
             if not hit:
                 with _flock(self._lock(key)):
                     if self.complete(key):  # another job finished it while this one waited
@@ -205,28 +235,35 @@ class ModelCache:
                         self._touch(key)
                         log(f"[model cache] {uri}: downloaded by another job while this one waited; cache hit")
                     else:
-                        downloaded = self._download(uri, rev, key, source, token_env, log)
+                        downloaded, progress = self._download(uri, rev, key, source, token_env, log, on_progress)
         except BaseException:
             self.release(job_uid)
             raise
         evicted = self.evict(keep=key, log=log)
         report = ModelCacheReport(uri=uri, revision=rev, key=key, used=True, hit=hit, bytes_downloaded=downloaded,
-                                  seconds=round(time.monotonic() - started, 2), evicted=evicted or None)
+                                  seconds=round(time.monotonic() - started, 2), evicted=evicted or None,
+                                  progress=progress)
         if hit:
             log(f"[model cache] {uri} (revision {rev}): cache hit, nothing downloaded")
         return self.entry(key), report
 
-    def _download(self, uri: str, rev: str, key: str, source: Any, token_env: str | None, log: Log) -> int:
+    def _download(self, uri: str, rev: str, key: str, source: Any, token_env: str | None, log: Log,
+                  on_progress: OnProgress | None) -> tuple[int, DownloadProgress]:
         tmp = self.root / "tmp" / f"{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         t0 = time.monotonic()
         log(f"[model cache] {uri} (revision {rev}): downloading into the cache")
+        total = sum(size for size, _ in source.values()) if uri.startswith("s3://") else None
+        meter = _Meter(total, on_progress)
+        meter.emit()  # 0 of the total: the download started
         try:
             if uri.startswith("s3://"):
-                _get_s3(uri, source, tmp)
+                _get_s3(uri, source, tmp, meter)
             else:
                 _get_hf(uri, rev, tmp, token_env)
             size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+            meter.done, meter.total = size, size
+            meter.emit()  # the end: bytesDone = bytesTotal, ETA 0
             marker = {"uri": normalize_uri(uri), "revision": rev, "size": size}
             (tmp / COMPLETE_MARKER).write_text(json.dumps(marker))
             dest = self.entry(key)
@@ -239,7 +276,7 @@ class ModelCache:
             raise
         seconds = time.monotonic() - t0
         log(f"[model cache] {uri}: {size:,} bytes in {seconds:.1f} s ({size / 1e6 / max(seconds, 1e-3):.1f} MB/s)")
-        return size
+        return size, download_progress(size, size, seconds)
 
 
 def resolve_revision(uri: str, revision: str | None, token_env: str | None) -> tuple[str, Any]:
@@ -283,11 +320,11 @@ def resolve_revision(uri: str, revision: str | None, token_env: str | None) -> t
     raise ValueError(f"not a cached scheme: {uri!r}")
 
 
-def _get_s3(uri: str, listing: dict[str, tuple[int, int]], dest: Path) -> None:
+def _get_s3(uri: str, listing: dict[str, tuple[int, int]], dest: Path, on_bytes: Callable[[int], None]) -> None:
     from kubetune_trainer.storage import StorageError, get_objects
 
     try:
-        get_objects(uri, sorted(listing), dest, doing="model: cannot read")
+        get_objects(uri, sorted(listing), dest, doing="model: cannot read", on_bytes=on_bytes)
     except StorageError as e:
         raise TrainerFailure(Reason.STORAGE_UNAVAILABLE, str(e)) from None
 

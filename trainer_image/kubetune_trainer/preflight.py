@@ -48,6 +48,7 @@ from kubetune_trainer.failures import TrainerFailure, classify
 from kubetune_trainer.reporting import Log, stderr_log, write_atomic
 
 RESULT_FILE = "result.json"
+PROGRESS_FILE = "progress.json"  # the model download's progress (beside it: progress.jsonl, every snapshot)
 CPUS_ENV = "KUBETUNE_PREFLIGHT_CPUS"
 
 
@@ -112,7 +113,7 @@ def run_stage(config: TrainerConfig, *, log: Log = stderr_log) -> TrainerResult:
         processes = auto_processes(dataset.stat().st_size, cpus=preflight_cpus())
         log(f"[preflight] checking {config.sources.dataset} ({dataset.stat().st_size / 1e6:,.1f} MB) "
             f"with {processes} process{'es' if processes > 1 else ''}")
-        for stale in (RESULT_FILE, TRAIN_FILE, VALIDATION_FILE):
+        for stale in (RESULT_FILE, TRAIN_FILE, VALIDATION_FILE, PROGRESS_FILE, PROGRESS_FILE.replace(".json", ".jsonl")):
             (folder / stale).unlink(missing_ok=True)  # a file of an earlier run is never taken for this one's
         report = check_data(dataset=dataset, spec=config.spec, out_dir=folder, golden=golden, log=log,
                             processes=processes)
@@ -124,7 +125,8 @@ def run_stage(config: TrainerConfig, *, log: Log = stderr_log) -> TrainerResult:
         mb_s = report.bytes / 1e6 / report.seconds if report.seconds else 0.0
         details = {"checkedData": checked.model_dump(by_alias=True, mode="json"), "location": location,
                    "mbPerSecond": round(mb_s, 3)}
-        cached = cache_model(config, log)  # the base model into the shared cache, before any GPU is requested
+        # the base model into the shared cache, before any GPU is requested
+        cached = cache_model(config, log, progress_path=folder / PROGRESS_FILE)
         if cached is not None:
             details["modelCache"] = cached.model_dump(by_alias=True, exclude_none=True, mode="json")
         details["seconds"] = round(time.monotonic() - started, 2)
@@ -142,17 +144,35 @@ def run_stage(config: TrainerConfig, *, log: Log = stderr_log) -> TrainerResult:
     return result
 
 
-def cache_model(config: TrainerConfig, log: Log) -> ModelCacheReport | None:
+def cache_model(config: TrainerConfig, log: Log, *, progress_path: Path) -> ModelCacheReport | None:
     """With a model cache configured and an hf:// or s3:// base model: make sure the cache holds it
     (downloading it once) and lease it for this job — ModelUnavailable / StorageUnavailable when it
-    cannot be had. None without a cache, or for a model used in place (pvc://, a path)."""
+    cannot be had. None without a cache, or for a model used in place (pvc://, a path).
+
+    While it downloads, its progress (``modelCache.progress``: bytes done, total, ETA) goes through the
+    trainer's Reporter: the pod's ``kubetune.io/progress`` annotation (at most once per
+    ``report.intervalSeconds``), `progress_path` and its ``.jsonl`` history, and the log."""
     if config.model_cache is None or not cacheable(config.sources.model):
         return None
+    from kubetune.api.model_cache import DownloadProgress
     from kubetune_trainer.model_cache import ModelCache
+    from kubetune_trainer.reporting import Reporter
 
-    _, report = ModelCache(config.model_cache).ensure(
-        config.sources.model, revision=config.sources.model_revision, job_uid=job_id(config),
-        token_env=config.secret_env.hf_token, log=log)
+    uri = config.sources.model
+    reporter = Reporter(config, log=log, progress_path=progress_path, count_starts=False, metrics=False)
+
+    def on_progress(p: DownloadProgress) -> None:
+        edge = p.bytes_done == 0 or p.eta_seconds == 0  # the start and the end always go out
+        reporter.update(stage="preflight", model_cache=ModelCacheReport(uri=uri, used=True, bytes_downloaded=p.bytes_done,
+                                                                      progress=p),
+                        summary=f"downloading the base model: {p.line()}", force=edge)
+
+    try:
+        _, report = ModelCache(config.model_cache).ensure(
+            uri, revision=config.sources.model_revision, job_uid=job_id(config),
+            token_env=config.secret_env.hf_token, log=log, on_progress=on_progress)
+    finally:
+        reporter.close()  # sends the last snapshot
     return report
 
 

@@ -89,6 +89,8 @@ def progress_line(p: ProgressReport) -> str:
         parts.append(f"eta {fmt_duration(p.eta_seconds)}")
     if p.peak_gpu_memory_bytes:
         parts.append(f"peak {p.peak_gpu_memory_bytes / 2**30:.1f}GiB")
+    if p.model_cache is not None and p.model_cache.progress is not None:
+        parts.append(f"model download {p.model_cache.progress.line()}")
     return " ".join(parts)
 
 
@@ -235,26 +237,30 @@ def _count_start(path: Path) -> int | None:
 class Reporter:
     """Progress and the final result, through every channel the config turns on."""
 
-    def __init__(self, config: TrainerConfig, *, log: Log = stderr_log, annotator: PodAnnotator | None = None) -> None:
+    def __init__(self, config: TrainerConfig, *, log: Log = stderr_log, annotator: PodAnnotator | None = None,
+                 progress_path: Path | None = None, count_starts: bool = True, metrics: bool = True) -> None:
+        """`progress_path`, `count_starts`, `metrics`: the data preflight pod reports its own progress
+        (the model download) to a file of its own, counts no trainer start and serves no metrics."""
         self.config = config
         self.log = log
         out = Path(config.sources.output)
         self.dir = out / "kubetune"
-        self.progress_path = Path(config.report.progress_file) if config.report.progress_file else self.dir / "progress.json"
+        self.progress_path = progress_path or (
+            Path(config.report.progress_file) if config.report.progress_file else self.dir / "progress.json")
         self.history_path = self.progress_path.with_suffix(".jsonl")
         self.result_path = self.dir / "result.json"
         self.progress = ProgressReport()
         # Starts of the trainer on this output (pod deleted, preempted, evicted: the Job's next pod
         # comes back here); the operator reads it from progress, since a deleted pod leaves no trace.
         self.main_rank = os.environ.get("RANK", "0") in ("", "0")
-        if self.main_rank:
+        if self.main_rank and count_starts:
             self.progress.attempt = _count_start(self.dir / "attempts")
         self._last_file = 0.0
         self._last_log = 0.0
         self._last_line: str | None = None
         self.metrics: Metrics | None = None
         # Under torchrun only global rank 0 reports progress (every rank writes its own result).
-        if config.report.metrics_port and self.main_rank:
+        if config.report.metrics_port and self.main_rank and metrics:
             try:
                 self.metrics = Metrics(config.report.metrics_port,
                                        {"job": config.job.name, "namespace": config.job.namespace, "kind": config.job.kind})
@@ -277,6 +283,8 @@ class Reporter:
         p = self.progress
         if p.step is not None and p.total_steps:
             p.summary = f"{100 * p.step / p.total_steps:.0f}% ({p.step}/{p.total_steps})"
+        elif "summary" in fields:
+            pass
         elif p.stage:
             p.summary = p.stage
         p.updated_at = now_rfc3339()

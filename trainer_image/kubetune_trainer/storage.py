@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,15 +222,24 @@ def folder_listing(uri: str, *, doing: str) -> dict[str, tuple[int, int]]:
             if i.type == pafs.FileType.File and i.path.startswith(prefix)}
 
 
-def get_objects(uri: str, relative: list[str], dest: Path, *, doing: str) -> None:
-    """Download the objects `relative` below `uri` into the folder `dest` (each fetched once)."""
+GET_CHUNK = 8 << 20
+
+
+def get_objects(uri: str, relative: list[str], dest: Path, *, doing: str,
+                on_bytes: Callable[[int], None] | None = None) -> None:
+    """Download the objects `relative` below `uri` into the folder `dest` (each fetched once, as one
+    streamed GET); `on_bytes(n)` after each chunk of `n` bytes written."""
     loc = S3Uri.parse(uri)
     fs = filesystem()
     try:
         for rel in relative:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(loc.child(rel).path, str(target))
+            with fs.fs.open_input_stream(loc.child(rel).path) as src, open(target, "wb") as out:
+                while chunk := src.read(GET_CHUNK):
+                    out.write(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
     except OSError as e:
         raise explain(e, uri, doing=doing) from None
 

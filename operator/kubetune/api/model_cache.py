@@ -39,6 +39,32 @@ class ModelCacheConfig(KubeModel):
         "An in-use marker not renewed for this long is stale (its job is gone): its model may be evicted."))
 
 
+class DownloadProgress(KubeModel):
+    """How far the data preflight pod is in downloading the base model into the cache."""
+
+    bytes_done: int = Field(ge=0, description="Bytes downloaded so far.")
+    bytes_total: int | None = Field(default=None, ge=0, description=(
+        "Bytes to download in all (the objects' sizes for s3://); None when unknown."))
+    eta_seconds: float | None = Field(default=None, ge=0, description=(
+        "Seconds left at the mean rate so far; 0 when done, None before the rate is known."))
+
+    def line(self) -> str:
+        """``12.0 of 48.0 MiB, ETA 9 s`` (``12.0 MiB`` without a total)."""
+        done = f"{self.bytes_done / 2**20:,.1f}"
+        text = f"{done} of {self.bytes_total / 2**20:,.1f} MiB" if self.bytes_total is not None else f"{done} MiB"
+        return text + (f", ETA {self.eta_seconds:.0f} s" if self.eta_seconds is not None else "")
+
+
+def download_progress(done: int, total: int | None, elapsed: float) -> DownloadProgress:
+    """Progress after `done` of `total` bytes in `elapsed` seconds; the ETA extrapolates the mean rate."""
+    eta: float | None = None
+    if total is not None and done >= total:
+        eta = 0.0
+    elif total is not None and done > 0 and elapsed > 0:
+        eta = max(0.1, round((total - done) * elapsed / done, 1))  # 0 means done
+    return DownloadProgress(bytes_done=done, bytes_total=total, eta_seconds=eta)
+
+
 class ModelCacheReport(KubeModel):
     """What the model cache did for one job (status.modelCache)."""
 
@@ -53,6 +79,9 @@ class ModelCacheReport(KubeModel):
     seconds: float | None = Field(default=None, description="Time spent fetching (or waiting for) the model.")
     evicted: list[str] | None = Field(default=None, description="Cache entries evicted to stay under the size limit.")
     message: str | None = Field(default=None, max_length=1024, description="Why the cache was not used, when it was not.")
+    progress: DownloadProgress | None = Field(default=None, description=(
+        "The download into the cache (a miss): while the data preflight pod downloads, from its progress "
+        "annotation; at the end, from its report (bytesDone = bytesTotal). None for a hit."))
 
 
 def cacheable(uri: str) -> bool:
@@ -110,5 +139,5 @@ def choose_evictions(entries: Iterable[Entry], limit: int | None, *, in_use: set
     return out
 
 
-__all__ = ["CACHED_SCHEMES", "COMPLETE_MARKER", "Entry", "ModelCacheConfig", "ModelCacheReport", "cache_key",
-           "cacheable", "choose_evictions", "live_leases", "normalize_uri"]
+__all__ = ["CACHED_SCHEMES", "COMPLETE_MARKER", "DownloadProgress", "Entry", "ModelCacheConfig", "ModelCacheReport", "cache_key",
+           "cacheable", "choose_evictions", "download_progress", "live_leases", "normalize_uri"]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, ValidatorFunctionWrapHandler, field_validator, model_validator
 
 from kubetune.api.base import KubeModel
-from kubetune.api.model_cache import ModelCacheConfig
+from kubetune.api.model_cache import ModelCacheConfig, ModelCacheReport
 from kubetune.api.resources import SPEC_MODELS
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
 from kubetune.api.status import DataSummary, Progress
@@ -188,9 +188,11 @@ class Promotion(KubeModel):
 
 
 class ProgressReport(Progress):
-    """Progress plus the data preflight summary once known."""
+    """Progress plus the data preflight summary once known, and (from the data preflight pod) the
+    base model's download into the model cache while it runs."""
 
     data: DataSummary | None = None
+    model_cache: ModelCacheReport | None = None
 
 
 class TrackingReport(KubeModel):

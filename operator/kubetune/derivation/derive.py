@@ -33,7 +33,7 @@ from kubetune.derivation.inputs import DependencyState, Verdict
 from kubetune.derivation.job import failure_time, job_state
 from kubetune.derivation.outcome import State, outcome_status
 from kubetune.derivation.pods import Pods
-from kubetune.derivation.preflight import preflight_state
+from kubetune.derivation.preflight import downloading, preflight_state
 from kubetune.derivation.retry import retry, training_attempts
 from kubetune.derivation.scheduling import ScaleUp
 from kubetune.derivation.timeutil import format_time
@@ -135,7 +135,7 @@ def derive_status(
         output_uri=output.get("uri"), conditions=conds,
         old_conditions=old.get("conditions") or [], generation=generation, now=now,
         data=checked.data if checked is not None else None)
-    status["modelCache"] = model_cache_status(checked)
+    status["modelCache"] = model_cache_status(checked, checks)
     if status["phase"] in TERMINAL_PHASES:
         status["completionTime"] = (
             ((job or {}).get("status") or {}).get("completionTime") if status["phase"] != Phase.FAILED else None
@@ -144,9 +144,14 @@ def derive_status(
                    stop_preflight=stop_preflight, preflight_result=checked, next_attempt=next_attempt)
 
 
-def model_cache_status(checked: TrainerResult | None) -> dict[str, Any] | None:
-    """status.modelCache: what the data preflight pod reported of the model cache (details.modelCache)."""
-    raw = (checked.details or {}).get("modelCache") if checked is not None else None
+def model_cache_status(checked: TrainerResult | None, checks: Pods | None = None) -> dict[str, Any] | None:
+    """status.modelCache: what the data preflight pod reported of the model cache (details.modelCache);
+    before its report, while it downloads the base model, the download's progress from its pod's
+    progress annotation (uri, used, progress: bytesDone, bytesTotal, etaSeconds)."""
+    if checked is None:  # only while its pod runs: a pod that ended without a report left a stale download
+        download = downloading(checks) if checks is not None and checks.phase("Running") else None
+        return download.model_dump(by_alias=True, exclude_none=True, mode="json") if download is not None else None
+    raw = (checked.details or {}).get("modelCache")
     if not isinstance(raw, dict):
         return None
     try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from kubetune.api.enums import Phase, Reason
 from kubetune.api.exit_codes import reason_for
+from kubetune.api.model_cache import ModelCacheReport
 from kubetune.api.trainer_contract import TrainerResult
 from kubetune.derivation.job import job_condition, pending_state
 from kubetune.derivation.outcome import State
@@ -48,13 +49,25 @@ def preflight_state(job: Mapping[str, Any], pods: Pods, result: TrainerResult | 
     running = pods.phase("Running")
     if running:
         name = (running[-1].get("metadata") or {}).get("name", "?")
+        download = downloading(pods)
+        doing = (f"downloading the base model {download.uri} into the model cache: {download.progress.line()}, "
+                 f"in pod {name}") if download is not None and download.progress is not None else \
+            f"checking the data in pod {name}"
         return State(Phase.VALIDATING, Reason.CHECKING_DATA,
-                     f"checking the data in pod {name} (CPU only: no GPU is requested until the data passes)"), None
+                     f"{doing} (CPU only: no GPU is requested until the data passes)"), None
     stuck = pending_state(pods, now, unschedulable_grace, image_pull_grace, what=WHAT, phase=Phase.VALIDATING,
                           scale_ups=scale_ups)
     if stuck is not None:
         return stuck
     return State(Phase.VALIDATING, Reason.CHECKING_DATA, "the data preflight Job was created"), None
+
+
+def downloading(pods: Pods) -> ModelCacheReport | None:
+    """The base model's download into the model cache as the preflight pod last reported it (its
+    kubetune.io/progress annotation: modelCache with progress), None when it reported none."""
+    progress = pods.progress()
+    cache = progress.model_cache if progress is not None else None
+    return cache if cache is not None and cache.progress is not None else None
 
 
 def _failure(cond: Mapping[str, Any], pods: Pods, result: TrainerResult | None) -> tuple[str, str]:

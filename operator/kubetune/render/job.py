@@ -2,9 +2,11 @@
 which builds every child of a CR.
 
 The preflight Job (`build_preflight_job`) runs `kubetune-trainer --stage preflight` in a small CPU
-pod: no GPU request, toleration or affinity, the operator's preflight resources and placement, no
-API token (it reports only through its termination message), the same image, config and sources as
-the trainer, the output mounted writable for the checked data. The reconciler creates the trainer's
+pod: no GPU request, toleration or affinity, the operator's preflight resources and placement, the
+trainer's ServiceAccount and nothing more (its result goes to its termination message; while it
+downloads the base model into the model cache it patches its own pod's kubetune.io/progress
+annotation, as the trainer does), the same image, config and sources as the trainer, the output
+mounted writable for the checked data. The reconciler creates the trainer's
 Job only once it succeeded.
 
 Pod shape, in order of concern: placement (GPU count, GPU memory affinity, taint toleration, the
@@ -277,6 +279,9 @@ def _env_from(spec: FineTuneJobSpec | PreferenceAlignmentSpec) -> dict[str, Any]
 
 def _preflight_env(src: ResolvedSources, resources: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
+        # its own pod, for the progress annotation (the model download)
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "KUBETUNE_CONFIG", "value": CONFIG_PATH},
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -319,7 +324,9 @@ def build_preflight_job(job: AnyJob, spec: FineTuneJobSpec | PreferenceAlignment
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": settings.trainer_service_account,
-        "automountServiceAccountToken": False,  # it reads the data and writes files; it calls no API
+        # the trainer's rights, no more: patch its own pod's progress annotation (the model download's
+        # progress), narrowed by the chart's ValidatingAdmissionPolicy like the trainer's
+        "automountServiceAccountToken": True,
         "securityContext": security_context_pod(),
         "containers": [container],
         "volumes": [

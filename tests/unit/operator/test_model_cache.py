@@ -1,26 +1,32 @@
 """The model cache's pure parts: the key, the eviction choice, the rendered volume and config, status
-from the preflight's report, and the metrics derived from it."""
+from the preflight's report and, while the preflight pod downloads, from its progress annotation, and
+the metrics derived from it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from operator_builders import DATA_OK, ftj, typed
+from operator_builders import DATA_OK, ftj, jcond, job, terminated, typed
+from operator_builders import pod as a_pod
 from test_reconciler import jobs, key_of, pass_preflight, setup
 
 from kubetune.api.model_cache import (
+    DownloadProgress,
     Entry,
     ModelCacheReport,
     cache_key,
     cacheable,
     choose_evictions,
+    download_progress,
     live_leases,
     normalize_uri,
 )
-from kubetune.api.trainer_contract import TrainerConfig, TrainerResult
+from kubetune.api.trainer_contract import ProgressReport, TrainerConfig, TrainerResult
 from kubetune.controller import metrics
 from kubetune.controller.world import World
+from kubetune.derivation import Verdict, derive_status
 from kubetune.render.job import MODEL_CACHE_ROOT, render_children
 from kubetune.render.settings import RenderSettings
 
@@ -151,3 +157,84 @@ def test_metrics_count_hits_misses_and_bytes_per_job() -> None:
     assert by_result == {"hit": 2, "miss": 1}
     downloaded = {s.labels["name"]: s.value for s in fams["kubetune_job_model_downloaded_bytes"].samples}
     assert downloaded == {"a": 141 * GIB, "b": 0, "c": 0}
+
+
+# --- the download's progress while the preflight pod runs ---------------------------------------------
+
+def _downloading(done: int, total: int, eta: float | None) -> str:
+    """The preflight pod's kubetune.io/progress annotation while it downloads (kubetune_trainer.preflight)."""
+    p = download_progress(done, total, 0.0)
+    report = ModelCacheReport(uri="s3://models/llama", used=True, bytes_downloaded=done,
+                              progress=p.model_copy(update={"eta_seconds": eta}))
+    return ProgressReport(stage="preflight", model_cache=report).model_dump_json(by_alias=True, exclude_none=True)
+
+
+def _derive_preflight(*pods: dict[str, Any], result: TrainerResult | None = None) -> dict[str, Any]:
+    preflight = job(name="triage-llama3-70b-ft-preflight",
+                    conditions=[jcond("Complete")] if result is not None else None)
+    return derive_status(ftj(), verdict=Verdict(fits=True), preflight=preflight, preflight_pods=list(pods),
+                         now=datetime(2025, 1, 1, 0, 5, tzinfo=UTC)).status
+
+
+def test_status_shows_the_download_bytes_total_and_eta_while_the_preflight_pod_downloads() -> None:
+    ann = {"kubetune.io/progress": _downloading(12 * 2**20, 48 * 2**20, 9.4)}
+    st = _derive_preflight(a_pod("pf-1", annotations=ann))
+    assert st["modelCache"] == {"uri": "s3://models/llama", "used": True, "hit": False,
+                                "bytesDownloaded": 12 * 2**20,
+                                "progress": {"bytesDone": 12 * 2**20, "bytesTotal": 48 * 2**20, "etaSeconds": 9.4}}
+    assert (st["phase"], st["reason"]) == ("Validating", "CheckingData")
+    assert st["message"].startswith("downloading the base model s3://models/llama into the model cache: "
+                                    "12.0 of 48.0 MiB, ETA 9 s, in pod pf-1")
+    assert "no GPU is requested" in st["message"]
+
+
+def test_without_a_download_the_preflight_checks_the_data_and_status_has_no_model_cache() -> None:
+    # no annotation (a hit, or before the download), a progress of another kind, one that is not JSON
+    for ann in ({}, {"kubetune.io/progress": '{"stage":"preflight"}'}, {"kubetune.io/progress": "{nope"}):
+        st = _derive_preflight(a_pod("pf-1", annotations=ann))
+        assert "modelCache" not in st and st["message"].startswith("checking the data in pod pf-1")
+    # a pod that ended without a report: its last progress is no longer a download in progress
+    ended = a_pod("pf-1", phase="Failed", annotations={"kubetune.io/progress": _downloading(1, 2, 1.0)},
+                state=terminated(137, "OOMKilled"))
+    assert "modelCache" not in _derive_preflight(ended)
+
+
+def test_the_final_report_replaces_the_progress_and_says_the_download_is_done() -> None:
+    size = 48 * 2**20
+    done = MISS.model_copy(update={"bytes_downloaded": size, "progress": download_progress(size, size, 3.0)})
+    ended = a_pod("pf-1", phase="Succeeded", annotations={"kubetune.io/progress": _downloading(size // 2, size, 2.0)},
+                state=terminated(0, "Completed", _with_cache(done).termination_message()))
+    st = _derive_preflight(ended, result=_with_cache(done))
+    assert st["modelCache"]["progress"] == {"bytesDone": size, "bytesTotal": size, "etaSeconds": 0.0}
+    assert st["modelCache"]["bytesDownloaded"] == size and st["reason"] == "Validated"
+
+
+def test_download_progress_extrapolates_the_mean_rate() -> None:
+    assert download_progress(0, 100, 0.0) == DownloadProgress(bytes_done=0, bytes_total=100)
+    assert download_progress(25, 100, 2.0).eta_seconds == 6.0
+    assert download_progress(100, 100, 8.0).eta_seconds == 0.0
+    assert download_progress(99_999, 100_000, 1.0).eta_seconds == 0.1  # never 0 before the end
+    assert download_progress(5, None, 1.0) == DownloadProgress(bytes_done=5)
+    assert DownloadProgress(bytes_done=3 * 2**20, bytes_total=None).line() == "3.0 MiB"
+
+
+def test_the_reconciler_mirrors_the_preflight_pods_download_progress_before_any_gpu_job() -> None:
+    from operator_builders import preflight_pod
+
+    cr = ftj()
+    world, api, rec = setup(cr)
+    rec.reconcile(key_of(cr))
+    preflight, _ = jobs(api, cr)
+    running = preflight_pod(preflight, phase="Running")
+    running["metadata"]["annotations"]["kubetune.io/progress"] = _downloading(2**20, 4 * 2**20, 3.0)
+    world.put_pod(running)
+    rec.reconcile(key_of(cr))  # the pod's start (a progress-only event is mirrored at most every interval)
+    st = api.status[key_of(cr)]
+    assert st["modelCache"]["progress"] == {"bytesDone": 2**20, "bytesTotal": 4 * 2**20, "etaSeconds": 3.0}
+    assert "1.0 of 4.0 MiB, ETA 3 s" in st["message"] and jobs(api, cr)[1] is None  # no GPU Job yet
+    done = MISS.model_copy(update={"bytes_downloaded": 4 * 2**20,
+                                   "progress": download_progress(4 * 2**20, 4 * 2**20, 9.0)})
+    pass_preflight(world, api, rec, cr, result=_with_cache(done))
+    st = api.status[key_of(cr)]
+    assert st["modelCache"]["progress"] == {"bytesDone": 4 * 2**20, "bytesTotal": 4 * 2**20, "etaSeconds": 0.0}
+    assert jobs(api, cr)[1] is not None

@@ -406,8 +406,14 @@ def test_the_preflight_job_is_a_small_cpu_pod_of_the_same_image() -> None:
     assert c["resources"] == {"requests": {"cpu": "4", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "4Gi"}}
     assert env_names(c)["KUBETUNE_PREFLIGHT_CPUS"]["valueFrom"]["resourceFieldRef"] == {
         "containerName": PREFLIGHT_CONTAINER, "resource": "limits.cpu", "divisor": "1"}
-    assert ps["automountServiceAccountToken"] is False  # it calls no API
-    assert "POD_NAME" not in env_names(c)
+    # the trainer's reporting rights and nothing more: the same ServiceAccount as the trainer pod (RBAC:
+    # patch pods, narrowed by the chart's admission policy to its own pod's kubetune.io/progress), its
+    # token mounted for that one call, and its own pod's name and namespace from the downward API
+    assert ps["serviceAccountName"] == pod_spec(ch)["serviceAccountName"] == S.trainer_service_account
+    assert ps["automountServiceAccountToken"] is True
+    assert env_names(c)["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env_names(c)["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert not [v for v in ps["volumes"] if "projected" in v or "secret" in v]  # no other credential
     assert c["terminationMessagePath"] == "/dev/termination-log" and c["terminationMessagePolicy"] == "File"
     rule = pf["spec"]["podFailurePolicy"]["rules"][0]
     assert rule["onExitCodes"]["containerName"] == PREFLIGHT_CONTAINER and 3 in rule["onExitCodes"]["values"]
