@@ -21,7 +21,7 @@ def _generator():
 def test_shipped_files_match_the_generator(tmp_path):
     gen = _generator()
     assert gen.main(["--out", str(tmp_path)]) == 0
-    for name in ("train", "golden", "safety", "forgetting", "preferences"):
+    for name in ("train", "golden", "safety", "forgetting", "preferences", "general"):
         shipped = (QUICKSTART / "data" / f"{name}.jsonl").read_text(encoding="utf-8")
         assert (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8") == shipped, (
             f"data/{name}.jsonl drifted: run `python examples/quickstart/generate_data.py`")
@@ -37,3 +37,15 @@ def test_preference_pairs_are_hard_but_right():
     for r in declines:  # a refusal over a diagnosis that is not one
         assert classify_refusal(r["chosen"]).refused, r["chosen"]
         assert not classify_refusal(r["rejected"]).refused and not r["rejected"].startswith("Urgency:"), r["rejected"]
+
+
+def test_the_replay_set_rehearses_general_skills_without_the_forgetting_questions():
+    data = _generator().build()
+    general = data["general"]
+    assert len(general) >= 60 and len({r["instruction"] for r in general}) == len(general)
+    asked = {r["prompt"].lower() for r in data["forgetting"] if "prompt" in r}
+    for r in general:
+        q = r["instruction"].lower()
+        assert q not in asked and not r["output"].startswith("Urgency:")
+        for form in ("capital of", "color", "colour", "legs", "opposite of", "king of"):  # forgetting's question forms
+            assert form not in q, q

@@ -21,7 +21,7 @@ spec.evaluation.maxNewTokens. Per-example details (prompt, reference, base and t
 score, refusal rule) go to the report; the time spent is reported.
 
 A checkpoint evaluation (spec.evaluation.checkpoints) calls :func:`evaluate_model` with ``limit``
-(the first N examples of each set) and a ``base_cache``: the base is measured on the first call
+(N examples of each set, spread evenly over it: :func:`spread`) and a ``base_cache``: the base is measured on the first call
 only, its outputs reused for every later checkpoint.
 
 Files (JSONL): golden rows {prompt, answer} (answer: a string or a list) or {instruction, input?,
@@ -285,6 +285,13 @@ def _safe_exp(x: float) -> float:
     return math.exp(x) if x < 700 else math.inf
 
 
+def spread(items: list[Any], limit: int | None) -> list[Any]:
+    """``limit`` items spread evenly over ``items`` (a file sorted by label still gives every label), or all."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
 def _preference_pairs(tokenizer: Any, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(rendered prompt, chosen + end-of-turn, rejected + end-of-turn) of the validation split's pairs."""
     eos = tokenizer.eos_token or ""
@@ -343,11 +350,12 @@ def evaluate_model(model: Any, tokenizer: Any, *, config: TrainerConfig, validat
     validation = []
     preference: list[tuple[str, str, str]] = []
     if validation_path and Path(validation_path).exists():
-        validation_rows = read_jsonl(validation_path)[:limit]
+        validation_rows = spread(read_jsonl(validation_path), limit)
         validation = [e for e in (to_example(r) for r in validation_rows) if e and e.answer is not None]
         preference = _preference_pairs(tokenizer, validation_rows)
     if limit is not None:
-        golden, safety, forget_texts, forget_qa = golden[:limit], safety[:limit], forget_texts[:limit], forget_qa[:limit]
+        golden, safety = spread(golden, limit), spread(safety, limit)
+        forget_texts, forget_qa = spread(forget_texts, limit), spread(forget_qa, limit)
     beta = float(getattr(getattr(config.spec, "dpo", None), "beta", 0.0) or 0.0)  # PreferenceAlignment only
     if not beta:
         preference = []

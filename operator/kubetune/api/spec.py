@@ -284,9 +284,9 @@ class CheckpointEvaluation(KubeModel):
     every_steps: int = Field(ge=1, description=(
         "Evaluate the model every this many optimizer steps, and at the last step."))
     examples: int = Field(default=10, ge=1, le=10000, description=(
-        "How many examples of each evaluation set a checkpoint evaluation uses: the first N of the golden, "
-        "safety and validation sets, and of the forgetting set's texts and questions. The chosen checkpoint "
-        "is then evaluated in full."))
+        "How many examples of each evaluation set a checkpoint evaluation uses: N of the golden, safety and "
+        "validation sets, and of the forgetting set's texts and questions, spread evenly over each file (every "
+        "(size/N)-th). The chosen checkpoint is then evaluated in full."))
     select_by: Metric = Field(description=(
         "The metric that ranks checkpoints; higher is better for accuracies, rates and scores, lower for "
         "losses, perplexities, increases and drops. Among the checkpoints that pass every gate whose metric "

@@ -62,7 +62,7 @@ class CheckpointMetrics(KubeModel):
 
     step: int = Field(ge=0, description="Optimizer step of the checkpoint.")
     metrics: dict[str, float] = Field(default_factory=dict, description=(
-        "Metrics on the first spec.evaluation.checkpoints.examples examples of each set (golden.accuracy, ...)."))
+        "Metrics on spec.evaluation.checkpoints.examples examples of each set (golden.accuracy, ...)."))
     passed: bool = Field(description="Whether every gate whose metric was measured here passed.")
     failed: list[str] | None = Field(default=None, max_length=32, description="The gates that failed here, by metric.")
 
