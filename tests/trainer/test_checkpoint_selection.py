@@ -234,3 +234,47 @@ def test_dpo_reports_held_out_preference_accuracy_and_margin(tiny_model: Path, t
     from kubetune.gates import promotion_decision
 
     assert promotion_decision(result, config.spec.evaluation.gates).passed
+
+
+def test_a_restarted_trainer_resumes_the_table_and_the_chosen_weights(tiny_model: Path, tmp_path: Path) -> None:
+    """A pod restarted at step 4 keeps the rows up to step 4 and puts back the weights chosen among
+    them; when the weights kept are of a later step (the choice moved on before the restart), the
+    table starts afresh rather than promote weights it no longer has."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from kubetune.api.spec import CheckpointEvaluation
+    from kubetune_trainer.checkpoint_eval import CheckpointTracker, trainable_state
+
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                                peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    settings = CheckpointEvaluation(every_steps=2, select_by="golden.accuracy")
+    weights = {}
+
+    def train_to(step: int) -> None:  # stands in for training: distinct adapter weights per step
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.fill_(step / 100)
+        weights[step] = trainable_state(model)
+
+    def evaluations(folder: Path, figures: list[float]) -> None:
+        it = iter(figures)
+        tracker = CheckpointTracker(settings, None, folder, lambda _m: {"golden.accuracy": next(it)}, lambda _: None)
+        for k in range(len(figures)):
+            train_to(2 * (k + 1))
+            tracker.evaluate_step(model, 2 * (k + 1))
+
+    evaluations(tmp_path / "a", [0.5, 0.2])
+    resumed = CheckpointTracker(settings, None, tmp_path / "a", lambda _m: {}, lambda _: None, resume_step=4)
+    assert [r.step for r in resumed.rows] == [2, 4]
+    selection = resumed.finish(model, last_step=4)  # the model holds step 4's weights: step 2's are put back
+    assert selection.chosen_step == 2
+    restored = trainable_state(model)
+    assert all(torch.equal(restored[k], weights[2][k]) for k in restored)
+    assert not all(torch.equal(restored[k], weights[4][k]) for k in restored)
+
+    evaluations(tmp_path / "b", [0.5, 0.2, 0.9])  # step 6 chosen: its weights replaced step 2's
+    lines: list[str] = []
+    again = CheckpointTracker(settings, None, tmp_path / "b", lambda _m: {}, lines.append, resume_step=4)
+    assert again.rows == [] and lines == ["checkpoint evaluations: the weights of step 2 were not kept; evaluating afresh"]

@@ -97,8 +97,9 @@ class CheckpointTracker:
         return step > 0 and (step % self.settings.every_steps == 0 or step == max_steps) and \
             not any(r.step == step for r in self.rows)
 
-    def evaluate_step(self, model: Any, step: int) -> bool:
-        """Evaluate at ``step``; True when training should stop early."""
+    def evaluate_step(self, model: Any, step: int, *, writer: bool = True) -> bool:
+        """Evaluate at ``step``; True when training should stop early. Only the ``writer`` (rank 0 under
+        torchrun; every rank evaluates, as the final evaluation does) saves the weights and the table."""
         import torch
 
         started = time.monotonic()
@@ -106,9 +107,10 @@ class CheckpointTracker:
         r = row(step, metrics, self.gates)
         self.rows.append(r)
         choice = choose(self.rows, self.select_by)
-        if choice.step == step:
-            torch.save({"step": step, "state": trainable_state(model)}, self.folder / WEIGHTS_FILE)
-        self._write()
+        if writer:
+            if choice.step == step:
+                torch.save({"step": step, "state": trainable_state(model)}, self.folder / WEIGHTS_FILE)
+            self._write()
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith("_base"))
         self.log(f"checkpoint evaluation at step {step} ({time.monotonic() - started:.1f}s): {shown}; "
                  f"{'passes' if r.passed else 'fails ' + ', '.join(r.failed or [])} the gates measured; "
@@ -153,7 +155,7 @@ def tracker_callback(tracker: CheckpointTracker) -> Any:
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
             if model is None or not tracker.due(state.global_step, state.max_steps):
                 return
-            if tracker.evaluate_step(model, state.global_step):
+            if tracker.evaluate_step(model, state.global_step, writer=state.is_world_process_zero):
                 control.should_training_stop = True
                 control.should_save = True  # the step training ends at is a checkpoint too
 
