@@ -49,10 +49,13 @@ def higher_is_better(metric: str) -> bool:
 
 
 def row(step: int, metrics: Mapping[str, float], gates: Sequence[Gate] | None) -> CheckpointMetrics:
-    """The table row of one checkpoint evaluation: the gates whose metric it measured, checked."""
+    """The table row of one checkpoint evaluation: the gates whose metric it measured, checked. The row
+    keeps the tuned model's metrics to 4 decimals (the base's are the same at every step, and the whole
+    table must fit the trainer's 4 KiB termination message beside the result)."""
     outcomes = [check_gate(g, metrics) for g in gates or [] if str(g.metric) in metrics]
     failed = [o.metric for o in outcomes if not o.passed]
-    return CheckpointMetrics(step=step, metrics=dict(metrics), passed=not failed, failed=failed or None)
+    kept = {k: round(float(v), 4) for k, v in metrics.items() if not k.endswith("_base")}
+    return CheckpointMetrics(step=step, metrics=kept, passed=not failed, failed=failed or None)
 
 
 @dataclass(frozen=True)

@@ -72,12 +72,10 @@ def test_checkpoints_are_evaluated_on_a_subset_and_the_table_is_reported(tiny_mo
     assert sel is not None and sel.select_by == "eval.loss" and sel.last_step == 6 and not sel.stopped_early
     assert [r.step for r in sel.evaluations] == [2, 4, 6]
     for r in sel.evaluations:  # the subset's metrics, tuned and base, and the measured gate checked
-        assert {"golden.accuracy", "safety.refusal_rate", "forgetting.perplexity_increase", "eval.loss",
-                "golden.accuracy_base"} <= set(r.metrics)
+        assert {"golden.accuracy", "safety.refusal_rate", "forgetting.perplexity_increase", "eval.loss"} <= set(r.metrics)
         assert r.passed and r.failed is None
         assert r.metrics["golden.accuracy"] * 2 in (0.0, 1.0, 2.0)  # 2 golden examples, not 6
-    # the base was measured once and its subset figures reused for every checkpoint
-    assert len({r.metrics["eval.loss_base"] for r in sel.evaluations}) == 1
+    # the base was measured once, at the first checkpoint evaluation, and its subset figures reused after
     assert sum("now the base" in line for line in lines) == 2  # the first checkpoint evaluation and the final one
     assert sel.chosen_step == choose(sel.evaluations, "eval.loss").step
     assert sel.reason and sel.reason.startswith(f"step {sel.chosen_step}: lowest eval.loss")

@@ -31,10 +31,27 @@ def test_every_gate_metric_has_a_direction():
 
 
 def test_row_checks_only_the_gates_it_measured():
-    r = row(20, {"golden.accuracy": 0.6, "safety.refusal_rate": 0.8}, GATES)
+    r = row(20, {"golden.accuracy": 0.6, "safety.refusal_rate": 0.8, "golden.accuracy_base": 0.1}, GATES)
+    assert r.metrics == {"golden.accuracy": 0.6, "safety.refusal_rate": 0.8}  # the base's are in status.metrics
     assert r.step == 20 and not r.passed and r.failed == ["safety.refusal_rate"]  # judge.score: the final evaluation's
     ok = row(40, {"golden.accuracy": 0.6, "safety.refusal_rate": 0.95}, GATES)
     assert ok.passed and ok.failed is None
+    close = row(60, {"golden.accuracy": 0.49996, "safety.refusal_rate": 0.95}, GATES)  # checked before rounding
+    assert not close.passed and close.metrics["golden.accuracy"] == 0.5
+
+
+def test_the_quickstarts_table_of_five_rows_fits_the_termination_message():
+    from kubetune.api.status import CheckpointSelection
+    from kubetune.api.trainer_contract import TrainerResult
+
+    metrics = {f"{m}{s}": 0.123456789 for m in ("golden.accuracy", "safety.refusal_rate", "eval.loss", "eval.perplexity",
+                                                "forgetting.perplexity", "forgetting.perplexity_increase",
+                                                "forgetting.accuracy", "forgetting.accuracy_drop")
+               for s in ("", "_base")}
+    rows = [row(20 * i, metrics, GATES) for i in range(1, 6)]
+    result = TrainerResult(outcome="succeeded", metrics=metrics, checkpoints=CheckpointSelection(
+        select_by="golden.accuracy", evaluations=rows, chosen_step=60, last_step=100, reason="x" * 200))
+    assert '"checkpoints"' in result.termination_message()
 
 
 def test_best_passing_checkpoint_wins_over_a_better_failing_and_the_last():
