@@ -6,7 +6,8 @@ Every ``everySteps`` optimizer steps and at the last step, :class:`CheckpointTra
 model with ``limit=examples`` (the base is measured once, at the first evaluation, and its outputs
 reused), adds a row to the table and asks :func:`kubetune.checkpoint_selection.choose` for the
 step to promote. When the choice moves to the new row, the trainable weights (the adapter; all
-weights for a full fine-tune) are saved to ``<output>/kubetune/chosen-checkpoint.pt``; the choice
+weights for a full fine-tune) are saved to ``<output>/kubetune/chosen-checkpoint.safetensors`` (written
+beside it and renamed into place, its step in the metadata); the choice
 never moves back to an older row, so one file is enough. The table is written to
 ``<output>/kubetune/checkpoint-evaluations.json`` after each row: a restarted pod resumes it (rows up
 to the step it resumes from).
@@ -29,7 +30,7 @@ from kubetune.checkpoint_selection import choose, row, should_stop
 from kubetune_trainer.reporting import Log
 
 TABLE_FILE = "checkpoint-evaluations.json"
-WEIGHTS_FILE = "chosen-checkpoint.pt"
+WEIGHTS_FILE = "chosen-checkpoint.safetensors"
 
 
 def trainable_state(model: Any) -> dict[str, Any]:
@@ -40,7 +41,25 @@ def trainable_state(model: Any) -> dict[str, Any]:
         state = get_peft_model_state_dict(model)
     else:
         state = model.state_dict()
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_weights(path: Path, step: int, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".partial")
+    save_file(state, str(tmp), metadata={"step": str(step)})
+    tmp.replace(path)
+
+
+def load_weights(path: Path) -> tuple[int, dict[str, Any]]:
+    """(step, weights) of a file :func:`save_weights` wrote."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        step = int((fh.metadata() or {})["step"])
+    return step, load_file(str(path))
 
 
 def load_trainable_state(model: Any, state: dict[str, Any]) -> None:
@@ -86,10 +105,8 @@ class CheckpointTracker:
             self.log(f"checkpoint evaluations: {len(self.rows)} resumed, up to step {self.rows[-1].step}")
 
     def _saved_step(self) -> int | None:
-        import torch
-
         try:
-            return int(torch.load(self.folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)["step"])
+            return load_weights(self.folder / WEIGHTS_FILE)[0]
         except (OSError, KeyError, RuntimeError, ValueError):
             return None
 
@@ -100,8 +117,6 @@ class CheckpointTracker:
     def evaluate_step(self, model: Any, step: int, *, writer: bool = True) -> bool:
         """Evaluate at ``step``; True when training should stop early. Only the ``writer`` (rank 0 under
         torchrun; every rank evaluates, as the final evaluation does) saves the weights and the table."""
-        import torch
-
         started = time.monotonic()
         metrics = self.evaluate(model)
         r = row(step, metrics, self.gates)
@@ -109,7 +124,7 @@ class CheckpointTracker:
         choice = choose(self.rows, self.select_by)
         if writer:
             if choice.step == step:
-                torch.save({"step": step, "state": trainable_state(model)}, self.folder / WEIGHTS_FILE)
+                save_weights(self.folder / WEIGHTS_FILE, step, trainable_state(model))
             self._write()
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith("_base"))
         self.log(f"checkpoint evaluation at step {step} ({time.monotonic() - started:.1f}s): {shown}; "
@@ -130,16 +145,14 @@ class CheckpointTracker:
 
     def finish(self, model: Any, last_step: int) -> CheckpointSelection:
         """Load the chosen step's weights into ``model`` (when it is not the last step) and describe the choice."""
-        import torch
-
         choice = choose(self.rows, self.select_by)
         reason = choice.reason
         if choice.step is not None and choice.step != last_step:
-            saved = torch.load(self.folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-            if int(saved["step"]) != choice.step:
-                raise RuntimeError(f"{self.folder / WEIGHTS_FILE} holds step {saved['step']}, not the chosen "
+            saved_step, state = load_weights(self.folder / WEIGHTS_FILE)
+            if saved_step != choice.step:
+                raise RuntimeError(f"{self.folder / WEIGHTS_FILE} holds step {saved_step}, not the chosen "
                                    f"step {choice.step}")
-            load_trainable_state(model, saved["state"])
+            load_trainable_state(model, state)
             self.log(f"promoting the weights of step {choice.step}, not the last step {last_step}: {reason}")
         elif choice.step is not None:
             self.log(f"the last step is the chosen one: {reason}")
