@@ -12,7 +12,7 @@ Called by the trainer once training is done (``evaluate_model``). Metric names a
 | forgetting.perplexity_increase   | tuned / base − 1 (0.25 = 25% more perplexed than before)          |
 | forgetting.accuracy (+ _base), forgetting.accuracy_drop | when forgetting rows have {prompt, answer}: `contains` accuracy; drop = base − tuned |
 | judge.score                      | mean 1–10 LLM-judge score of the tuned generations (golden and safety prompts), when spec.evaluation.judge is set and at least half the examples were scored |
-| preference.accuracy, preference.margin | DPO, on the validation split's preference pairs: the implicit reward β·(log π/π_ref) of the chosen answer minus the rejected one's — the share of pairs where it is positive, and its mean (π_ref: the base below, the model DPO started from) |
+| preference.accuracy, preference.margin | DPO, on the validation split's preference pairs: the implicit reward β·(log π/π_ref) of the chosen answer minus the rejected one's — the share of pairs where it is positive, and its mean (π_ref: the "_base" model below — for a DPO continuing an SFT adapter, the base with adapters disabled, i.e. before SFT, not TRL's training reference) |
 
 "_base" is the model the tuned one started from, as :class:`BaseAccess` gives it (for QLoRA:
 the adapter disabled on the same 4-bit base — an adapter is only meaningful on the base it was
