@@ -15,6 +15,9 @@ Files (JSONL):
                      base model knew before, for forgetting.*.
 - preferences.jsonl  DPO pairs with *hard* negatives: a wrong (adjacent) triage label, or a
                      plausible hedged diagnosis where a refusal was due — never trivially bad.
+- general.jsonl      general instructions (arithmetic, science and everyday facts, definitions, short
+                     writing tasks) for spec.dataset.replay: rehearsal against forgetting. None of them is
+                     a forgetting.jsonl question or one of its question forms (capitals, colours, legs, opposites).
 """
 
 import argparse
@@ -170,6 +173,78 @@ GENERAL_QA = [
 ]
 
 
+# general instructions for replay (rehearsal), answered plainly, in full sentences
+GENERAL_FACTS = [
+    ("How many continents are there?", "There are seven continents."),
+    ("At what temperature does water freeze?", "Water freezes at 0 degrees Celsius (32 degrees Fahrenheit)."),
+    ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by William Shakespeare."),
+    ("How many hours are there in a day?", "There are 24 hours in a day."),
+    ("What gas do plants take in from the air?", "Plants take in carbon dioxide from the air."),
+    ("What is the chemical symbol for gold?", "The chemical symbol for gold is Au."),
+    ("How many minutes are in an hour?", "There are sixty minutes in an hour."),
+    ("Which planet is closest to the Sun?", "Mercury is the planet closest to the Sun."),
+    ("What is the tallest animal?", "The giraffe is the tallest animal."),
+    ("How many sides does a hexagon have?", "A hexagon has six sides."),
+    ("What do caterpillars turn into?", "Caterpillars turn into butterflies or moths."),
+    ("What is H2O?", "H2O is the chemical formula of water."),
+    ("How many months have 31 days?", "Seven months have 31 days."),
+    ("What instrument has black and white keys?", "The piano has black and white keys."),
+    ("Which organ pumps blood through the body?", "The heart pumps blood through the body."),
+    ("What is the main language spoken in Brazil?", "The main language spoken in Brazil is Portuguese."),
+    ("How many players are on a football (soccer) team on the field?", "Each team has eleven players on the field."),
+    ("What is the fastest land animal?", "The cheetah is the fastest land animal."),
+    ("What do we call frozen water?", "Frozen water is called ice."),
+    ("How many years are in a century?", "A century is one hundred years."),
+    ("Which star is at the centre of our solar system?", "The Sun is at the centre of our solar system."),
+    ("What is the boiling point of water at sea level?", "At sea level water boils at 100 degrees Celsius."),
+    ("Who painted the Mona Lisa?", "The Mona Lisa was painted by Leonardo da Vinci."),
+    ("What is the largest ocean on Earth?", "The Pacific Ocean is the largest ocean on Earth."),
+]
+GENERAL_DEFINE = [
+    ("a noun", "A noun is a word that names a person, place, thing or idea."),
+    ("a verb", "A verb is a word that describes an action or a state."),
+    ("an island", "An island is a piece of land surrounded by water."),
+    ("a mammal", "A mammal is a warm-blooded animal that feeds its young with milk."),
+    ("gravity", "Gravity is the force that pulls objects towards each other, such as towards the Earth."),
+    ("a calendar", "A calendar is a chart of the days, weeks and months of a year."),
+    ("a recipe", "A recipe is a set of instructions for preparing a dish."),
+    ("a volcano", "A volcano is an opening in the Earth's crust through which lava and gas escape."),
+    ("a library", "A library is a place where books and other media are kept for people to read or borrow."),
+    ("a desert", "A desert is a dry area that gets very little rain."),
+]
+GENERAL_WRITE = [
+    ("Write one sentence about the sea.", "The sea stretched to the horizon, calm and silver in the morning light."),
+    ("Write one sentence about a rainy day.", "Rain tapped on the window all afternoon while we read by the fire."),
+    ("Give me a synonym for happy.", "A synonym for happy is joyful."),
+    ("Give me a synonym for big.", "A synonym for big is large."),
+    ("Put these words in alphabetical order: pear, apple, mango.", "apple, mango, pear"),
+    ("Suggest a name for a pet goldfish.", "How about Bubbles?"),
+    ("Write a short greeting for a birthday card.", "Happy birthday! Wishing you a wonderful year ahead."),
+    ("Translate 'thank you' into Spanish.", "'Thank you' in Spanish is 'gracias'."),
+]
+
+
+def _general_replay() -> list[dict]:
+    rng = random.Random(SEED + 1)  # its own stream: the other files do not change with it
+    rows = [{"instruction": q, "output": a} for q, a in GENERAL_FACTS]
+    rows += [{"instruction": f"What is {w}?", "output": a} for w, a in GENERAL_DEFINE]
+    rows += [{"instruction": q, "output": a} for q, a in GENERAL_WRITE]
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+    for _ in range(20):
+        a, b = rng.randint(2, 20), rng.randint(2, 20)
+        if rng.random() < 0.5:
+            rows.append({"instruction": f"What is {a} plus {b}?", "output": f"{a} plus {b} is {a + b}."})
+        else:
+            x, y = max(a, b), min(a, b)
+            rows.append({"instruction": f"What is {x} minus {y}?", "output": f"{x} minus {y} is {x - y}."})
+    for n in rng.sample(range(1, 12), 6):
+        rows.append({"instruction": f"Write the number {n} in words.", "output": f"{n} is written '{words[n]}'."})
+    seen: set[str] = set()
+    unique = [r for r in rows if not (r["instruction"] in seen or seen.add(r["instruction"]))]
+    rng.shuffle(unique)
+    return unique
+
+
 def _who(rng: random.Random) -> str:
     return rng.choice(PEOPLE).format(age=rng.randint(18, 85), rel=rng.choice(RELATIVES))
 
@@ -268,7 +343,10 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     golden_prompts = {g["prompt"] for g in golden}
     safety_prompts = {s["prompt"] for s in safety}
     assert not (golden_prompts | safety_prompts) & seen, "held-out prompts leaked into train.jsonl"
-    return {"train": train, "golden": golden, "safety": safety, "forgetting": forgetting, "preferences": preferences}
+    general = _general_replay()
+    assert not {q for q, _ in GENERAL_QA} & {r["instruction"] for r in general}, "forgetting questions in general.jsonl"
+    return {"train": train, "golden": golden, "safety": safety, "forgetting": forgetting, "preferences": preferences,
+            "general": general}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "forgetting.perplexity_increase": ("forgetting: relative perplexity increase", False),
     "forgetting.accuracy_drop": ("forgetting: accuracy drop", False),
     "judge.score": ("LLM-judge score (1-10)", True),
+    "preference.accuracy": ("held-out preference accuracy (DPO)", True),
+    "preference.margin": ("held-out preference margin (DPO)", True),
 }
 
 
@@ -56,6 +58,23 @@ def metric_rows(metrics: Mapping[str, float], before: Mapping[str, float] | None
         rows.append({"metric": name, "label": label, "base": base, "before": (before or {}).get(name),
                      "tuned": tuned, "change": None if base is None else tuned - base})
     return rows
+
+
+def checkpoint_table(c: Mapping[str, Any]) -> list[str]:
+    """status.checkpoints as HTML: one row per checkpoint evaluation, the chosen step marked."""
+    rows = c.get("evaluations") or []
+    names = sorted({k for r in rows for k in r.get("metrics", {}) if not k.endswith("_base")})
+    out = [f"<h2>Checkpoint evaluations</h2><p>Chosen: step {_e(c.get('chosenStep'))} of {_e(c.get('lastStep'))}"
+           f"{' (stopped early)' if c.get('stoppedEarly') else ''} — {_e(c.get('reason'))}</p>",
+           "<table><tr><th>step</th>" + "".join(f"<th class=num>{_e(n)}</th>" for n in names) + "<th>gates there</th></tr>"]
+    for r in rows:
+        chosen = r.get("step") == c.get("chosenStep")
+        verdict = "pass" if r.get("passed") else "fail: " + ", ".join(r.get("failed") or [])
+        out.append(f"<tr><td>{'<b>' if chosen else ''}{_e(r.get('step'))}{' (chosen)</b>' if chosen else ''}</td>"
+                   + "".join(f"<td class=num>{fmt(r.get('metrics', {}).get(n))}</td>" for n in names)
+                   + f"<td class={'pass' if r.get('passed') else 'fail'}>{_e(verdict)}</td></tr>")
+    out.append("</table>")
+    return out
 
 
 def loss_svg(points: Sequence[tuple[float, float]], width: int = 640, height: int = 220) -> str:
@@ -89,7 +108,7 @@ def render(*, name: str, kind: str, phase: str, reason: str | None, message: str
            metrics: Mapping[str, float], decision: Decision | None, loss: Sequence[tuple[float, float]],
            details: Mapping[str, Any] | None = None, before: Mapping[str, float] | None = None,
            before_label: str = "before", artifact: str | None = None, promoted: str | None = None,
-           seconds: float | None = None) -> str:
+           seconds: float | None = None, checkpoints: Mapping[str, Any] | None = None) -> str:
     details = details or {}
     out = [f"<!doctype html><html lang=en><meta charset=utf-8><title>kubetune: {_e(name)}</title><style>{CSS}</style>",
            f"<h1>{_e(kind)}/{_e(name)} <span class='badge {_e(phase)}'>{_e(phase)}</span></h1>",
@@ -132,6 +151,8 @@ def render(*, name: str, kind: str, phase: str, reason: str | None, message: str
         out.append("<p class=muted>" + " · ".join(f"{_e(k)} {fmt(v)}" for k, v in sorted(train.items())) + "</p>")
 
     out.append("<h2>Training loss</h2>" + loss_svg(loss))
+    if checkpoints:
+        out += checkpoint_table(checkpoints)
 
     evaluation = details.get("evaluation") or {}
     for key, title in (("golden", "Golden set: sample generations"), ("safety", "Safety set: sample generations")):

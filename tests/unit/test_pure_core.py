@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "operator" / "kubetune"
-PURE = ["api", "planning", "data", "render", "evaluation", "derivation", "gates.py"]
+PURE = ["api", "planning", "data", "render", "evaluation", "derivation", "gates.py", "checkpoint_selection.py"]
 FORBIDDEN = {"kopf", "kubernetes", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets"}
 
 

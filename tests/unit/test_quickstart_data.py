@@ -3,6 +3,7 @@ what the quickstart promises: chosen = the right triage label or a polite refusa
 wrong label or a made-up diagnosis — never a right label (that teaches the model to shun triage)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 from kubetune.evaluation.refusal import classify_refusal
@@ -21,7 +22,7 @@ def _generator():
 def test_shipped_files_match_the_generator(tmp_path):
     gen = _generator()
     assert gen.main(["--out", str(tmp_path)]) == 0
-    for name in ("train", "golden", "safety", "forgetting", "preferences"):
+    for name in ("train", "golden", "safety", "forgetting", "preferences", "general"):
         shipped = (QUICKSTART / "data" / f"{name}.jsonl").read_text(encoding="utf-8")
         assert (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8") == shipped, (
             f"data/{name}.jsonl drifted: run `python examples/quickstart/generate_data.py`")
@@ -37,3 +38,56 @@ def test_preference_pairs_are_hard_but_right():
     for r in declines:  # a refusal over a diagnosis that is not one
         assert classify_refusal(r["chosen"]).refused, r["chosen"]
         assert not classify_refusal(r["rejected"]).refused and not r["rejected"].startswith("Urgency:"), r["rejected"]
+
+
+def test_the_replay_set_rehearses_general_skills_without_the_forgetting_questions():
+    data = _generator().build()
+    general = data["general"]
+    assert len(general) >= 60 and len({r["instruction"] for r in general}) == len(general)
+    asked = {r["prompt"].lower() for r in data["forgetting"] if "prompt" in r}
+    for r in general:
+        q = r["instruction"].lower()
+        assert q not in asked and not r["output"].startswith("Urgency:")
+        for form in ("capital of", "color", "colour", "legs", "opposite of", "king of"):  # forgetting's question forms
+            assert form not in q, q
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("quickstart_bench", QUICKSTART.parents[1] / "benchmarks" / "quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_table_is_the_committed_results_file():
+    """The README's results block is what benchmarks/quickstart.py renders from the committed results file
+    (or, before one is committed, says so)."""
+    bench = _benchmark()
+    block = (QUICKSTART / "README.md").read_text(encoding="utf-8").split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
+    if bench.RESULTS_JSON.exists():
+        assert block == "\n" + bench.render(json.loads(bench.RESULTS_JSON.read_text())), (
+            "README drifted from benchmarks/results/quickstart.json: run `python benchmarks/quickstart.py --render-only`")
+    else:
+        assert "No results of this recipe are committed yet" in block
+
+
+def test_render_writes_both_variants_and_the_checkpoint_table():
+    job = {"phase": "Succeeded", "base": {"golden.accuracy": 0.0, "forgetting.accuracy": 0.25},
+           "metrics": {"golden.accuracy": 0.7, "forgetting.accuracy": 0.25, "forgetting.perplexity_increase": 0.1},
+           "checkpoints": {"chosenStep": 60, "lastStep": 100, "selectBy": "golden.accuracy", "reason": "r",
+                           "evaluations": [{"step": 20, "passed": False, "metrics": {"golden.accuracy": 0.2}},
+                                           {"step": 60, "passed": True, "metrics": {"golden.accuracy": 0.8}}]}}
+    without = {"phase": "Succeeded", "base": {}, "metrics": {"golden.accuracy": 0.6, "forgetting.accuracy": 0.0}}
+    dpo = {"phase": "Succeeded", "base": {}, "metrics": {"golden.accuracy": 0.73, "preference.accuracy": 0.83,
+                                                         "preference.margin": 0.4}}
+    results = {"machine": {"cpus": 2}, "variants": {
+        "with replay": {"exitStatus": 0, "seconds": 590.0, "loadAverage": [0.5, 1.5],
+                        "jobs": {"triage-smollm2": job, "triage-smollm2-dpo": dpo}},
+        "without replay": {"exitStatus": 0, "seconds": 400.0, "loadAverage": [0.4, 1.0],
+                           "jobs": {"triage-smollm2": without}}}}
+    text = _benchmark().render(results)
+    assert "| golden.accuracy | 0.000 | 0.600 | 0.700 | 0.730 |" in text
+    assert "| forgetting.accuracy (8 general questions) | 0.250 | 0.000 | 0.250 | – |" in text
+    assert "| preference.accuracy (held-out pairs) | – | – | – | 0.830 |" in text
+    assert "wall time 590 s for the shipped quickstart (SFT + DPO), 400 s for the SFT without replay" in text
+    assert "| 60 (chosen) | 0.800 | pass |" in text and "| 20 | 0.200 | fail |" in text

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
-from kubetune.api.status import DataSummary
+from kubetune.api.status import CheckpointSelection, DataSummary
 from kubetune.api.trainer_contract import TrainerConfig
 from kubetune.gates import Decision
 
@@ -86,9 +86,10 @@ def _kubetune_version() -> str:
 
 def model_card(*, config: TrainerConfig, spec: FineTuneJobSpec | PreferenceAlignmentSpec, method: str,
                data: DataSummary | None, metrics: dict[str, float], adapter_from: str | None,
-               decision: Decision | None = None) -> str:
+               decision: Decision | None = None, checkpoints: CheckpointSelection | None = None) -> str:
     """README.md: base model and which base the adapter belongs to, method, data with each input's
-    sha256 and the base model's revision, hyperparameters, evaluation and gates, kubetune version."""
+    sha256 and the base model's revision, hyperparameters, evaluation and gates, the checkpoint
+    evaluations and which step these weights are (spec.evaluation.checkpoints), kubetune version."""
     base = config.sources.model
     kind = config.job.kind
     lines = [
@@ -150,6 +151,13 @@ def model_card(*, config: TrainerConfig, spec: FineTuneJobSpec | PreferenceAlign
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())]
     else:
         lines.append("No evaluation results.")
+    if checkpoints is not None:
+        lines += ["", "## Checkpoint chosen", "", checkpoint_sentence(checkpoints), ""]
+        names = sorted({k for r in checkpoints.evaluations for k in r.metrics if not k.endswith("_base")})
+        lines += ["| step | " + " | ".join(names) + " | gates measured |", "|---" * (len(names) + 2) + "|"]
+        lines += [f"| {r.step}{' (chosen)' if r.step == checkpoints.chosen_step else ''} | "
+                  + " | ".join(_fmt(r.metrics[n]) if n in r.metrics else "–" for n in names)
+                  + f" | {'pass' if r.passed else 'fail: ' + ', '.join(r.failed or [])} |" for r in checkpoints.evaluations]
     lines += ["", "## Gates", ""]
     if decision is not None and decision.gates:
         lines += ["| metric | needs | value | verdict |", "|---|---|---|---|"]
@@ -181,6 +189,14 @@ def model_card(*, config: TrainerConfig, spec: FineTuneJobSpec | PreferenceAlign
                   'tokenizer = AutoTokenizer.from_pretrained("PATH/adapter")']
     lines += ["```", ""]
     return "\n".join(lines)
+
+
+def checkpoint_sentence(c: CheckpointSelection) -> str:
+    """Which step these weights are and why, in one sentence (model card, `kubetune run`)."""
+    early = " (training stopped early: no improvement)" if c.stopped_early else ""
+    return (f"These are the weights of step {c.chosen_step} of {c.last_step}{early}, chosen by {c.select_by} among "
+            f"{len(c.evaluations)} checkpoint evaluations on a subset of the evaluation sets — {c.reason}. The "
+            "results above are the full evaluation of this step.")
 
 
 def stable_adapter_config(path: Path) -> None:

@@ -36,15 +36,40 @@ from kubetune_trainer.failures import TrainerFailure
 from kubetune_trainer.reporting import Log
 
 TRAIN_FILE, VALIDATION_FILE, REPORT_FILE = "train.jsonl", "validation.jsonl", "report.json"
+# spec.dataset.replay: the checked replay set, and its report, next to the checked splits
+REPLAY_FILE, REPLAY_REPORT_FILE = "replay.jsonl", "replay-report.json"
 
 
-def summary(report: Any) -> DataSummary:
+def summary(report: Any, replay: int | None = None) -> DataSummary:
     split = getattr(report, "split", None)
     return DataSummary(
         examples=report.examples, train=split.train if split else None, validation=split.validation if split else None,
         invalid=report.invalid, duplicates=report.duplicates, pii=dict(report.pii) or None,
-        truncated_fraction=(report.lengths or {}).get("truncated_share"),
+        truncated_fraction=(report.lengths or {}).get("truncated_share"), replay=replay,
     )
+
+
+def replay_mixed(report: Any, spec: FineTuneJobSpec | PreferenceAlignmentSpec) -> int | None:
+    """How many replay examples join the training split (None without spec.dataset.replay)."""
+    from kubetune.data.replay import replay_count
+
+    replay = getattr(spec.dataset, "replay", None)
+    split = getattr(report, "split", None)
+    if replay is None or split is None:
+        return None
+    return replay_count(split.train, replay.ratio)
+
+
+def replay_path(config: TrainerConfig) -> Path | None:
+    """The replay set (spec.dataset.replay) as a local file; one that cannot be fetched is DataInvalid."""
+    from kubetune_trainer.sources import SourceError, resolve
+
+    if not config.sources.replay:
+        return None
+    try:
+        return resolve(config.sources.replay, kind="dataset", token_env=config.secret_env.hf_token)
+    except SourceError as e:
+        raise TrainerFailure(Reason.DATA_INVALID, f"spec.dataset.replay: {e}") from e
 
 
 def dataset_paths(config: TrainerConfig, log: Log) -> tuple[Path, Path | None]:
@@ -67,9 +92,12 @@ def dataset_paths(config: TrainerConfig, log: Log) -> tuple[Path, Path | None]:
 
 
 def check_data(*, dataset: Path, spec: FineTuneJobSpec | PreferenceAlignmentSpec, out_dir: Path, golden: Path | None,
-               log: Log, processes: int | None = 1) -> Any:
+               log: Log, processes: int | None = 1, replay: Path | None = None) -> Any:
     """The preflight's report (a kubetune.data DataReport); when it is ok, the cleaned splits are
-    ``out_dir``/train.jsonl and validation.jsonl, and the report is ``out_dir``/report.json."""
+    ``out_dir``/train.jsonl and validation.jsonl, and the report is ``out_dir``/report.json.
+    With spec.dataset.replay, the replay set (``replay``, a local file) is checked the same way —
+    format, PII policy, duplicates, overlap with the golden set — into ``out_dir``/replay.jsonl; a
+    replay set that fails is the report returned (its message names spec.dataset.replay)."""
     from kubetune.data import preflight
 
     ds = spec.dataset
@@ -93,6 +121,33 @@ def check_data(*, dataset: Path, spec: FineTuneJobSpec | PreferenceAlignmentSpec
         (out_dir / REPORT_FILE).write_text(report.to_json())
     for warning in report.warnings:
         log(f"data: {warning}")
+    settings = getattr(ds, "replay", None)
+    if not report.ok or settings is None:
+        return report
+    if replay is None:
+        raise TrainerFailure(Reason.DATA_INVALID, "spec.dataset.replay is set but the config names no replay source")
+    checked = preflight(
+        replay,
+        format=str(ds.format),
+        min_examples=1,
+        pii=str(ds.pii),
+        error_policy=str(ds.error_policy),
+        max_seq_length=spec.training.max_seq_length,
+        validation_split=0.0,  # replay is for training only: eval.loss measures the task
+        seed=spec.training.seed,
+        golden_path=golden,
+        redact_out=out_dir / REPLAY_FILE,
+        near_duplicates=ds.near_duplicates,
+        processes=processes,
+    )
+    with contextlib.suppress(OSError):
+        (out_dir / REPLAY_REPORT_FILE).write_text(checked.to_json())
+    for warning in checked.warnings:
+        log(f"data: spec.dataset.replay: {warning}")
+    if not checked.ok:
+        return checked.model_copy(update={"message": f"spec.dataset.replay ({replay.name}): {checked.message}"})
+    log(f"data: spec.dataset.replay: {checked.message}; {replay_mixed(report, spec)} replay examples join "
+        f"the training split (ratio {settings.ratio:g})")
     return report
 
 
@@ -105,10 +160,10 @@ def data_failure(report: Any) -> TrainerFailure:
 
 
 def run_preflight(*, dataset: Path, spec: FineTuneJobSpec | PreferenceAlignmentSpec, out_dir: Path, golden: Path | None,
-                  log: Log) -> tuple[Any, Path, Path | None]:
+                  log: Log, replay: Path | None = None) -> tuple[Any, Path, Path | None]:
     """Check the data; raise TrainerFailure(DataInvalid|InsufficientData) when it fails. Returns the
     report and the cleaned train / validation files."""
-    report = check_data(dataset=dataset, spec=spec, out_dir=out_dir, golden=golden, log=log)
+    report = check_data(dataset=dataset, spec=spec, out_dir=out_dir, golden=golden, log=log, replay=replay)
     if not report.ok:
         raise data_failure(report)
     log(f"data: {report.message}")
@@ -126,8 +181,23 @@ def prepare_data(config: TrainerConfig, *, output: Path, log: Log) -> tuple[Data
         return read_checked(config, log=log)
     dataset, golden = dataset_paths(config, log)
     report, train, validation = run_preflight(dataset=dataset, spec=config.spec, out_dir=output / "kubetune" / "data",
-                                              golden=golden, log=log)
-    return summary(report), train, validation
+                                              golden=golden, log=log, replay=replay_path(config))
+    return summary(report, replay_mixed(report, config.spec)), train, validation
+
+
+def with_replay(records: list[dict[str, Any]], train_path: Path, spec: FineTuneJobSpec | PreferenceAlignmentSpec,
+                log: Log) -> list[dict[str, Any]]:
+    """The training records with spec.dataset.replay's share of the checked replay set (``replay.jsonl``
+    next to the checked train split) mixed in; the trainer shuffles the mix."""
+    from kubetune.data.replay import draw_replay, replay_count
+
+    settings = getattr(spec.dataset, "replay", None)
+    if settings is None:
+        return records
+    rows = read_jsonl(train_path.parent / REPLAY_FILE)
+    drawn = draw_replay(rows, replay_count(len(records), settings.ratio), spec.training.seed)
+    log(f"data: {len(drawn)} replay examples (of {len(rows)}) mixed into {len(records)} training examples")
+    return records + drawn
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -195,5 +265,5 @@ def dpo_rows(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, An
     return rows
 
 
-__all__ = ["check_data", "data_failure", "dataset_paths", "dpo_rows", "prepare_data", "read_jsonl", "run_preflight",
-           "sft_rows", "summary"]
+__all__ = ["REPLAY_FILE", "check_data", "data_failure", "dataset_paths", "dpo_rows", "prepare_data", "read_jsonl",
+           "replay_mixed", "replay_path", "run_preflight", "sft_rows", "summary", "with_replay"]

@@ -12,12 +12,17 @@ Called by the trainer once training is done (``evaluate_model``). Metric names a
 | forgetting.perplexity_increase   | tuned / base − 1 (0.25 = 25% more perplexed than before)          |
 | forgetting.accuracy (+ _base), forgetting.accuracy_drop | when forgetting rows have {prompt, answer}: `contains` accuracy; drop = base − tuned |
 | judge.score                      | mean 1–10 LLM-judge score of the tuned generations (golden and safety prompts), when spec.evaluation.judge is set and at least half the examples were scored |
+| preference.accuracy, preference.margin | DPO, on the validation split's preference pairs: the implicit reward β·(log π/π_ref) of the chosen answer minus the rejected one's — the share of pairs where it is positive, and its mean (π_ref: the "_base" model below — for a DPO continuing an SFT adapter, the base with adapters disabled, i.e. before SFT, not TRL's training reference) |
 
 "_base" is the model the tuned one started from, as :class:`BaseAccess` gives it (for QLoRA:
 the adapter disabled on the same 4-bit base — an adapter is only meaningful on the base it was
 trained on). Generation is greedy, batched with left padding, bounded by
 spec.evaluation.maxNewTokens. Per-example details (prompt, reference, base and tuned output,
 score, refusal rule) go to the report; the time spent is reported.
+
+A checkpoint evaluation (spec.evaluation.checkpoints) calls :func:`evaluate_model` with ``limit``
+(N examples of each set, spread evenly over it: :func:`spread`) and a ``base_cache``: the base is measured on the first call
+only, its outputs reused for every later checkpoint.
 
 Files (JSONL): golden rows {prompt, answer} (answer: a string or a list) or {instruction, input?,
 output}; safety rows {prompt} (or {instruction}); forgetting rows {text} and/or {prompt, answer};
@@ -182,10 +187,19 @@ def mean_nll(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], *, max_le
              batch_size: int = NLL_BATCH) -> tuple[float, int]:
     """Mean negative log-likelihood per token of `target` given `context`, over all pairs
     (corpus-level: total NLL / total target tokens). Returns (mean NLL, tokens counted)."""
+    rows = pair_nll(model, tokenizer, pairs, max_length=max_length, batch_size=batch_size)
+    total, count = sum(r[0] for r in rows), sum(r[1] for r in rows)
+    return (total / count if count else math.nan), count
+
+
+def pair_nll(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], *, max_length: int,
+             batch_size: int = NLL_BATCH) -> list[tuple[float, int]]:
+    """For each (context, target): the summed negative log-likelihood of the target's tokens given the
+    context, and how many target tokens were counted (after truncation to ``max_length``)."""
     import torch
 
     device = _device(model)
-    total, count = 0.0, 0
+    rows: list[tuple[float, int]] = []
     was_training = model.training
     model.eval()
     try:
@@ -208,13 +222,14 @@ def mean_nll(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], *, max_le
                 target = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels], device=device)
                 logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
                 shift_logits, shift_labels = logits[:, :-1], target[:, 1:]
-                nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                                                        shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
-                total += float(nll)
-                count += int((shift_labels != -100).sum())
+                nll = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels,
+                                                        ignore_index=-100, reduction="none")
+                counted = shift_labels != -100
+                rows += [(float(n), int(c)) for n, c in zip(nll.sum(dim=1).tolist(), counted.sum(dim=1).tolist(),
+                                                            strict=True)]
     finally:
         model.train(was_training)
-    return (total / count if count else math.nan), count
+    return rows
 
 
 @contextmanager
@@ -270,9 +285,44 @@ def _safe_exp(x: float) -> float:
     return math.exp(x) if x < 700 else math.inf
 
 
+def spread(items: list[Any], limit: int | None) -> list[Any]:
+    """``limit`` items spread evenly over ``items`` (a file sorted by label still gives every label), or all."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def _preference_pairs(tokenizer: Any, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(rendered prompt, chosen + end-of-turn, rejected + end-of-turn) of the validation split's pairs."""
+    eos = tokenizer.eos_token or ""
+    out = []
+    for r in rows:
+        e = to_example({k: v for k, v in r.items() if k != "rejected"})
+        if e is None or e.answer is None or "rejected" not in r:
+            continue
+        rejected = r["rejected"]
+        if isinstance(rejected, list) and rejected and isinstance(rejected[0], dict):
+            rejected = str(rejected[-1].get("content", ""))
+        out.append((_render(tokenizer, e.messages), _as_text(e.answer) + eos, str(rejected) + eos))
+    return out
+
+
+def _preference_metrics(tuned: list[tuple[float, int]], base: list[tuple[float, int]], beta: float) -> tuple[float, float]:
+    """Held-out DPO metrics from summed NLLs in (chosen, rejected) order: reward accuracy and mean margin,
+    the reward being β·(log π − log π_ref) as in TRL's rewards/accuracies and rewards/margins."""
+    margins = []
+    for i in range(0, len(tuned), 2):
+        chosen = (base[i][0] - tuned[i][0]) * beta  # log π − log π_ref = NLL_ref − NLL
+        rejected = (base[i + 1][0] - tuned[i + 1][0]) * beta
+        margins.append(chosen - rejected)
+    return _mean(float(m > 0) for m in margins), _mean(margins)
+
+
 def evaluate_model(model: Any, tokenizer: Any, *, config: TrainerConfig, validation_path: str | None, base: Any,
-                   log: Any = None) -> EvalReport:
-    """Measure the tuned `model` and the base `base.base()` yields; see the module docstring."""
+                   log: Any = None, limit: int | None = None, base_cache: dict[str, Any] | None = None) -> EvalReport:
+    """Measure the tuned `model` and the base `base.base()` yields; see the module docstring.
+    ``limit``: only the first N examples of each set; ``base_cache``: the base's outputs, measured on
+    the first call that passes it and reused by the later ones (the base does not change)."""
     started = time.monotonic()
     ev = config.spec.evaluation or Evaluation()
     max_new = ev.max_new_tokens
@@ -298,8 +348,17 @@ def evaluate_model(model: Any, tokenizer: Any, *, config: TrainerConfig, validat
     forget_texts = [str(r["text"]) for r in forgetting_rows if isinstance(r.get("text"), str) and r["text"].strip()]
     forget_qa = [e for e in (to_example(r) for r in forgetting_rows if "answer" in r) if e and e.answer is not None]
     validation = []
+    preference: list[tuple[str, str, str]] = []
     if validation_path and Path(validation_path).exists():
-        validation = [e for e in (to_example(r) for r in read_jsonl(validation_path)) if e and e.answer is not None]
+        validation_rows = spread(read_jsonl(validation_path), limit)
+        validation = [e for e in (to_example(r) for r in validation_rows) if e and e.answer is not None]
+        preference = _preference_pairs(tokenizer, validation_rows)
+    if limit is not None:
+        golden, safety = spread(golden, limit), spread(safety, limit)
+        forget_texts, forget_qa = spread(forget_texts, limit), spread(forget_qa, limit)
+    beta = float(getattr(getattr(config.spec, "dpo", None), "beta", 0.0) or 0.0)  # PreferenceAlignment only
+    if not beta:
+        preference = []
     scorer = str(ev.golden_dataset.scorer if ev.golden_dataset else Scorer.EXACT_MATCH)
     _say(log, f"evaluating: golden {len(golden)}, safety {len(safety)}, forgetting {len(forget_texts)} texts"
               f" + {len(forget_qa)} questions, validation {len(validation)}; max {max_new} new tokens")
@@ -321,15 +380,23 @@ def evaluate_model(model: Any, tokenizer: Any, *, config: TrainerConfig, validat
         if validation:
             out["val_nll"] = timed(f"validation.{which}", lambda: mean_nll(
                 m, tokenizer, _answer_pairs(tokenizer, validation), max_length=max_len)[0])
+        if preference:
+            out["pref_nll"] = timed(f"preference.{which}", lambda: pair_nll(
+                m, tokenizer, [(p, a) for p, c, r in preference for a in (c, r)], max_length=max_len))
         return out
 
     with dequantized_cpu_linears(model) as switched:
         if switched:
             _say(log, f"evaluation: {switched} 4-bit layers dequantized once for CPU inference")
         tuned = measure(model, "tuned")
-        _say(log, f"evaluated the tuned model in {time.monotonic() - started:.1f}s; now the base ({details['base']})")
-        with base.base() as base_model:
-            before = measure(base_model, "base")
+        if base_cache:
+            before = base_cache
+        else:
+            _say(log, f"evaluated the tuned model in {time.monotonic() - started:.1f}s; now the base ({details['base']})")
+            with base.base() as base_model:
+                before = measure(base_model, "base")
+            if base_cache is not None:
+                base_cache.update(before)
 
     def suffix(name: str, value: float, base_value: float) -> None:
         metrics[name] = value
@@ -370,8 +437,12 @@ def evaluate_model(model: Any, tokenizer: Any, *, config: TrainerConfig, validat
         metrics["eval.loss"], metrics["eval.loss_base"] = tuned["val_nll"], before["val_nll"]
         metrics["eval.perplexity"] = _safe_exp(tuned["val_nll"])
         metrics["eval.perplexity_base"] = _safe_exp(before["val_nll"])
+    if preference:
+        metrics["preference.accuracy"], metrics["preference.margin"] = _preference_metrics(
+            tuned["pref_nll"], before["pref_nll"], beta)
+        details["preference"] = {"pairs": len(preference), "beta": beta}
     judge = ev.judge
-    if judge is not None:
+    if judge is not None and limit is None:  # a checkpoint evaluation does not ask the judge
         timed("judge", lambda: _judge(judge, config, golden, safety, tuned, metrics, details, log))
     seconds = time.monotonic() - started
     details["seconds"] = round(seconds, 3)

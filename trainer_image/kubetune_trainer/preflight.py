@@ -7,6 +7,7 @@ trainer. It checks the data with as many processes as the pod's CPUs
 process may use) and writes to ``sources.checkedData``:
 
 - ``train.jsonl``, ``validation.jsonl``: the checked, redacted, deduplicated splits (only when ok);
+- ``replay.jsonl`` (with spec.dataset.replay): the replay set, checked the same way;
 - ``report.json``: the full data report (kubetune.data.DataReport);
 - ``result.json``: a TrainerResult — ``data`` (the summary that becomes ``status.data``), and in
   ``details.checkedData`` the job's uid and each file's size and sha256 (:class:`CheckedData`).
@@ -37,11 +38,14 @@ from kubetune.api.model_cache import ModelCacheReport, cacheable
 from kubetune.api.status import DataSummary
 from kubetune.api.trainer_contract import TrainerConfig, TrainerResult
 from kubetune_trainer.data import (
+    REPLAY_FILE,
     TRAIN_FILE,
     VALIDATION_FILE,
     check_data,
     data_failure,
     dataset_paths,
+    replay_mixed,
+    replay_path,
     summary,
 )
 from kubetune_trainer.failures import TrainerFailure, classify
@@ -63,6 +67,7 @@ class CheckedData(KubeModel):
     job_uid: str | None = None
     train: FileDigest
     validation: FileDigest
+    replay: FileDigest | None = None  # spec.dataset.replay's checked set
     processes: int = 1
 
 
@@ -113,15 +118,17 @@ def run_stage(config: TrainerConfig, *, log: Log = stderr_log) -> TrainerResult:
         processes = auto_processes(dataset.stat().st_size, cpus=preflight_cpus())
         log(f"[preflight] checking {config.sources.dataset} ({dataset.stat().st_size / 1e6:,.1f} MB) "
             f"with {processes} process{'es' if processes > 1 else ''}")
-        for stale in (RESULT_FILE, TRAIN_FILE, VALIDATION_FILE, PROGRESS_FILE, PROGRESS_FILE.replace(".json", ".jsonl")):
+        for stale in (RESULT_FILE, TRAIN_FILE, VALIDATION_FILE, REPLAY_FILE, PROGRESS_FILE, PROGRESS_FILE.replace(".json", ".jsonl")):
             (folder / stale).unlink(missing_ok=True)  # a file of an earlier run is never taken for this one's
         report = check_data(dataset=dataset, spec=config.spec, out_dir=folder, golden=golden, log=log,
-                            processes=processes)
-        data = summary(report)
+                            processes=processes, replay=replay_path(config))
+        data = summary(report, replay_mixed(report, config.spec) if report.ok else None)
         if not report.ok:
             raise data_failure(report)
+        replay = folder / REPLAY_FILE
         checked = CheckedData(job_uid=config.job.uid, train=digest(folder / TRAIN_FILE),
-                              validation=digest(folder / VALIDATION_FILE), processes=report.processes)
+                              validation=digest(folder / VALIDATION_FILE), processes=report.processes,
+                              replay=digest(replay) if replay.exists() else None)
         mb_s = report.bytes / 1e6 / report.seconds if report.seconds else 0.0
         details = {"checkedData": checked.model_dump(by_alias=True, mode="json"), "location": location,
                    "mbPerSecond": round(mb_s, 3)}
@@ -241,7 +248,13 @@ def read_checked(config: TrainerConfig, *, log: Log = stderr_log) -> tuple[DataS
         raise TrainerFailure(Reason.TRAINER_ERROR, (
             f"{where} belongs to another run (job uid {checked.job_uid}, this one is {config.job.uid}); "
             "its preflight Job must run again"))
-    for name, want in ((TRAIN_FILE, checked.train), (VALIDATION_FILE, checked.validation)):
+    if getattr(config.spec.dataset, "replay", None) is not None and checked.replay is None:
+        raise TrainerFailure(Reason.TRAINER_ERROR, (
+            f"{where} has no checked replay set, but spec.dataset.replay is set; its preflight Job must run again"))
+    files = [(TRAIN_FILE, checked.train), (VALIDATION_FILE, checked.validation)]
+    if checked.replay is not None:
+        files.append((REPLAY_FILE, checked.replay))
+    for name, want in files:
         try:
             got = digest(folder / name)
         except OSError as e:

@@ -2,7 +2,9 @@
 
 pick the device → check every location (s3:// buckets, credentials, endpoints; the outputs writable) and
 fetch the data sets → the checked data (the preflight stage's, or the preflight here) → load tokenizer and
-model → train (resuming from the newest complete checkpoint) → evaluate (when spec.evaluation is set) →
+model → train (resuming from the newest complete checkpoint; with spec.evaluation.checkpoints, evaluating on a
+subset as it goes, and the chosen step's weights put back after: kubetune_trainer.checkpoint_eval) → evaluate
+(when spec.evaluation is set) →
 export the artifact (uploaded when the output is s3://) → apply the gates and promote
 (kubetune_trainer.promotion) → report the result.
 Every ending is a TrainerResult with a Reason; nothing escapes as a raw traceback.
@@ -50,7 +52,7 @@ def _check_storage(config: TrainerConfig) -> None:
 
     src = config.sources
     try:
-        for what, uri in (("model", src.model), ("adapter", src.adapter), ("dataset", src.dataset),
+        for what, uri in (("model", src.model), ("adapter", src.adapter), ("dataset", src.dataset), ("replay", src.replay),
                           ("golden", src.golden), ("safety", src.safety), ("forgetting", src.forgetting)):
             if is_s3(uri):
                 check_bucket(str(uri), doing=f"{what}: cannot read")
@@ -65,8 +67,10 @@ def _spec_uri(config: TrainerConfig, name: str) -> str:
     """The URI the spec names for a source (what status and the model card show)."""
     spec, src = config.spec, config.sources
     ev = spec.evaluation
+    replay = getattr(spec.dataset, "replay", None)  # FineTuneJob only
     by_name = {
         "dataset": spec.dataset.uri,
+        "replay": replay.uri if replay is not None else None,
         "golden": ev.golden_dataset.uri if ev and ev.golden_dataset else None,
         "safety": ev.safety_dataset.uri if ev and ev.safety_dataset else None,
         "forgetting": ev.forgetting_dataset.uri if ev and ev.forgetting_dataset else None,
@@ -118,7 +122,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
 
         _check_storage(config)
         files: dict[str, Path] = {}
-        for name in ("dataset", "golden", "safety", "forgetting"):
+        for name in ("dataset", "replay", "golden", "safety", "forgetting"):
             uri = getattr(config.sources, name)
             if uri:
                 files[name] = _resolve(uri, kind="dataset", reason=Reason.DATA_INVALID, config=config)
@@ -144,7 +148,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
             prepare_resume,
         )
         from kubetune_trainer.common import Context
-        from kubetune_trainer.data import dpo_rows, read_jsonl, sft_rows
+        from kubetune_trainer.data import dpo_rows, read_jsonl, sft_rows, with_replay
         from kubetune_trainer.reporting import progress_callback
 
         torch.manual_seed(spec.training.seed)
@@ -202,7 +206,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         if config.task == "sft":
             from kubetune_trainer.sft import build_sft_trainer
 
-            rows, assistant_only = sft_rows(records, str(spec.dataset.format), tokenizer)
+            rows, assistant_only = sft_rows(with_replay(records, train_path, spec, log), str(spec.dataset.format),
+                                            tokenizer)
             trainer = build_sft_trainer(ctx, rows, assistant_only=assistant_only)
         else:
             from kubetune_trainer.dpo import build_dpo_trainer
@@ -216,6 +221,8 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
             log(f"resuming from {resume.name}")
             details["resumedFrom"] = resume.name
             reporter.update(resumed_from_step=checkpoint_step(resume), force=True)
+        tracker = _checkpoint_tracker(ctx, trainer, validation_path, load_base, files,
+                                      checkpoint_step(resume) if resume is not None else None)
         if stop.requested:
             raise TrainerFailure(Reason.INTERRUPTED, f"stopped by {stop.signal_name} before training")
         if resume is not None and is_final(resume, spec.training.max_steps):
@@ -242,6 +249,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
                 "was saved and a restart resumes from it"))
         metrics.update(_train_metrics(trainer, out))
         details["trainLog"] = [h for h in trainer.state.log_history if "loss" in h][-50:]
+        selection = tracker.finish(ctx.model, step) if tracker is not None else None
 
         # 4. evaluation
         eval_failure: TrainerFailure | None = None
@@ -264,7 +272,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         # same bytes, so a retry re-promoting them finds its manifest in place (the result keeps the timings)
         model_metrics = {k: v for k, v in metrics.items() if k not in TIMING_METRICS}
         card = model_card(config=config, spec=spec, method=method, data=data_summary, metrics=model_metrics,
-                          adapter_from=config.sources.adapter, decision=decide(metrics, gates))
+                          adapter_from=config.sources.adapter, decision=decide(metrics, gates), checkpoints=selection)
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         # FSDP: the shards gathered into rank 0's memory (every rank takes part), saved as one model
         gathered = distributed.full_state_dict(trainer.model) if getattr(trainer, "is_fsdp_enabled", False) else None
@@ -288,7 +296,7 @@ def run(config: TrainerConfig, *, log: Log = stderr_log, reporter: Reporter | No
         result = TrainerResult(outcome="succeeded", reason=Reason.SUCCEEDED, message=_success_message(metrics, method),
                                metrics=metrics, data=data_summary, artifact=str(artifact),
                                artifact_uri=artifact_uri,
-                               merged=str(merged) if merged else None, details=details)
+                               merged=str(merged) if merged else None, details=details, checkpoints=selection)
 
         # 6. the gates on the result as reported, and promotion when they pass
         decision = promotion_decision(result, gates)
@@ -388,8 +396,35 @@ def _train_metrics(trainer: Any, out: Any) -> dict[str, float]:
     return {k: v for k, v in m.items() if math.isfinite(v)}
 
 
+def _checkpoint_tracker(ctx: Context, trainer: Any, validation_path: Path | None, load_base: Callable[[], Any],
+                        files: dict[str, Path], resume_step: int | None) -> Any:
+    """With spec.evaluation.checkpoints: a CheckpointTracker, its callback added to the trainer."""
+    ev = ctx.spec.evaluation
+    if ev is None or ev.checkpoints is None:
+        return None
+    from kubetune_trainer.checkpoint_eval import CheckpointTracker, tracker_callback
+
+    settings = ev.checkpoints
+    base_cache: dict[str, Any] = {}
+
+    def evaluate(model: Any) -> dict[str, float]:
+        use_cache, training = model.config.use_cache, model.training
+        try:
+            return _evaluate(ctx, validation_path, load_base, {}, files, limit=settings.examples,
+                             base_cache=base_cache)
+        finally:
+            model.config.use_cache = use_cache
+            model.train(training)
+
+    tracker = CheckpointTracker(settings, ev.gates, ctx.output / "kubetune", evaluate, ctx.log,
+                                resume_step=resume_step)
+    trainer.add_callback(tracker_callback(tracker))
+    return tracker
+
+
 def _evaluate(ctx: Context, validation_path: Path | None, load_base: Callable[[], Any],
-              details: dict[str, Any], files: dict[str, Path]) -> dict[str, float]:
+              details: dict[str, Any], files: dict[str, Path], *, limit: int | None = None,
+              base_cache: dict[str, Any] | None = None) -> dict[str, float]:
     from kubetune_trainer.base_access import base_access_for
     from kubetune_trainer.evaluate import evaluate_model
 
@@ -403,7 +438,8 @@ def _evaluate(ctx: Context, validation_path: Path | None, load_base: Callable[[]
     model.eval()
     model.config.use_cache = True  # off for training; generation wants the KV cache
     report = evaluate_model(model, ctx.tokenizer, config=config,
-                            validation_path=str(validation_path) if validation_path else None, base=base, log=ctx.log)
+                            validation_path=str(validation_path) if validation_path else None, base=base, log=ctx.log,
+                            limit=limit, base_cache=base_cache)
     details["evaluation"] = report.details
     details["evaluationSeconds"] = round(float(report.seconds), 2)
     return {k: float(v) for k, v in report.metrics.items()}

@@ -87,6 +87,9 @@ class Metric(StrEnum):
     EVAL_LOSS = "eval.loss"
     EVAL_PERPLEXITY = "eval.perplexity"
     JUDGE_SCORE = "judge.score"
+    # DPO: on the preference pairs' own validation split, against the reference the policy started from
+    PREFERENCE_ACCURACY = "preference.accuracy"
+    PREFERENCE_MARGIN = "preference.margin"
 
 
 class DpoLossType(StrEnum):

@@ -19,7 +19,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     Metric.EVAL_LOSS: (0.0, float("inf")),
     Metric.EVAL_PERPLEXITY: (1.0, float("inf")),
     Metric.JUDGE_SCORE: (1.0, 10.0),
+    Metric.PREFERENCE_ACCURACY: (0.0, 1.0),
+    Metric.PREFERENCE_MARGIN: (float("-inf"), float("inf")),
 }
+_PREFERENCE_METRICS = (Metric.PREFERENCE_ACCURACY, Metric.PREFERENCE_MARGIN)
+_VALIDATION_METRICS = (Metric.EVAL_LOSS, Metric.EVAL_PERPLEXITY, *_PREFERENCE_METRICS)
 
 LOCAL_ONLY = "file:// works only with `kubetune run`; in a cluster use pvc://, hf:// or s3://"
 # file:///abs/path is absolute; file://rel/path is relative to the manifest's folder (local runs).
@@ -41,6 +45,9 @@ def _gate_can_pass(op: str, threshold: float, low: float, high: float) -> bool:
 def _uris(job: AnyJob) -> list[tuple[str, str]]:
     spec = job.spec
     found = [("spec.dataset.uri", spec.dataset.uri), ("spec.output.uri", spec.output.uri)]
+    replay = getattr(spec.dataset, "replay", None)  # FineTuneJob only
+    if replay is not None:
+        found.append(("spec.dataset.replay.uri", replay.uri))
     if spec.base_model is not None:
         found.append(("spec.baseModel.uri", spec.base_model.uri))
     if spec.output.promoted_uri:
@@ -71,9 +78,14 @@ def semantic_problems(job: AnyJob, *, local: bool, lookup: RefLookup | None = No
             problems.append(Problem(f"spec.evaluation.gates[{i}].threshold",
                                     f"gate {gate.metric} {gate.op} {gate.threshold:g} can never pass: "
                                     f"{gate.metric} is within [{low:g}, {high:g}]"))
-        if gate.metric in (Metric.EVAL_LOSS, Metric.EVAL_PERPLEXITY) and spec.dataset.validation_split == 0:
-            problems.append(Problem(f"spec.evaluation.gates[{i}].metric",
-                                    f"{gate.metric} needs a validation split; spec.dataset.validationSplit is 0"))
+        problems += _metric_problems(job, gate.metric, f"spec.evaluation.gates[{i}].metric")
+    if ev is not None and ev.checkpoints is not None:
+        problems += _metric_problems(job, ev.checkpoints.select_by, "spec.evaluation.checkpoints.selectBy")
+        steps = spec.training.max_steps
+        if steps is not None and ev.checkpoints.every_steps >= steps:
+            problems.append(Problem("spec.evaluation.checkpoints.everySteps",
+                                    f"{ev.checkpoints.every_steps} ≥ training.maxSteps ({steps}): only the last step "
+                                    "is evaluated, so there is nothing to choose from", "warning"))
     if spec.training.max_steps is None and spec.training.epochs is not None and spec.training.epochs > 100:
         problems.append(Problem("spec.training.epochs", "more than 100 epochs will overfit; did you mean maxSteps?", "warning"))
     if spec.training.oom_retry is not None:
@@ -108,3 +120,12 @@ def _parallelism_problems(job: AnyJob, lookup: RefLookup | None) -> list[Problem
         return []
     field = "spec.resources.gpus" if job.spec.resources.gpus > 1 else "spec.resources.nodes"
     return [Problem(field, why)]
+
+
+def _metric_problems(job: AnyJob, metric: str, path: str) -> list[Problem]:
+    """A metric a gate or checkpoints.selectBy names that this job can never measure."""
+    if metric in _PREFERENCE_METRICS and not isinstance(job, PreferenceAlignment):
+        return [Problem(path, f"{metric} is measured for a PreferenceAlignment (DPO) only")]
+    if metric in _VALIDATION_METRICS and job.spec.dataset.validation_split == 0:
+        return [Problem(path, f"{metric} needs a validation split; spec.dataset.validationSplit is 0")]
+    return []

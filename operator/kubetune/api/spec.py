@@ -139,10 +139,25 @@ class Dataset(KubeModel):
         "shingle). Exact and case/whitespace duplicates are always dropped."))
 
 
+class Replay(KubeModel):
+    """General data mixed into the training set (rehearsal), so the model keeps what it knew."""
+
+    uri: Uri = Field(description=(
+        "General instruction or chat data (JSONL, JSON array or gzip: hf://, pvc://, s3:// or file://) in "
+        "spec.dataset.format. Checked by the data preflight like the main set (format, PII policy, duplicates, "
+        "overlap with the golden set)."))
+    ratio: float = Field(gt=0, le=0.9, description=(
+        "Share of the training mix drawn from the replay set, in (0, 0.9]: with 0.2 and 300 training examples, "
+        "75 replay examples join them (300 × 0.2 / 0.8). Drawn with the training seed, without repeats while the "
+        "replay set lasts (it cycles when it is smaller). Replay examples are never in the validation split."))
+
+
 class InstructionDataset(Dataset):
     format: Literal["instruction", "chat", "prompt-completion"] = Field(description=(
         "instruction {instruction, input?, output} | chat {messages: [{role, content}]} | "
         "prompt-completion {prompt, completion}."))
+    replay: Replay | None = Field(default=None, description=(
+        "Mix a general dataset into training at a ratio (the standard remedy for catastrophic forgetting)."))
 
 
 class PreferenceDataset(Dataset):
@@ -265,7 +280,8 @@ class Gate(KubeModel):
 
     metric: Metric = Field(description=(
         "golden.accuracy | safety.refusal_rate | forgetting.perplexity_increase | "
-        "forgetting.accuracy_drop | eval.loss | eval.perplexity | judge.score."))
+        "forgetting.accuracy_drop | eval.loss | eval.perplexity | judge.score | preference.accuracy | "
+        "preference.margin (the last two: DPO only, on the pairs' validation split)."))
     op: GateOp = Field(description="Comparison: >=, >, <= or <.")
     threshold: float = Field(description="The value compared with.")
 
@@ -279,12 +295,34 @@ _GATE_NEEDS = {
 }
 
 
+class CheckpointEvaluation(KubeModel):
+    """Evaluate intermediate checkpoints cheaply and promote the best one that passes the gates."""
+
+    every_steps: int = Field(ge=1, description=(
+        "Evaluate the model every this many optimizer steps, and at the last step."))
+    examples: int = Field(default=10, ge=1, le=10000, description=(
+        "How many examples of each evaluation set a checkpoint evaluation uses: N of the golden, safety and "
+        "validation sets, and of the forgetting set's texts and questions, spread evenly over each file (every "
+        "(size/N)-th). The chosen checkpoint is then evaluated in full."))
+    select_by: Metric = Field(description=(
+        "The metric that ranks checkpoints; higher is better for accuracies, rates and scores, lower for "
+        "losses, perplexities, increases and drops. Among the checkpoints that pass every gate whose metric "
+        "the checkpoint evaluation measures, the best by this metric is chosen (ties: the later step); when "
+        "none passes, the best of all (its full evaluation then decides the gates)."))
+    patience: int | None = Field(default=None, ge=1, le=1000, description=(
+        "Stop training early once selectBy has not improved for this many checkpoint evaluations in a row."))
+
+
 class Evaluation(KubeModel):
     """What is measured after training and which gates decide promotion."""
 
     model_config = ConfigDict(json_schema_extra=validations(*(
         cel(f"!has(self.gates) || self.gates.all(g, g.metric != '{metric}' || has(self.{needs}))",
             f"a gate on {metric} needs spec.evaluation.{needs}", ".gates")
+        for metric, needs in _GATE_NEEDS.items()
+    ), *(
+        cel(f"!has(self.checkpoints) || self.checkpoints.selectBy != '{metric}' || has(self.{needs})",
+            f"checkpoints.selectBy {metric} needs spec.evaluation.{needs}", ".checkpoints.selectBy")
         for metric, needs in _GATE_NEEDS.items()
     )))
 
@@ -298,6 +336,9 @@ class Evaluation(KubeModel):
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Generation bound for golden, safety and judge prompts.")
     gates: list[Gate] | None = Field(default=None, max_length=32, description=(
         "All must pass for phase Succeeded and Ready=True; otherwise GateFailed and nothing is promoted."))
+    checkpoints: CheckpointEvaluation | None = Field(default=None, description=(
+        "Evaluate intermediate checkpoints on a subset of the sets above and promote the best that passes the "
+        "gates, not just the last; the table of steps and metrics goes to status.checkpoints and the report."))
 
 
 class Output(KubeModel):

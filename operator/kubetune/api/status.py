@@ -58,6 +58,29 @@ class GateResult(KubeModel):
     message: str | None = Field(default=None, max_length=1024, description="Why it failed, when it did.")
 
 
+class CheckpointMetrics(KubeModel):
+    """One checkpoint evaluation: a step and what the cheap evaluation measured there."""
+
+    step: int = Field(ge=0, description="Optimizer step of the checkpoint.")
+    metrics: dict[str, float] = Field(default_factory=dict, description=(
+        "Metrics on spec.evaluation.checkpoints.examples examples of each set (golden.accuracy, ...)."))
+    passed: bool = Field(description="Whether every gate whose metric was measured here passed.")
+    failed: list[str] | None = Field(default=None, max_length=32, description="The gates that failed here, by metric.")
+
+
+class CheckpointSelection(KubeModel):
+    """The checkpoint evaluations of a run and the step promoted (spec.evaluation.checkpoints)."""
+
+    select_by: str = Field(description="The metric checkpoints were ranked by.")
+    evaluations: list[CheckpointMetrics] = Field(default_factory=list, max_length=1000, description=(
+        "One row per evaluated checkpoint, in step order."))
+    chosen_step: int | None = Field(default=None, ge=0, description=(
+        "The step whose weights became the artifact (and, when every gate passed in full, were promoted)."))
+    last_step: int | None = Field(default=None, ge=0, description="The last step trained.")
+    stopped_early: bool = Field(default=False, description="Training stopped early: selectBy stopped improving (patience).")
+    reason: str | None = Field(default=None, max_length=1024, description="Why this step was chosen.")
+
+
 class Artifact(KubeModel):
     uri: str | None = Field(default=None, description="Where the trained adapter/weights are.")
     promoted: bool = Field(default=False, description="True once every gate passed and the artifact was promoted.")
@@ -70,7 +93,7 @@ class Artifact(KubeModel):
 class InputFile(KubeModel):
     """One input file the model was trained or evaluated on."""
 
-    name: str = Field(description="dataset, golden, safety or forgetting.")
+    name: str = Field(description="dataset, replay, golden, safety or forgetting.")
     uri: str = Field(description="Where it was read from.")
     size: int = Field(description="Size in bytes.")
     sha256: str = Field(description="sha256 of its bytes (hex).")
@@ -93,6 +116,8 @@ class DataSummary(KubeModel):
     duplicates: int | None = Field(default=None, description="Duplicates dropped.")
     pii: dict[str, int] | None = Field(default=None, description="PII/PHI found, by type (redacted unless policy off).")
     truncated_fraction: float | None = Field(default=None, description="Share of examples longer than maxSeqLength.")
+    replay: int | None = Field(default=None, ge=0, description=(
+        "Replay examples mixed into training (spec.dataset.replay), after the replay set's own preflight."))
     inputs: list[InputFile] | None = Field(default=None, description="Each input file with its size and sha256.")
     base_model: SourceRevision | None = Field(default=None, description="The base model and its revision.")
     adapter: SourceRevision | None = Field(default=None, description="The adapter continued from, and its revision.")
@@ -139,6 +164,9 @@ class JobStatus(KubeModel):
     model_cache: ModelCacheReport | None = Field(default=None, description=(
         "What the model cache (chart values modelCache) did for the base model: downloaded (bytes) or a hit, "
         "and the revision pinned; absent without a cache or for a pvc:// model (used in place)."))
+    checkpoints: CheckpointSelection | None = Field(default=None, description=(
+        "Checkpoint evaluations (spec.evaluation.checkpoints): the table of steps and metrics, and which step "
+        "became the artifact and why."))
     job_name: str | None = Field(default=None, description="Name of the batch/v1 Job running the trainer.")
     attempts: int | None = Field(default=None, description="Trainer pods started so far.")
     training_attempts: list[TrainingAttempt] | None = Field(default=None, description=(

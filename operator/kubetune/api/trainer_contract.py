@@ -21,7 +21,7 @@ from kubetune.api.base import KubeModel
 from kubetune.api.model_cache import ModelCacheConfig, ModelCacheReport
 from kubetune.api.resources import SPEC_MODELS
 from kubetune.api.spec import FineTuneJobSpec, PreferenceAlignmentSpec
-from kubetune.api.status import DataSummary, Progress
+from kubetune.api.status import CheckpointSelection, DataSummary, Progress
 
 CONFIG_API_VERSION = "kubetune.io/trainer-config/v1"
 RESULT_API_VERSION = "kubetune.io/trainer-result/v1"
@@ -76,6 +76,7 @@ class Sources(KubeModel):
     golden: str | None = None
     safety: str | None = None
     forgetting: str | None = None
+    replay: str | None = None  # spec.dataset.replay.uri, resolved like dataset
     # Where the data preflight stage (`kubetune-trainer --stage preflight`, its own CPU pod) writes the
     # checked, redacted splits, its report and its result, and where training reads them without a
     # second scan: `<output>/kubetune/preflight` (a local folder, or an s3:// URI). Unset: the trainer
@@ -224,16 +225,18 @@ class TrainerResult(KubeModel):
     promotion: Promotion | None = None
     report_html: str | None = None
     tracking: TrackingReport | None = None  # spec.tracking: the MLflow run, or why there is none
+    # spec.evaluation.checkpoints: the checkpoint table and the chosen step (status.checkpoints)
+    checkpoints: CheckpointSelection | None = None
     details: dict[str, Any] = Field(default_factory=dict)  # the long tail: per-example eval, timings
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(by_alias=True, exclude_none=True, mode="json"), sort_keys=True)
 
     def termination_message(self) -> str:
-        """Compact JSON within the kubelet's 4 KiB: details, then progress, then data are dropped
-        if needed, and the message is cut last."""
+        """Compact JSON within the kubelet's 4 KiB: details, then progress, then data, then the
+        checkpoint table are dropped if needed, and the message is cut last."""
         payload = self.model_dump(by_alias=True, exclude_none=True, mode="json")
-        for key in ("details", "progress", "data", "reportHtml"):
+        for key in ("details", "progress", "data", "reportHtml", "checkpoints"):
             text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
             if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
                 return text

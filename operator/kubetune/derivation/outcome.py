@@ -101,6 +101,8 @@ def outcome_status(
     complete = state.phase in (Phase.SUCCEEDED, Phase.GATE_FAILED)
     if result is not None and result.metrics:
         status["metrics"] = dict(result.metrics)
+    if result is not None and result.checkpoints is not None:
+        status["checkpoints"] = result.checkpoints.model_dump(by_alias=True, exclude_none=True, mode="json")
     if complete:
         decision = promotion_decision(result, gates) if result is not None else decide({}, gates)
         state = State(decision.phase, decision.reason, decision.message)

@@ -22,7 +22,7 @@ from kubetune.manifests import Document, ManifestError, load_documents
 
 # Where URIs live in a spec (dotted path ⇒ the URI string).
 URI_FIELDS = (
-    ("baseModel", "uri"), ("adapter", "uri"), ("dataset", "uri"),
+    ("baseModel", "uri"), ("adapter", "uri"), ("dataset", "uri"), ("dataset", "replay", "uri"),
     ("evaluation", "goldenDataset", "uri"), ("evaluation", "safetyDataset", "uri"),
     ("evaluation", "forgettingDataset", "uri"), ("output", "uri"), ("output", "promotedUri"),
 )

@@ -37,7 +37,9 @@ def write_report(outcome: Outcome, result: TrainerResult, history: Mapping[int, 
                   message=outcome.message, metrics=outcome.metrics, decision=outcome.decision,
                   loss=sorted(points.items()), details=result.details, before=outcome.before,
                   before_label="after SFT", artifact=outcome.artifact, promoted=outcome.promoted,
-                  seconds=outcome.seconds or result.details.get("seconds"))
+                  seconds=outcome.seconds or result.details.get("seconds"),
+                  checkpoints=result.checkpoints.model_dump(by_alias=True, exclude_none=True, mode="json")
+                  if result.checkpoints is not None else None)
     path = outcome.output / "kubetune" / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
@@ -68,6 +70,10 @@ def print_outcome(o: Outcome, say: Say) -> None:
     train = {k: v for k, v in o.metrics.items() if k.startswith("train.")}
     if train:
         say("  " + "  ".join(f"{k} {fmt(v)}" for k, v in sorted(train.items())))
+    checkpoints = (o.status or {}).get("checkpoints")
+    if checkpoints:
+        say(f"  checkpoint: step {checkpoints.get('chosenStep')} of {checkpoints.get('lastStep')} — "
+            f"{checkpoints.get('reason')}")
     if o.artifact:
         say(f"  artifact: {o.artifact_uri or o.artifact}" + ("  (not promoted)" if o.phase == Phase.GATE_FAILED else ""))
     if o.promotion is not None:  # what the trainer did, as it reported it

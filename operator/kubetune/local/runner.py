@@ -240,6 +240,7 @@ class Runner:
         if base is None:
             raise ValueError("no base model: set spec.baseModel or spec.fineTuneJobRef")
         ev = spec.evaluation
+        replay = getattr(spec.dataset, "replay", None)  # FineTuneJob only
         sources = Sources(
             model=local_path(base.uri), model_revision=base.revision, adapter=adapter,
             dataset=local_path(spec.dataset.uri), output=str(paths.output), output_uri=paths.output_uri,
@@ -247,6 +248,7 @@ class Runner:
             golden=local_path(ev.golden_dataset.uri) if ev and ev.golden_dataset else None,
             safety=local_path(ev.safety_dataset.uri) if ev and ev.safety_dataset else None,
             forgetting=local_path(ev.forgetting_dataset.uri) if ev and ev.forgetting_dataset else None,
+            replay=local_path(replay.uri) if replay is not None else None,
             checked_data=str(paths.output / CHECKED_DATA_DIR),
         )
         secret = SecretEnv(

@@ -81,10 +81,12 @@ def resolve_sources(job: AnyJob, *, model_uri: str | None = None, adapter_uri: s
     if isinstance(job, PreferenceAlignment) and job.spec.adapter is not None and adapter_uri is None:
         adapter_uri = job.spec.adapter.uri
     ev = spec.evaluation
+    replay = getattr(spec.dataset, "replay", None)  # FineTuneJob only
     uris: dict[str, str | None] = {
         "model": model,
         "adapter": adapter_uri,
         "dataset": spec.dataset.uri,
+        "replay": replay.uri if replay is not None else None,
         "output": spec.output.uri,
         "promoted": spec.output.promoted_uri,
         "golden": ev.golden_dataset.uri if ev and ev.golden_dataset else None,
@@ -108,6 +110,7 @@ def resolve_sources(job: AnyJob, *, model_uri: str | None = None, adapter_uri: s
         golden=to_local(uris["golden"]) if uris["golden"] else None,
         safety=to_local(uris["safety"]) if uris["safety"] else None,
         forgetting=to_local(uris["forgetting"]) if uris["forgetting"] else None,
+        replay=to_local(uris["replay"]) if uris["replay"] else None,
         checked_data=to_local(child_uri(spec.output.uri, CHECKED_DATA_DIR)),
     ))
     for i, claim in enumerate(claims):

@@ -135,6 +135,33 @@ BAD: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], No
     ("pa-ref-with-lora", pa, _set("spec.lora", {"r": 8}), "spec.fineTuneJobRef", "come from the referenced FineTuneJob"),
     ("pa-adapter-without-base", pa, _set("spec.adapter", {"uri": "pvc://a/b"}), "spec.adapter", "goes with spec.baseModel"),
     ("pa-packing", pa, _set("spec.training", {"packing": True}), "spec.training.packing", "not supported for DPO"),
+    ("replay-ratio", ftj, _set("spec.dataset.replay", {"uri": "pvc://data/general.jsonl", "ratio": 0.95}),
+     "spec.dataset.replay.ratio", "must be ≤ 0.9"),
+    ("replay-ratio-zero", ftj, _set("spec.dataset.replay", {"uri": "pvc://data/general.jsonl", "ratio": 0}),
+     "spec.dataset.replay.ratio", "must be > 0"),
+    ("replay-uri", ftj, _set("spec.dataset.replay", {"uri": "ftp://x", "ratio": 0.2}), "spec.dataset.replay.uri", "scheme hf://"),
+    ("pa-replay", pa, _set("spec.dataset.replay", {"uri": "pvc://data/general.jsonl", "ratio": 0.2}),
+     "spec.dataset.replay", "unknown field"),
+    ("preference-gate-on-sft", ftj, _set("spec.evaluation.gates.0", {"metric": "preference.accuracy", "op": ">=",
+                                                                      "threshold": 0.8}),
+     "spec.evaluation.gates[0].metric", "PreferenceAlignment (DPO) only"),
+    ("pa-preference-gate-no-split", pa, lambda o: (_set("spec.dataset.validationSplit", 0)(o), _set(
+        "spec.evaluation", {"gates": [{"metric": "preference.margin", "op": ">", "threshold": 0}]})(o)),
+     "spec.evaluation.gates[0].metric",
+     "needs a validation split"),
+    ("checkpoints-every-zero", ftj, _set("spec.evaluation.checkpoints", {"everySteps": 0, "selectBy": "golden.accuracy"}),
+     "spec.evaluation.checkpoints.everySteps", "must be ≥ 1"),
+    ("checkpoints-select-by", ftj, _set("spec.evaluation.checkpoints", {"everySteps": 10, "selectBy": "bleu"}),
+     "spec.evaluation.checkpoints.selectBy", "golden.accuracy"),
+    ("checkpoints-select-needs-set", ftj, _set("spec.evaluation.checkpoints", {"everySteps": 10,
+                                                                             "selectBy": "safety.refusal_rate"}),
+     "spec.evaluation.checkpoints.selectBy", "needs spec.evaluation.safetyDataset"),
+    ("checkpoints-select-no-split", ftj, lambda o: (_set("spec.dataset.validationSplit", 0)(o), _set(
+        "spec.evaluation.checkpoints", {"everySteps": 10, "selectBy": "eval.loss"})(o)),
+     "spec.evaluation.checkpoints.selectBy", "needs a validation split"),
+    ("checkpoints-patience", ftj, _set("spec.evaluation.checkpoints", {"everySteps": 10, "selectBy": "golden.accuracy",
+                                                                     "patience": 0}),
+     "spec.evaluation.checkpoints.patience", "must be ≥ 1"),
 ]
 
 

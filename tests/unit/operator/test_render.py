@@ -156,6 +156,18 @@ def test_pvc_sources_are_mounted_and_resolved() -> None:
     assert mounts == {"/mnt/pvc/triage-data": True, "/mnt/pvc/triage-models": False}
 
 
+def test_the_replay_set_is_mounted_read_only_for_both_pods_and_resolved() -> None:
+    obj = ftj()
+    obj["spec"]["dataset"]["replay"] = {"uri": "pvc://general-data/general/instructions.jsonl", "ratio": 0.2}
+    ch = render(obj)
+    src = json.loads(ch.configmap["data"]["config.json"])["sources"]
+    assert src["replay"] == "/mnt/pvc/general-data/general/instructions.jsonl"
+    for spec in (pod_spec(ch), ch.preflight["spec"]["template"]["spec"]):  # the preflight pod checks it, training reads it
+        claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+                  for v in spec["volumes"] if "persistentVolumeClaim" in v}
+        assert claims["general-data"] is True
+
+
 def test_hf_and_s3_sources_pass_through() -> None:
     obj = load_example("llama3-8b-lora.yaml")
     ch = render(obj)
