@@ -13,6 +13,6 @@ ruff check operator trainer_image cluster tests benchmarks examples
 echo "== mypy (strict on the pure core and the operator)"
 mypy --strict operator/kubetune/api operator/kubetune/planning operator/kubetune/data \
   operator/kubetune/render operator/kubetune/gates.py operator/kubetune/evaluation operator/kubetune/derivation \
-  operator/kubetune/controller operator/kubetune/cli
+  operator/kubetune/controller operator/kubetune/cli operator/kubetune/checkpoint_selection.py
 echo "== pytest"
 python -m pytest -q --durations=25 "$@"
