@@ -104,7 +104,7 @@ def test_soak(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
         crs = cluster.get("finetunejobs", "-n", namespace)["items"]
         for c in crs:
             st = c["status"]
-            assert (st["phase"], st["reason"], st["observedGeneration"]) == ("Succeeded", "Succeeded", 1), st
+            assert (st["phase"], st["reason"], st["observedGeneration"]) == ("Succeeded", "GatesPassed", 1), st
             assert st["metrics"]["golden.accuracy"] == 0.9 and st["artifact"], st
             assert any(x["type"] == "Ready" and x["status"] == "True" for x in st["conditions"]), st
         owners: dict[str, list[str]] = {"preflight": [], "trainer": []}

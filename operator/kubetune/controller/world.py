@@ -179,6 +179,8 @@ class World:
             return None, None
         name = str((obj.get("metadata") or {}).get("name"))
         with self._lock:
+            if key not in self.crs and key in self.deleted:  # a deleted CR's pod, still terminating
+                return key, None
             pods = self.pods.setdefault(key, {})
             old = pods.get(name)
             pods[name] = trim_pod(obj)
@@ -188,7 +190,11 @@ class World:
         key = owner_key(obj)
         if key is not None:
             with self._lock:
-                self.pods.get(key, {}).pop(str((obj.get("metadata") or {}).get("name")), None)
+                pods = self.pods.get(key)
+                if pods is not None:
+                    pods.pop(str((obj.get("metadata") or {}).get("name")), None)
+                    if not pods:
+                        del self.pods[key]
         return key
 
     def pods_of(self, key: Key) -> list[dict[str, Any]]:

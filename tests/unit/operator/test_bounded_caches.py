@@ -60,7 +60,13 @@ def test_two_thousand_create_delete_cycles_leave_nothing_behind() -> None:
         op.handlers.on_cr_event(event("ADDED", cr))
         job = api.objects[("Job", cr["metadata"]["namespace"], f"job-{i}-ft-preflight")]
         op.handlers.on_job_event(event("ADDED", job))
+        pod = {"metadata": {"name": f"job-{i}-pf", "namespace": cr["metadata"]["namespace"],
+                            "labels": job["spec"]["template"]["metadata"]["labels"],
+                            "annotations": job["spec"]["template"]["metadata"]["annotations"]},
+               "status": {"phase": "Running"}}
+        op.handlers.on_pod_event(event("ADDED", pod))
         op.handlers.on_cr_event(event("DELETED", cr))
+        op.handlers.on_pod_event(event("MODIFIED", pod))  # terminating after its CR went
         op.handlers.on_job_event(event("DELETED", job))
         forget(api, f"job-{i}")
     grown = operator_memory() - level
