@@ -251,8 +251,11 @@ def test_oom_retry_runs_again_smaller_and_resumes(workdir, tmp_path):
 
     wrapper = tmp_path / "python"
     wrapper.write_text("#!/bin/bash\n"
-                       "# args: -m kubetune_trainer --config PATH --stage STAGE\n"
-                       'if [ "$6" = train ] && grep -q \'"batchSize": 4\' "$4"; then kill -9 $$; fi\n'
+                       "# args: -m kubetune_trainer --config PATH [--stage STAGE] (no stage: training)\n"
+                       'stage=train; prev=; for a in "$@"; do\n'
+                       '  [ "$prev" = --config ] && config=$a; [ "$prev" = --stage ] && stage=$a; prev=$a\n'
+                       'done\n'
+                       'if [ "$stage" = train ] && grep -q \'"batchSize": 4\' "$config"; then kill -9 $$; fi\n'
                        f'exec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     job = ftj("tiny-oom", [])

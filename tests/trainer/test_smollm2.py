@@ -59,6 +59,7 @@ def test_quickstart_qlora_sft_then_dpo(smollm2: Path, tmp_path: Path) -> None:
     sft_job = parse_resource(sft_manifest)
     sft_config = build_trainer_config(sft_job, sources=Sources(
         model=str(smollm2), dataset=str(data / "train.jsonl"), output=str(tmp_path / "sft"),
+        replay=str(data / "general.jsonl"),  # the shipped recipe's spec.dataset.replay
         golden=str(_head(data / "golden.jsonl", tmp_path / "golden.jsonl", 2)),
         safety=str(_head(data / "safety.jsonl", tmp_path / "safety.jsonl", 1)),
         forgetting=str(_head(data / "forgetting.jsonl", tmp_path / "forgetting.jsonl", 1)),
