@@ -93,7 +93,7 @@ def test_the_trainer_may_change_only_its_own_pods_progress(render: Render) -> No
     spec = policy["spec"]
     assert spec["failurePolicy"] == "Fail"
     assert spec["matchConstraints"]["resourceRules"] == [
-        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}]
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"], "scope": "*"}]
     assert spec["matchConditions"][0]["expression"].endswith("endsWith(':tuner')")
     messages = {v["message"] for v in spec["validations"]}
     assert "a trainer may only change its own pod (the pod its token is bound to)" in messages
