@@ -225,10 +225,10 @@ def test_a_deleted_trainer_pod_resumes_from_its_checkpoint(real_cluster: Cluster
     assert proc.returncode == 0, proc.stderr
 
     def past_a_checkpoint() -> str | None:
-        st = get_cr(real_cluster, "FineTuneJob", s["ns"], name).get("status") or {}
-        step = (st.get("progress") or {}).get("step") or 0
+        # read on the volume, as the trainer writes it: status.progress may lag a few seconds behind
+        # (the operator throttles annotation-only updates), and the whole run takes only ~40 s
         ckpts = list((s["outputs"].host / name / "checkpoints").glob("checkpoint-*"))
-        if step >= 12 and ckpts:
+        if ckpts:
             running = [p["metadata"]["name"] for p in trainer_pods(real_cluster, s["ns"], name)
                        if p["status"].get("phase") == "Running"]
             return running[0] if running else None
