@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune.local.jobs import absolute_file_uris
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "examples" / "quickstart"
 RESULTS_JSON = REPO / "benchmarks" / "results" / "quickstart.json"
@@ -46,14 +48,6 @@ FIGURES = [
 ]
 
 
-def _absolute(obj: Any, folder: Path) -> Any:
-    if isinstance(obj, dict):
-        return {k: _absolute(v, folder) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_absolute(v, folder) for v in obj]
-    if isinstance(obj, str) and obj.startswith("file://") and not obj.startswith("file:///"):
-        return "file://" + str(folder / obj[len("file://"):])
-    return obj
 
 
 def variant_manifests(name: str, folder: Path) -> list[str]:
@@ -62,7 +56,7 @@ def variant_manifests(name: str, folder: Path) -> list[str]:
 
     if name == "with replay":
         return [str(QUICKSTART / "finetunejob.yaml"), str(QUICKSTART / "preference.yaml")]
-    doc = _absolute(yaml.safe_load((QUICKSTART / "finetunejob.yaml").read_text()), QUICKSTART)
+    doc = absolute_file_uris(yaml.safe_load((QUICKSTART / "finetunejob.yaml").read_text()), QUICKSTART)
     doc["spec"]["dataset"].pop("replay")
     path = folder / "finetunejob-without-replay.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubetune.local.jobs import absolute_file_uris
+
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 pytest.importorskip("torch")
 pytest.importorskip("gguf")
@@ -44,14 +46,6 @@ def model() -> Path:
     return prepare_smollm2(QUICKSTART / "models" / "smollm2-135m-instruct")
 
 
-def _absolute(obj, folder: Path):
-    if isinstance(obj, dict):
-        return {k: _absolute(v, folder) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_absolute(v, folder) for v in obj]
-    if isinstance(obj, str) and obj.startswith("file://") and not obj.startswith("file:///"):
-        return "file://" + str(folder / obj[len("file://"):])
-    return obj
 
 
 def manifests(tmp_path: Path) -> list[str]:
@@ -59,7 +53,7 @@ def manifests(tmp_path: Path) -> list[str]:
         return [str(QUICKSTART / "finetunejob.yaml"), str(QUICKSTART / "preference.yaml")]
     files = []
     for name, steps in (("finetunejob.yaml", 24), ("preference.yaml", 4)):
-        doc = _absolute(yaml.safe_load((QUICKSTART / name).read_text()), QUICKSTART)
+        doc = absolute_file_uris(yaml.safe_load((QUICKSTART / name).read_text()), QUICKSTART)
         doc["spec"]["training"]["maxSteps"] = steps
         path = tmp_path / name
         path.write_text(yaml.safe_dump(doc, sort_keys=False))

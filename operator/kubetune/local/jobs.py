@@ -48,6 +48,15 @@ def absolute_file_uri(uri: str, folder: Path) -> str:
     return "file://" + str((folder / rest).resolve())
 
 
+def absolute_file_uris(obj: Any, folder: Path) -> Any:
+    """A manifest (or any part of one) with every relative file:// URI made absolute against `folder`."""
+    if isinstance(obj, dict):
+        return {k: absolute_file_uris(v, folder) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [absolute_file_uris(v, folder) for v in obj]
+    return absolute_file_uri(obj, folder) if isinstance(obj, str) else obj
+
+
 def local_path(uri: str) -> str:
     """A trainer source: file:// ⇒ a plain path; hf://, s3://, pvc:// stay URIs."""
     return uri[len("file://"):] if uri.startswith("file://") else uri
