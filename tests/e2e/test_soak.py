@@ -70,7 +70,9 @@ def test_soak(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
     started = time.monotonic()
     for i in range(0, N, 100):
         cluster.apply(*[ftj(f"s{j}", namespace) for j in range(i, min(N, i + 100))])
-    thresholds = [N * (k + 1) // (KILLS + 2) for k in range(KILLS)]
+    # the last kill by two thirds of the jobs done: the done count can jump by tens between two polls
+    # (a restarted operator catches up on many Jobs at once), and every kill is to land mid-flight
+    thresholds = [N * 2 * (k + 1) // (3 * (KILLS + 1)) for k in range(KILLS)]
     rss: list[float] = []
     kills, apiserver_down, done, last_kill = 0, None, 0, started
     try:
