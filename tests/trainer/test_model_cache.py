@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_config, sft_manifest  # at import: a later conftest (tests/unit/data) takes the name
 
 from kubetune.api.model_cache import COMPLETE_MARKER, ModelCacheConfig
 from kubetune_trainer.failures import TrainerFailure
@@ -87,8 +88,6 @@ def test_two_jobs_on_a_cold_cache_fetch_the_model_once_and_a_third_takes_a_hit(s
 def test_the_trainer_reads_the_preflights_entry_and_downloads_nothing(s3_env, s3_model, tmp_path):
     import contextlib
 
-    from conftest import make_config, sft_manifest
-
     from kubetune_trainer.preflight import cache_model
     from kubetune_trainer.run import _model_path
 
@@ -119,7 +118,6 @@ def test_the_preflight_reports_the_downloads_bytes_total_and_eta_while_it_runs(s
     """The data preflight pod's progress while it downloads the model: every snapshot in progress.jsonl and
     the kubetune.io/progress patches (the trainer's PodAnnotator against a recording HTTP server) carry
     modelCache.progress — bytes done, the total (the objects' sizes), the ETA — and the last says done."""
-    from conftest import make_config, sft_manifest
     from test_reporting import _ApiServer
 
     from kubetune.api.trainer_contract import ReportChannel
