@@ -27,6 +27,7 @@ from kubetune.api.enums import (
     ReferenceModel,
     Scorer,
 )
+from kubetune.planning.parallelism import world_size as parallel_world_size
 
 # Bounds on strings and lists keep the API server's CEL cost estimate within budget.
 NAME = 253
@@ -252,7 +253,7 @@ class Resources(KubeModel):
     @property
     def world_size(self) -> int:
         """Trainer processes in all: one per GPU, or one per pod for a CPU job."""
-        return max(self.gpus, 1) * self.nodes
+        return parallel_world_size(self.gpus, self.nodes)
 
 
 class GoldenDataset(KubeModel):

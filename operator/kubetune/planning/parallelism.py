@@ -60,6 +60,11 @@ class Parallelism:
         return "the whole model (one process)"
 
 
+def world_size(gpus: int, nodes: int) -> int:
+    """Trainer processes in all: one per GPU, or one per pod for a CPU job (`gpus: 0`, gloo)."""
+    return max(gpus, 1) * nodes
+
+
 def decide(method: str, world_size: int, *, gradient_checkpointing: bool) -> Parallelism:
     """The mode for `method` ("full" | "lora" | "qlora") over `world_size` ranks."""
     if world_size <= 1:

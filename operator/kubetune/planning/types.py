@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kubetune.planning.parallelism import world_size as parallel_world_size
 from kubetune.planning.quantity import format_bytes
 
 __all__ = [
@@ -184,7 +185,7 @@ class PlanRequest:
     @property
     def world_size(self) -> int:
         """Trainer processes: one per GPU, or one per node for a CPU job."""
-        return max(self.gpus, 1) * self.nodes
+        return parallel_world_size(self.gpus, self.nodes)
 
     @property
     def limit_bytes(self) -> int:

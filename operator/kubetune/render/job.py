@@ -127,14 +127,20 @@ def trainer_command(config_path: str, *, gpus: int, nodes: int, port: int) -> li
     return [*run, "--", *trainer]
 
 
-def _env(kind: str, name: str, src: ResolvedSources, nodes: int, cpu_only: bool) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
+def _pod_env() -> list[dict[str, Any]]:
+    """What both pods (the data preflight's and the trainer's) get: their own pod's name, for the progress
+    annotation, and the config's path."""
+    return [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "KUBETUNE_CONFIG", "value": CONFIG_PATH},
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+
+
+def _env(kind: str, name: str, src: ResolvedSources, nodes: int, cpu_only: bool) -> list[dict[str, Any]]:
+    env = _pod_env()
     if cpu_only:
         # torch starts a thread per node core; a CPU job computes with as many as its CPU limit (rounded
         # up; the node's allocatable cores when no limit is set) instead of thrashing under the quota
@@ -278,14 +284,7 @@ def _env_from(spec: FineTuneJobSpec | PreferenceAlignmentSpec) -> dict[str, Any]
 
 
 def _preflight_env(src: ResolvedSources, resources: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        # its own pod, for the progress annotation (the model download)
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "KUBETUNE_CONFIG", "value": CONFIG_PATH},
-        {"name": "HF_HOME", "value": HF_HOME},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-    ]
+    env = _pod_env()  # its own pod's name: for the progress annotation (the model download)
     # One worker process per CPU of its limit (else of its request), rounded up: not one per node core
     cpu = "limits.cpu" if "cpu" in (resources.get("limits") or {}) else (
         "requests.cpu" if "cpu" in (resources.get("requests") or {}) else None)
