@@ -46,6 +46,18 @@ def test_dpo_new_lora_adapter(tiny_model: Path, tmp_path: Path) -> None:
     assert "DPO" in (Path(result.artifact) / "README.md").read_text()
 
 
+def test_dpo_with_an_sft_weight_trains_on_both_losses(tiny_model: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(20))
+    manifest = dpo_manifest("lora")
+    manifest["spec"]["dpo"] = {"beta": 0.1, "sftWeight": 0.5}
+    config = make_config(manifest, model=tiny_model, dataset=data, output=tmp_path / "out")
+    captured: dict = {}
+    result = run(config, capture=captured, log=lambda _: None)
+    _check(result, 3)
+    args = captured["trainer"].args
+    assert list(args.loss_type) == ["sigmoid", "sft"] and list(args.loss_weights) == [1.0, 0.5]
+
+
 def test_dpo_from_an_sft_adapter(tiny_model: Path, tmp_path: Path) -> None:
     sft = run(make_config(sft_manifest("qlora"), model=tiny_model,
                           dataset=write_jsonl(tmp_path / "train.jsonl", instruction_records(40)),

@@ -16,6 +16,13 @@ from kubetune_trainer import distributed
 from kubetune_trainer.common import Context, adapter_precision, common_args, dataset_from_rows
 
 
+def dpo_losses(loss_type: str, sft_weight: float | None) -> dict[str, Any]:
+    """TRL's loss list for spec.dpo: the preference loss, plus the chosen answers' NLL when sftWeight > 0."""
+    if not sft_weight:
+        return {"loss_type": [str(loss_type)]}
+    return {"loss_type": [str(loss_type), "sft"], "loss_weights": [1.0, sft_weight]}
+
+
 def build_dpo_trainer(ctx: Context, rows: list[dict[str, Any]]) -> Any:
     from trl import DPOConfig, DPOTrainer
 
@@ -25,7 +32,7 @@ def build_dpo_trainer(ctx: Context, rows: list[dict[str, Any]]) -> Any:
     args = DPOConfig(
         **common_args(ctx),
         beta=dpo.beta,
-        loss_type=[str(dpo.loss_type)],
+        **dpo_losses(dpo.loss_type, dpo.sft_weight),
         dataset_num_proc=None,
     )
     trainer = distributed.trainer_class(DPOTrainer)(
@@ -39,4 +46,4 @@ def build_dpo_trainer(ctx: Context, rows: list[dict[str, Any]]) -> Any:
     return adapter_precision(ctx, trainer)
 
 
-__all__ = ["build_dpo_trainer"]
+__all__ = ["build_dpo_trainer", "dpo_losses"]

@@ -3,7 +3,7 @@ admission webhook and the operator (so all three give the same verdict)."""
 
 from collections.abc import Callable
 
-from kubetune.api.enums import Metric
+from kubetune.api.enums import DpoLossType, Metric
 from kubetune.api.method_defaults import resolve, tuning_method
 from kubetune.api.problems import Problem
 from kubetune.api.resources import AnyJob, PreferenceAlignment
@@ -100,6 +100,8 @@ def semantic_problems(job: AnyJob, *, local: bool, lookup: RefLookup | None = No
     if isinstance(job, PreferenceAlignment):
         if spec.training.packing:
             problems.append(Problem("spec.training.packing", "packing is not supported for DPO (chosen and rejected must stay aligned)"))
+        if (job.spec.dpo.sft_weight or 0) > 0 and job.spec.dpo.loss_type == DpoLossType.SFT:
+            problems.append(Problem("spec.dpo.sftWeight", "lossType is already sft: an sftWeight adds the same loss twice"))
         ref = job.spec.fine_tune_job_ref
         if ref is not None and lookup is not None and lookup(ref.name) is None:
             problems.append(Problem("spec.fineTuneJobRef.name",

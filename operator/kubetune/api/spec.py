@@ -375,6 +375,10 @@ class DpoConfig(KubeModel):
 
     beta: float = Field(default=0.1, gt=0, le=1, description="Strength of the KL penalty towards the reference, in (0, 1].")
     loss_type: DpoLossType = Field(default=DpoLossType.SIGMOID, description="TRL loss type: sigmoid (DPO), ipo, hinge, robust, ...")
+    sft_weight: float | None = Field(default=None, ge=0, le=10, description=(
+        "Weight of a supervised (negative log-likelihood) loss on the chosen answers, added to the preference "
+        "loss (RPO; TRL's loss_type [lossType, sft]). DPO alone can lower the likelihood of the chosen answers "
+        "along with the rejected ones, and a small model then drifts away from what SFT taught it. Unset or 0: off."))
     reference_model: ReferenceModel = Field(default=ReferenceModel.IMPLICIT, description=(
         "implicit: the policy with its adapter disabled (no extra memory); base: a second copy of the base model."))
 

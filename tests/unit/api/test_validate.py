@@ -135,6 +135,8 @@ BAD: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], No
     ("pa-ref-with-lora", pa, _set("spec.lora", {"r": 8}), "spec.fineTuneJobRef", "come from the referenced FineTuneJob"),
     ("pa-adapter-without-base", pa, _set("spec.adapter", {"uri": "pvc://a/b"}), "spec.adapter", "goes with spec.baseModel"),
     ("pa-packing", pa, _set("spec.training", {"packing": True}), "spec.training.packing", "not supported for DPO"),
+    ("pa-sft-weight", pa, _set("spec.dpo", {"sftWeight": -1}), "spec.dpo.sftWeight", "must be ≥ 0"),
+    ("pa-sft-weight-twice", pa, _set("spec.dpo", {"lossType": "sft", "sftWeight": 1}), "spec.dpo.sftWeight", "already sft"),
     ("replay-ratio", ftj, _set("spec.dataset.replay", {"uri": "pvc://data/general.jsonl", "ratio": 0.95}),
      "spec.dataset.replay.ratio", "must be ≤ 0.9"),
     ("replay-ratio-zero", ftj, _set("spec.dataset.replay", {"uri": "pvc://data/general.jsonl", "ratio": 0}),
