@@ -3,7 +3,7 @@
 # end-to-end tests on the local Kubernetes control plane (built from Go modules on first use).
 #
 # With no arguments, the heavy builds of the e2e and real-node tests (scripts/build-ahead.sh) run in
-# the background while lint, the unit and the trainer tests run; the e2e and real-node tests start
+# the background while lint, the trainer and the unit tests run; the e2e and real-node tests start
 # once they are done. With arguments, they go to one pytest run (e.g. `bash scripts/test.sh tests/unit`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,8 +34,9 @@ if (($#)); then
   exec python -m pytest -q --durations=25 "$@"
 fi
 rc=0
-phase "pytest: unit and trainer tests (the builds run beside them)"
-python -m pytest -q --durations=25 tests/unit tests/trainer || rc=$?
+phase "pytest: trainer and unit tests (the builds run beside them)"
+# (trainer before unit: tests/trainer's modules import its conftest by name, which must be the first one loaded)
+python -m pytest -q --durations=25 tests/trainer tests/unit || rc=$?
 phase "waiting for the builds started ahead"
 for pid in "${pids[@]}"; do wait "$pid" || echo "a build failed (the tests that need it say why): $ahead/*.log"; done
 cat "$ahead/timings"
