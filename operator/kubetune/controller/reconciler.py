@@ -120,8 +120,8 @@ class Reconciler:
         self._foreign_seen: dict[Key, set[tuple[str, str]]] = {}  # (CR uid, child uid) announced once
         self._attempt_summaries: dict[Key, list[PlanSummary | None]] = {}  # oomRetry plans, per CR
         # the cluster autoscaler's latest word on each unschedulable pod, read at most every
-        # SCALE_UP_RECHECK_SECONDS per pod: (namespace, pod) => signal
-        self._scale_ups: Bounded[tuple[str, str], tuple[ScaleUp | None]] = Bounded(
+        # SCALE_UP_RECHECK_SECONDS per pod: (CR, pod) => signal, forgotten with the CR
+        self._scale_ups: Bounded[tuple[Key, str], tuple[ScaleUp | None]] = Bounded(
             SCALE_UP_MEMORY, ttl=SCALE_UP_RECHECK_SECONDS)
 
     # ------------------------------------------------------------------------------------------
@@ -136,6 +136,7 @@ class Reconciler:
         self._foreign_seen.pop(key, None)
         self._verdicts.pop(key, None)
         self._attempt_summaries.pop(key, None)
+        self._scale_ups.discard_where(lambda k: k[0] == key)
 
     def sizes(self) -> dict[str, int]:
         """How many entries each per-CR cache holds (the soak test checks they follow the live CRs)."""
@@ -380,10 +381,10 @@ class Reconciler:
                                 now=self.clock(), unschedulable_grace_seconds=rs.unschedulable_grace_seconds,
                                 image_pull_grace_seconds=rs.image_pull_grace_seconds,
                                 workload=self._workload(cr, job),
-                                scale_ups=(scale_ups := self._autoscaler(key[1], [*pods, *preflight_pods])))
+                                scale_ups=(scale_ups := self._autoscaler(key, [*pods, *preflight_pods])))
         if Reason.UNSCHEDULABLE in (derived.stop_job, derived.stop_preflight):
             # failing it: decide on the autoscaler's latest word, not on one read up to 10 s ago
-            fresh = self._autoscaler(key[1], [*pods, *preflight_pods], fresh=True)
+            fresh = self._autoscaler(key, [*pods, *preflight_pods], fresh=True)
             if fresh != scale_ups:
                 derived = derive_status(cr, verdict=verdict, dependency=dep, job=job, pods=pods, preflight=preflight,
                                         preflight_pods=preflight_pods, now=self.clock(),
@@ -456,10 +457,11 @@ class Reconciler:
         except Exception as exc:  # the derivation waits RESULT_WAIT_SECONDS for the watch instead
             log.warning("%s %s/%s: could not read the pods of Job %s: %s", *key, uid, exc)
 
-    def _autoscaler(self, namespace: str, pods: list[dict[str, Any]], *, fresh: bool = False) -> dict[str, ScaleUp]:
+    def _autoscaler(self, key: Key, pods: list[dict[str, Any]], *, fresh: bool = False) -> dict[str, ScaleUp]:
         """What the cluster autoscaler said about each unschedulable pod (its Events), by pod name;
         read once a pod has been unschedulable for SCALE_UP_MIN_AGE_SECONDS, then at most every
         SCALE_UP_RECHECK_SECONDS per pod — or now (`fresh`, before failing it)."""
+        namespace = key[1]
         out: dict[str, ScaleUp] = {}
         for pod in pods:
             sched = pod_condition(pod, "PodScheduled")
@@ -469,14 +471,14 @@ class Reconciler:
             since = parse_time(sched.get("lastTransitionTime"))
             if not fresh and since is not None and (self.clock() - since).total_seconds() < SCALE_UP_MIN_AGE_SECONDS:
                 continue
-            cached = None if fresh else self._scale_ups.get((namespace, name))
+            cached = None if fresh else self._scale_ups.get((key, name))
             if cached is None:
                 try:
                     cached = (autoscaler_signal(self.api.pod_events(namespace, name)),)
                 except Exception as exc:  # no Events to read (RBAC, the API away): the grace period decides
                     log.warning("events of pod %s/%s: %s", namespace, name, exc)
                     cached = (None,)
-                self._scale_ups[(namespace, name)] = cached
+                self._scale_ups[(key, name)] = cached
             if cached[0] is not None:
                 out[name] = cached[0]
         return out

@@ -139,3 +139,25 @@ def test_a_cr_gone_while_the_watch_was_away_is_forgotten() -> None:
     op = build_operator(OperatorSettings(), api=GoneApi(), clock=lambda: NOW)
     op.handlers.on_cr_event(event("ADDED", ftj()))
     assert op.world.sizes()["crs"] == 0 and op.reconciler.sizes()["verdicts"] == 0
+
+
+def test_the_autoscaler_word_on_a_deleted_crs_pods_goes_with_the_cr() -> None:
+    """An unschedulable pod's autoscaler Events are remembered per pod for a while (read at most every
+    SCALE_UP_RECHECK_SECONDS); deleting the CR forgets them with everything else of it."""
+    api = FakeApi()
+    op = build_operator(OperatorSettings(), api=api, clock=lambda: NOW)
+    cr = ftj()
+    cr["metadata"].update(name="wide", uid="uid-wide", resourceVersion="1", generation=1)
+    op.handlers.on_cr_event(event("ADDED", cr))
+    job = api.objects[("Job", cr["metadata"]["namespace"], "wide-ft-preflight")]
+    op.handlers.on_job_event(event("ADDED", job))
+    pod = {"metadata": {"name": "wide-pf", "namespace": cr["metadata"]["namespace"],
+                        "labels": job["spec"]["template"]["metadata"]["labels"],
+                        "annotations": job["spec"]["template"]["metadata"]["annotations"]},
+           "status": {"phase": "Pending", "conditions": [
+               {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "lastTransitionTime": "2025-01-01T01:00:00Z"}]}}
+    op.handlers.on_pod_event(event("ADDED", pod))
+    assert sizes(op)["scale_ups"] == 1 and ("list", "Event") in api.calls
+    op.handlers.on_cr_event(event("DELETED", cr))
+    assert sizes(op)["scale_ups"] == 0
