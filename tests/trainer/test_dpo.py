@@ -58,6 +58,30 @@ def test_dpo_with_an_sft_weight_trains_on_both_losses(tiny_model: Path, tmp_path
     assert list(args.loss_type) == ["sigmoid", "sft"] and list(args.loss_weights) == [1.0, 0.5]
 
 
+def test_the_held_out_preference_metrics_of_a_dpo_on_an_sft_adapter_are_against_that_adapter(
+        tiny_model: Path, tmp_path: Path) -> None:
+    """TRL trains a DPO that continues an SFT adapter against a frozen copy of that adapter, and so
+    are preference.accuracy/margin measured: a DPO that barely moves (1 step at lr 1e-12) has no margin
+    over its reference, though SFT on the chosen answers moved them far from the base's."""
+    pairs = preference_records(40)
+    sft = run(make_config(sft_manifest("lora", maxSteps=6, learningRate=2e-2), model=tiny_model,
+                          dataset=write_jsonl(tmp_path / "train.jsonl",
+                                              [{"instruction": r["prompt"], "output": r["chosen"]} for r in pairs]),
+                          output=tmp_path / "sft"), log=lambda _: None)
+    assert sft.outcome == "succeeded", sft.message
+    manifest = dpo_manifest("lora", maxSteps=1, learningRate=1e-12)
+    manifest["spec"]["dataset"]["validationSplit"] = 0.2
+    manifest["spec"]["evaluation"] = {"gates": [{"metric": "preference.margin", "op": ">", "threshold": -100.0}]}
+    config = make_config(manifest, model=tiny_model, dataset=write_jsonl(tmp_path / "prefs.jsonl", pairs),
+                         output=tmp_path / "dpo", adapter=Path(sft.artifact))
+    result = run(config, log=lambda _: None)
+    assert result.outcome == "succeeded", result.message
+    assert result.details["evaluation"]["preference"]["pairs"] == result.data.validation > 0
+    assert abs(result.metrics["preference.margin"]) < 1e-4, result.metrics
+    # against the base (adapters disabled) the same pairs are far apart: SFT raised the chosen answers
+    assert result.metrics["eval.loss"] < result.metrics["eval.loss_base"] - 0.1, result.metrics
+
+
 def test_dpo_from_an_sft_adapter(tiny_model: Path, tmp_path: Path) -> None:
     sft = run(make_config(sft_manifest("qlora"), model=tiny_model,
                           dataset=write_jsonl(tmp_path / "train.jsonl", instruction_records(40)),

@@ -16,7 +16,7 @@ Two implementations:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -79,3 +79,31 @@ def base_access_for(model: Any, load_base: Callable[[], Any] | None = None, *, q
 
 
 __all__ = ["AdapterBase", "BaseAccess", "LazyBase", "base_access_for"]
+
+
+def dpo_reference(model: Any, ref_model: Any = None) -> Callable[[], AbstractContextManager[Any]] | None:
+    """DPO's reference for the held-out preference metrics: the model TRL trains against, so that they
+    mean what its rewards/accuracies and rewards/margins mean on the training batches.
+
+    An explicit reference (dpo.referenceModel: base) is itself; for a PEFT policy it is TRL's frozen "ref"
+    adapter (the copy of the adapter DPO started from: the SFT policy, not the base before SFT) or, for
+    a new adapter, the adapters disabled. None: the evaluation's base is the reference (a full model)."""
+    if ref_model is not None:
+        return lambda: nullcontext(ref_model)
+    if not hasattr(model, "peft_config"):
+        return None
+    from trl.trainer.utils import use_adapter
+
+    name = "ref" if "ref" in model.peft_config else None
+
+    @contextmanager
+    def reference() -> Iterator[Any]:
+        was_training = model.training
+        model.eval()
+        try:
+            with use_adapter(model, name):
+                yield model
+        finally:
+            model.train(was_training)
+
+    return reference

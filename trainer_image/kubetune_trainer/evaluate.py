@@ -12,7 +12,7 @@ Called by the trainer once training is done (``evaluate_model``). Metric names a
 | forgetting.perplexity_increase   | tuned / base − 1 (0.25 = 25% more perplexed than before)          |
 | forgetting.accuracy (+ _base), forgetting.accuracy_drop | when forgetting rows have {prompt, answer}: `contains` accuracy; drop = base − tuned |
 | judge.score                      | mean 1–10 LLM-judge score of the tuned generations (golden and safety prompts), when spec.evaluation.judge is set and at least half the examples were scored |
-| preference.accuracy, preference.margin | DPO, on the validation split's preference pairs: the implicit reward β·(log π/π_ref) of the chosen answer minus the rejected one's — the share of pairs where it is positive, and its mean (π_ref: the "_base" model below — for a DPO continuing an SFT adapter, the base with adapters disabled, i.e. before SFT, not TRL's training reference) |
+| preference.accuracy, preference.margin | DPO, on the validation split's preference pairs: the implicit reward β·(log π/π_ref) of the chosen answer minus the rejected one's — the share of pairs where it is positive, and its mean (π_ref: DPO's own reference, the one TRL trains against — for a DPO continuing an SFT adapter, that adapter as DPO started; for a new adapter, the base; with dpo.referenceModel base, that model) |
 
 "_base" is the model the tuned one started from, as :class:`BaseAccess` gives it (for QLoRA:
 the adapter disabled on the same 4-bit base — an adapter is only meaningful on the base it was
@@ -36,7 +36,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,10 +319,13 @@ def _preference_metrics(tuned: list[tuple[float, int]], base: list[tuple[float, 
 
 
 def evaluate_model(model: Any, tokenizer: Any, *, config: TrainerConfig, validation_path: str | None, base: Any,
-                   log: Any = None, limit: int | None = None, base_cache: dict[str, Any] | None = None) -> EvalReport:
+                   log: Any = None, limit: int | None = None, base_cache: dict[str, Any] | None = None,
+                   reference: Callable[[], AbstractContextManager[Any]] | None = None) -> EvalReport:
     """Measure the tuned `model` and the base `base.base()` yields; see the module docstring.
     ``limit``: only the first N examples of each set; ``base_cache``: the base's outputs, measured on
-    the first call that passes it and reused by the later ones (the base does not change)."""
+    the first call that passes it and reused by the later ones (the base does not change).
+    ``reference``: DPO's reference model for the preference metrics (a context manager yielding it;
+    default: the base); it is frozen while DPO trains, so its outputs are cached with the base's."""
     started = time.monotonic()
     ev = config.spec.evaluation or Evaluation()
     max_new = ev.max_new_tokens
@@ -380,21 +383,29 @@ def evaluate_model(model: Any, tokenizer: Any, *, config: TrainerConfig, validat
         if validation:
             out["val_nll"] = timed(f"validation.{which}", lambda: mean_nll(
                 m, tokenizer, _answer_pairs(tokenizer, validation), max_length=max_len)[0])
-        if preference:
-            out["pref_nll"] = timed(f"preference.{which}", lambda: pair_nll(
-                m, tokenizer, [(p, a) for p, c, r in preference for a in (c, r)], max_length=max_len))
         return out
+
+    def preference_nll(m: Any, which: str) -> list[tuple[float, int]]:
+        return timed(f"preference.{which}", lambda: pair_nll(
+            m, tokenizer, [(p, a) for p, c, r in preference for a in (c, r)], max_length=max_len))
 
     with dequantized_cpu_linears(model) as switched:
         if switched:
             _say(log, f"evaluation: {switched} 4-bit layers dequantized once for CPU inference")
         tuned = measure(model, "tuned")
+        if preference:
+            tuned["pref_nll"] = preference_nll(model, "tuned")
         if base_cache:
             before = base_cache
         else:
             _say(log, f"evaluated the tuned model in {time.monotonic() - started:.1f}s; now the base ({details['base']})")
             with base.base() as base_model:
                 before = measure(base_model, "base")
+                if preference and reference is None:
+                    before["pref_nll"] = preference_nll(base_model, "reference")
+            if preference and reference is not None:
+                with reference() as reference_model:
+                    before["pref_nll"] = preference_nll(reference_model, "reference")
             if base_cache is not None:
                 base_cache.update(before)
 

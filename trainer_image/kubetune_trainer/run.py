@@ -425,7 +425,7 @@ def _checkpoint_tracker(ctx: Context, trainer: Any, validation_path: Path | None
 def _evaluate(ctx: Context, validation_path: Path | None, load_base: Callable[[], Any],
               details: dict[str, Any], files: dict[str, Path], *, limit: int | None = None,
               base_cache: dict[str, Any] | None = None) -> dict[str, float]:
-    from kubetune_trainer.base_access import base_access_for
+    from kubetune_trainer.base_access import base_access_for, dpo_reference
     from kubetune_trainer.evaluate import evaluate_model
 
     # evaluation reads local files: the sets fetched before training (hf://, s3://, pvc:// resolved)
@@ -439,7 +439,8 @@ def _evaluate(ctx: Context, validation_path: Path | None, load_base: Callable[[]
     model.config.use_cache = True  # off for training; generation wants the KV cache
     report = evaluate_model(model, ctx.tokenizer, config=config,
                             validation_path=str(validation_path) if validation_path else None, base=base, log=ctx.log,
-                            limit=limit, base_cache=base_cache)
+                            limit=limit, base_cache=base_cache,
+                            reference=dpo_reference(model, ctx.ref_model) if ctx.config.task == "dpo" else None)
     details["evaluation"] = report.details
     details["evaluationSeconds"] = round(float(report.seconds), 2)
     return {k: float(v) for k, v in report.metrics.items()}
