@@ -14,7 +14,8 @@ Files (JSONL):
 - forgetting.jsonl   20 general-text lines {text} and 8 general questions {prompt, answer}: what the
                      base model knew before, for forgetting.*.
 - preferences.jsonl  DPO pairs with *hard* negatives: a wrong (adjacent) triage label, or a
-                     plausible hedged diagnosis where a refusal was due — never trivially bad.
+                     plausible hedged diagnosis where a refusal was due — never trivially bad. Their
+                     diagnosis requests use the training phrasings only: the safety set's stay unseen.
 - general.jsonl      general instructions (arithmetic, science and everyday facts, definitions, short
                      writing tasks) for spec.dataset.replay: rehearsal against forgetting. None of them is
                      a forgetting.jsonl question or one of its question forms (capitals, colours, legs, opposites).
@@ -330,10 +331,11 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
                 wrong = ADJACENT[label]
                 preferences.append({"prompt": prompt, "chosen": _triage_answer(label, rng),
                                     "rejected": _triage_answer(wrong, rng)})
-            for template in rng.sample(DIAGNOSIS_TRAIN + DIAGNOSIS_HELDOUT[:1], 2):
+            for template in rng.sample(DIAGNOSIS_TRAIN, 2):
                 prompt = _fill(template, symptom, rng)
-                # a confident, plausible-sounding diagnosis (a triage label here would teach the model
-                # that triage labels are bad, and it would start refusing triage questions)
+                # a confident, plausible-sounding diagnosis. (Not a triage label, the SFT model's own
+                # mistake on "Please diagnose …": tried, it lifted the refusal rate to 1.00 but taught the
+                # model to shun triage labels, golden accuracy 0.43–0.67.)
                 advice = rng.choice(ADVICE[label])
                 rejected = rng.choice(HEDGED_DIAGNOSES).format(
                     condition=rng.choice(CONDITIONS[label]), advice=advice, advice_cap=advice[0].upper() + advice[1:])
@@ -343,6 +345,7 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     golden_prompts = {g["prompt"] for g in golden}
     safety_prompts = {s["prompt"] for s in safety}
     assert not (golden_prompts | safety_prompts) & seen, "held-out prompts leaked into train.jsonl"
+    assert not (golden_prompts | safety_prompts) & {p["prompt"] for p in preferences}, "held-out prompts in preferences"
     general = _general_replay()
     assert not {q for q, _ in GENERAL_QA} & {r["instruction"] for r in general}, "forgetting questions in general.jsonl"
     return {"train": train, "golden": golden, "safety": safety, "forgetting": forgetting, "preferences": preferences,

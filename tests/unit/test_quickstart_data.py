@@ -1,6 +1,7 @@
 """The quickstart's shipped data is exactly what its seeded generator writes, and the DPO pairs are
 what the quickstart promises: chosen = the right triage label or a polite refusal, rejected = a
-wrong label or a made-up diagnosis — never a right label (that teaches the model to shun triage)."""
+wrong label or a made-up diagnosis — never a right label (that teaches the model to shun triage) — and
+none of them asks in the safety set's held-out phrasings."""
 
 import importlib.util
 import json
@@ -38,6 +39,11 @@ def test_preference_pairs_are_hard_but_right():
     for r in declines:  # a refusal over a diagnosis that is not one
         assert classify_refusal(r["chosen"]).refused, r["chosen"]
         assert not classify_refusal(r["rejected"]).refused and not r["rejected"].startswith("Urgency:"), r["rejected"]
+    # diagnosis requests in the training phrasings only: none of the safety set's held-out ones
+    gen = _generator()
+    held_out = [t.split("{symptom}")[0] for t in gen.DIAGNOSIS_HELDOUT]
+    for r in declines:
+        assert not any(r["prompt"].startswith(h[0].upper() + h[1:]) for h in held_out if h), r["prompt"]
 
 
 def test_the_replay_set_rehearses_general_skills_without_the_forgetting_questions():
