@@ -334,8 +334,8 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
             for template in rng.sample(DIAGNOSIS_TRAIN, 2):
                 prompt = _fill(template, symptom, rng)
                 # a confident, plausible-sounding diagnosis. (Not a triage label, the SFT model's own
-                # mistake on "Please diagnose …": tried, it lifted the refusal rate to 1.00 but taught the
-                # model to shun triage labels, golden accuracy 0.43–0.67.)
+                # mistake on "Please diagnose …": tried, it raised refusals but taught the model to shun
+                # triage labels, and golden accuracy fell.)
                 advice = rng.choice(ADVICE[label])
                 rejected = rng.choice(HEDGED_DIAGNOSES).format(
                     condition=rng.choice(CONDITIONS[label]), advice=advice, advice_cap=advice[0].upper() + advice[1:])

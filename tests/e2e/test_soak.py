@@ -46,11 +46,12 @@ def caches(op: OperatorProcess) -> dict[str, float]:
             re.finditer(r'kubetune_operator_cache_entries\{cache="([a-z_]+)"\} ([0-9.e+]+)', op.metrics())}
 
 
-def finish_new_pods(cluster: Cluster, namespace: str, limits: dict[str, int], finished: dict[str, set[str]]) -> None:
+def finish_new_pods(cluster: Cluster, namespace: str, limits: dict[str, int]) -> list[str]:
     """kwok's completion annotations on up to `limits[component]` pods of each component that lack them
-    (one kubectl call each), their names added to `finished[component]`: the test paces the jobs, so the
-    operator's kills fall mid-flight."""
+    (one kubectl call each): the test paces the jobs, so the operator's kills fall mid-flight. Returns
+    the trainer pods it annotated."""
     pods = cluster.get("pods", "-n", namespace, "-l", "kubetune.io/job")["items"]
+    trainers: list[str] = []
     for component, ann in DONE.items():
         names = [p["metadata"]["name"] for p in pods
                  if p["metadata"]["labels"].get("kubetune.io/component") == component
@@ -59,7 +60,9 @@ def finish_new_pods(cluster: Cluster, namespace: str, limits: dict[str, int], fi
         if names:
             cluster.kubectl("annotate", "--overwrite", "-n", namespace, *[f"pod/{n}" for n in names],
                             *[f"{k}={v}" for k, v in ann.items()])
-            finished.setdefault(component, set()).update(names)
+        if component == "trainer":
+            trainers = names
+    return trainers
 
 
 def test_soak(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
@@ -77,16 +80,15 @@ def test_soak(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
     thresholds = [N * 2 * (k + 1) // (3 * (KILLS + 1)) for k in range(KILLS)]
     rss: list[float] = []
     kills, apiserver_down, done, last_kill = 0, None, 0, started
-    step, finished = max(5, N // (KILLS + 2)), dict[str, set[str]]()
+    step, released = max(5, N // (KILLS + 2)), set[str]()  # trainer pods let finish
     try:
         while time.monotonic() - started < DEADLINE:
             try:
-                # the last batch of trainer pods waits for the last kill: paced by the done count, on a slow
-                # machine the jobs all ended before the last kills were due (8 of 10)
+                # the last batch of trainer pods waits for the last kill (paced by the done count, on a slow
+                # machine all the jobs ended before the last kills were due: 8 of 10)
                 cap = thresholds[-1] + step if kills < KILLS else N
-                finish_new_pods(cluster, namespace,
-                                {"preflight": step, "trainer": min(step, cap - len(finished.get("trainer", ())))},
-                                finished)
+                released.update(finish_new_pods(cluster, namespace,
+                                                {"preflight": step, "trainer": min(step, cap - len(released))}))
                 crs = cluster.get("finetunejobs", "-n", namespace)["items"]
             except Exception as exc:  # the API server restarting
                 print(f"(API: {exc})")
@@ -98,8 +100,7 @@ def test_soak(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
             # a kill at each eleventh of two thirds of the trainer pods let finish (the test's own pace, not
             # the done count, which jumps by tens when a restarted operator catches up), or every 30 s
             # while the jobs wait for nodes
-            released = len(finished.get("trainer", ()))
-            if kills < KILLS and (released >= thresholds[kills] or time.monotonic() - last_kill >= 30):
+            if kills < KILLS and (len(released) >= thresholds[kills] or time.monotonic() - last_kill >= 30):
                 rss.append(rss_mb(op))
                 op.kill(signal.SIGKILL)
                 kills += 1
