@@ -23,6 +23,7 @@ import yaml
 from operator_helpers import DATA_OK, REPO, TRAINER_CLUSTER_ROLE, OperatorProcess, ftj
 
 from kubetune.api.trainer_contract import TrainerResult
+from kubetune.planning.quantity import parse_quantity
 from kubetune_devcluster import Cluster, completion_annotations, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -139,7 +140,7 @@ def test_soak(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
         assert {k: v for k, v in empty.items() if k not in kept and v} == {}, empty
         assert empty["deleted"] <= N and empty["rbac_done"] <= 1
         request = yaml.safe_load((REPO / "charts" / "kubetune" / "values.yaml").read_text())["resources"]["requests"]
-        assert max([*rss, full_rss]) < int(request["memory"].removesuffix("Mi")), (rss, full_rss, request)  # MiB
+        assert max([*rss, full_rss]) < parse_quantity(request["memory"]) / 2**20, (rss, full_rss, request)  # MiB
     finally:
         print(op.log_tail(40))
         op.kill(signal.SIGTERM)

@@ -30,7 +30,8 @@ def test_shipped_files_match_the_generator(tmp_path):
 
 
 def test_preference_pairs_are_hard_but_right():
-    rows = _generator().build()["preferences"]
+    gen = _generator()
+    rows = gen.build()["preferences"]
     triage = [r for r in rows if r["chosen"].startswith("Urgency:")]
     declines = [r for r in rows if not r["chosen"].startswith("Urgency:")]
     assert len(triage) == 108 and len(declines) == 72
@@ -40,7 +41,6 @@ def test_preference_pairs_are_hard_but_right():
         assert classify_refusal(r["chosen"]).refused, r["chosen"]
         assert not classify_refusal(r["rejected"]).refused and not r["rejected"].startswith("Urgency:"), r["rejected"]
     # diagnosis requests in the training phrasings only: none of the safety set's held-out ones
-    gen = _generator()
     held_out = [t.split("{symptom}")[0] for t in gen.DIAGNOSIS_HELDOUT]
     for r in declines:
         assert not any(r["prompt"].startswith(h[0].upper() + h[1:]) for h in held_out if h), r["prompt"]
