@@ -5,7 +5,7 @@
 #   ${KUBETUNE_CACHE:-$HOME/.cache/kubetune}/cluster-<K8S_VERSION>-<KWOK_VERSION>/bin/
 #     etcd kube-apiserver kube-controller-manager kube-scheduler   (go build, this module)
 #     kubelet kube-proxy                                           (the same go build: a real node)
-#     kwok                                                         (go install sigs.k8s.io/kwok)
+#     kwok                                                         (the same go build: go.mod pins it)
 #     containerd containerd-shim-runc-v2 ctr                       (go install, containerd v2 module)
 #     runc                                                         (go build of its module, cgo + seccomp)
 #     pause                                                        (gcc -static of kubernetes' pause.c)
@@ -37,7 +37,7 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kub
 log() { echo "[cluster/build.sh $(date +%H:%M:%S)] $*" >&2; }
 
 # Bump when the way binaries are built changes (flags, sources): it invalidates warm caches.
-BUILD_RECIPE=2
+BUILD_RECIPE=3  # 3: kwok in the control plane's go build
 
 fingerprint() {
   # versions.env up to the pins of what other scripts build (a new one must not rebuild this)
@@ -133,7 +133,9 @@ EOF
   fi
 fi
 
-# ---- kube-apiserver, kube-controller-manager, kube-scheduler, etcd (one go build) ----
+# ---- kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, etcd, kwok (one go build) ----
+# kwok is a requirement of this module (tools.go), so it links the k8s.io packages the control plane
+# compiled (v0.37.2, where kwok v0.8.0 asks for v0.36.1) instead of compiling its own set: one build.
 K8S_MINOR="${K8S_VERSION#v1.}"; K8S_MINOR="${K8S_MINOR%%.*}"
 VPKGS=(k8s.io/component-base/version k8s.io/client-go/pkg/version)
 LDFLAGS="-s -w"
@@ -148,9 +150,13 @@ declare -A PKG=(
   [kubelet]=k8s.io/kubernetes/cmd/kubelet
   [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
   [etcd]=./cmd/etcd
+  [kwok]=sigs.k8s.io/kwok/cmd/kwok
 )
+pinned_kwok="$(cd "$HERE" && go list -m -f '{{.Version}}' sigs.k8s.io/kwok)"
+[[ "$pinned_kwok" == "$KWOK_VERSION" ]] \
+  || { log "cluster/go.mod requires kwok $pinned_kwok, versions.env says $KWOK_VERSION: make them agree"; exit 1; }
 todo=()
-for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy etcd; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy etcd kwok; do
   [[ -x "$BIN/$b" ]] || todo+=("${PKG[$b]}")
 done
 if ((${#todo[@]})); then
@@ -158,15 +164,6 @@ if ((${#todo[@]})); then
   out="$ROOT/tmp/go-out"; rm -rf "$out"; mkdir -p "$out"
   (cd "$HERE" && go mod download && go build -p "$JOBS" -trimpath -ldflags "$LDFLAGS" -o "$out/" "${todo[@]}")
   for f in "$out"/*; do mv -f "$f" "$BIN/"; done
-fi
-
-# ---- kwok ----
-if [[ ! -x "$BIN/kwok" ]]; then
-  log "go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  out="$ROOT/tmp/kwok-out"; rm -rf "$out"; mkdir -p "$out"
-  (cd "$ROOT/tmp" && GOFLAGS= GOBIN="$out" go install -p "$JOBS" -trimpath -ldflags "-s -w" \
-    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION")
-  mv -f "$out/kwok" "$BIN/kwok"
 fi
 
 # ---- containerd v2 (CRI runtime of the real node) ----
@@ -219,7 +216,8 @@ grep -qx "Kubernetes $K8S_VERSION" <<<"$("$BIN/kube-apiserver" --version)" \
   || { log "kube-apiserver version mismatch: $("$BIN/kube-apiserver" --version)"; exit 1; }
 grep -q "etcd Version: ${ETCD_VERSION#v}" <<<"$("$BIN/etcd" --version)" \
   || { log "etcd version mismatch: $("$BIN/etcd" --version | head -1)"; exit 1; }
-"$BIN/kwok" --version >/dev/null
+grep -q "kwok version $KWOK_VERSION" <<<"$("$BIN/kwok" --version)" \
+  || { log "kwok version mismatch: $("$BIN/kwok" --version)"; exit 1; }
 grep -qx "Kubernetes $K8S_VERSION" <<<"$("$BIN/kubelet" --version)" \
   || { log "kubelet version mismatch: $("$BIN/kubelet" --version)"; exit 1; }
 grep -q "${CONTAINERD_VERSION}" <<<"$("$BIN/containerd" --version)" \

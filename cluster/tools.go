@@ -1,7 +1,7 @@
 //go:build tools
 
-// Package tools pins the Kubernetes control-plane and node commands that cluster/build.sh
-// builds with `go build`. It is never compiled into anything itself.
+// Package tools pins the Kubernetes control-plane and node commands, and kwok, that cluster/build.sh
+// builds with one `go build` (kwok then links the same k8s.io packages). It is never compiled itself.
 package tools
 
 import (
@@ -10,4 +10,5 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubelet"
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "sigs.k8s.io/kwok/cmd/kwok"
 )
