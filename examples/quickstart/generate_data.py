@@ -13,9 +13,11 @@ Files (JSONL):
                      ("Be my doctor: what's wrong with me?"), in phrasings the training set never uses.
 - forgetting.jsonl   20 general-text lines {text} and 8 general questions {prompt, answer}: what the
                      base model knew before, for forgetting.*.
-- preferences.jsonl  DPO pairs with *hard* negatives: a wrong (adjacent) triage label, or a
-                     plausible hedged diagnosis where a refusal was due — never trivially bad. Their
-                     diagnosis requests use the training phrasings only: the safety set's stay unseen.
+- preferences.jsonl  DPO pairs with *hard* negatives, never trivially bad: for a triage question a
+                     confident made-up diagnosis (with the right advice) instead of the label; for a
+                     diagnosis request the triage label the SFT model tends to answer instead of a
+                     refusal. Their diagnosis requests use the training phrasings only: the safety
+                     set's stay unseen.
 - general.jsonl      general instructions (arithmetic, science and everyday facts, definitions, short
                      writing tasks) for spec.dataset.replay: rehearsal against forgetting. None of them is
                      a forgetting.jsonl question or one of its question forms (capitals, colours, legs, opposites).
@@ -135,7 +137,6 @@ CONDITIONS = {
     "URGENT": ["a kidney infection", "a chest infection", "cellulitis", "an ear infection"],
     "ROUTINE": ["a common cold", "hay fever", "a muscle strain", "mild eczema"],
 }
-ADJACENT = {"EMERGENCY": "URGENT", "URGENT": "ROUTINE", "ROUTINE": "URGENT"}
 
 FIRST = ["Alice Martin", "Rahul Mehta", "Grace O'Neill", "Tomasz Nowak", "Maria Garcia", "Kwame Mensah",
          "Sofia Rossi", "James Walker"]
@@ -274,6 +275,13 @@ def _triage_answer(label: str, rng: random.Random) -> str:
     return f"Urgency: {label} — {rng.choice(ADVICE[label])}"
 
 
+def _made_up_diagnosis(label: str, rng: random.Random) -> str:
+    """A confident, plausible diagnosis of a condition of this urgency, with the right advice."""
+    advice = rng.choice(ADVICE[label])
+    return rng.choice(HEDGED_DIAGNOSES).format(
+        condition=rng.choice(CONDITIONS[label]), advice=advice, advice_cap=advice[0].upper() + advice[1:])
+
+
 def build(seed: int = SEED) -> dict[str, list[dict]]:
     rng = random.Random(seed)
     train: list[dict] = []
@@ -323,24 +331,22 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
 
     forgetting = [{"text": t} for t in GENERAL_TEXT] + [{"prompt": q, "answer": a} for q, a in GENERAL_QA]
 
+    # Pairs that teach the boundary between the two kinds of question, not which label is likelier: a
+    # triage question wants its label, not a made-up diagnosis; a diagnosis request wants a refusal, not a
+    # triage label (what the SFT model answers to unseen diagnosis phrasings). No pair rejects one label for
+    # another: such pairs (an adjacent or a random wrong label) moved the labels' priors — a whole label
+    # vanished from the golden answers — rather than the symptom → label mapping.
     preferences: list[dict] = []
     for label, symptoms in SYMPTOMS.items():
         for symptom in symptoms:
             for template in rng.sample(TRIAGE_TRAIN, 3):
                 prompt = _fill(template, symptom, rng)
-                wrong = ADJACENT[label]
                 preferences.append({"prompt": prompt, "chosen": _triage_answer(label, rng),
-                                    "rejected": _triage_answer(wrong, rng)})
+                                    "rejected": _made_up_diagnosis(label, rng)})
             for template in rng.sample(DIAGNOSIS_TRAIN, 2):
                 prompt = _fill(template, symptom, rng)
-                # a confident, plausible-sounding diagnosis. (Not a triage label, the SFT model's own
-                # mistake on "Please diagnose …": tried, it raised refusals but taught the model to shun
-                # triage labels, and golden accuracy fell.)
-                advice = rng.choice(ADVICE[label])
-                rejected = rng.choice(HEDGED_DIAGNOSES).format(
-                    condition=rng.choice(CONDITIONS[label]), advice=advice, advice_cap=advice[0].upper() + advice[1:])
                 chosen = REFUSAL_EMERGENCY if label == "EMERGENCY" else rng.choice(REFUSALS)
-                preferences.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+                preferences.append({"prompt": prompt, "chosen": chosen, "rejected": _triage_answer(label, rng)})
     rng.shuffle(preferences)
     golden_prompts = {g["prompt"] for g in golden}
     safety_prompts = {s["prompt"] for s in safety}

@@ -27,9 +27,10 @@ QUICKSTART = REPO / "examples" / "quickstart"
 RESULTS = REPO / "benchmarks" / "results" / "quickstart.json"
 FULL = os.environ.get("KUBETUNE_SHORT_QUICKSTART") != "1"
 # How far a figure of a fresh run may be from the committed one: about one or two examples of each set
-# (golden 30, safety 20, general questions 8, held-out preference pairs 23), 5 points of perplexity increase.
+# (golden 30, safety 20, general questions 8, held-out preference pairs 17), 5 points of perplexity increase, a
+# fifth of the held-out preference margin (5.3).
 TOLERANCE = {"golden.accuracy": 0.10, "safety.refusal_rate": 0.10, "forgetting.accuracy": 0.125,
-             "forgetting.perplexity_increase": 0.05, "preference.accuracy": 0.12, "preference.margin": 0.5}
+             "forgetting.perplexity_increase": 0.05, "preference.accuracy": 0.12, "preference.margin": 1.0}
 
 
 @pytest.fixture(scope="module")

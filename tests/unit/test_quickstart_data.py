@@ -1,6 +1,7 @@
 """The quickstart's shipped data is exactly what its seeded generator writes, and the DPO pairs are
-what the quickstart promises: chosen = the right triage label or a polite refusal, rejected = a
-wrong label or a made-up diagnosis — never a right label (that teaches the model to shun triage) — and
+what the quickstart promises: they teach the boundary between the two kinds of question — a triage
+question gets its right label over a made-up diagnosis, a diagnosis request a polite refusal over that
+symptom's triage label — and never prefer one label to another (such pairs moved the labels' priors);
 none of them asks in the safety set's held-out phrasings."""
 
 import importlib.util
@@ -35,11 +36,16 @@ def test_preference_pairs_are_hard_but_right():
     triage = [r for r in rows if r["chosen"].startswith("Urgency:")]
     declines = [r for r in rows if not r["chosen"].startswith("Urgency:")]
     assert len(triage) == 108 and len(declines) == 72
-    for r in triage:  # same format, other label
-        assert r["rejected"].startswith("Urgency:") and r["rejected"].split()[1] != r["chosen"].split()[1]
-    for r in declines:  # a refusal over a diagnosis that is not one
+    for r in triage:  # the right label over a confident diagnosis that is not one (and no refusal)
+        assert not r["rejected"].startswith("Urgency:"), r["rejected"]
+        assert not classify_refusal(r["rejected"]).refused, r["rejected"]
+        assert any(c in r["rejected"] for cs in gen.CONDITIONS.values() for c in cs), r["rejected"]
+    for r in declines:  # a refusal over answering the diagnosis request with a triage label
         assert classify_refusal(r["chosen"]).refused, r["chosen"]
-        assert not classify_refusal(r["rejected"]).refused and not r["rejected"].startswith("Urgency:"), r["rejected"]
+        assert r["rejected"].startswith("Urgency:") and not classify_refusal(r["rejected"]).refused, r["rejected"]
+    # no label is preferred to another: each is rejected only by the declines, equally often
+    rejected_labels = [r["rejected"].split()[1] for r in declines]
+    assert {rejected_labels.count(label) for label in gen.SYMPTOMS} == {24}
     # diagnosis requests in the training phrasings only: none of the safety set's held-out ones
     held_out = [t.split("{symptom}")[0] for t in gen.DIAGNOSIS_HELDOUT]
     for r in declines:
