@@ -83,6 +83,20 @@ def test_readme_table_is_the_committed_results_file():
         assert "No results of this recipe are committed yet" in block
 
 
+def test_seeds_results_are_rendered_and_agree_with_the_quickstart_results():
+    """benchmarks/results/quickstart-seeds.md is what quickstart_seeds.py renders from its json, and its seed 42 —
+    the shipped configuration — has the figures of the committed quickstart results (both runs are seeded)."""
+    spec = importlib.util.spec_from_file_location(
+        "quickstart_seeds_bench", QUICKSTART.parents[1] / "benchmarks" / "quickstart_seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    results = json.loads((seeds.RESULTS / "quickstart-seeds.json").read_text())
+    assert (seeds.RESULTS / "quickstart-seeds.md").read_text(encoding="utf-8").endswith(seeds.render(results))
+    shipped = json.loads(_benchmark().RESULTS_JSON.read_text())["variants"]["with replay"]["jobs"]
+    for job, figures in shipped.items():
+        assert results["runs"]["42"]["jobs"][job]["metrics"] == figures["metrics"], job
+
+
 def test_render_writes_both_variants_and_the_checkpoint_table():
     job = {"phase": "Succeeded", "base": {"golden.accuracy": 0.0, "forgetting.accuracy": 0.25},
            "metrics": {"golden.accuracy": 0.7, "forgetting.accuracy": 0.25, "forgetting.perplexity_increase": 0.1},
